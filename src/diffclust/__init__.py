@@ -1,0 +1,18 @@
+"""diffclust: clustering unlabeled data with diffusion models.
+
+Estimators follow scikit-learn (``fit`` / ``predict`` / ``predict_proba`` / ``labels_``) and save
+to ``config.json`` + ``model.safetensors``.
+"""
+
+from .data import load_array, load_dataset
+from .methods.base import load_pretrained
+from .methods.baselines import GMMClusterer, KMeansClusterer
+from .methods.cludi import CLUDI
+from .methods.temi import TEMI
+from .metrics import evaluate
+from .selection import CmaxResult, estimate_cmax, set_default_clusterer
+
+__version__ = "0.1.0"
+set_default_clusterer(lambda C, seed: TEMI(C, random_state=seed, verbose=False))
+__all__ = ["CLUDI", "KMeansClusterer", "GMMClusterer", "load_dataset", "load_array", "evaluate",
+           "load_pretrained", "__version__", "TEMI", "estimate_cmax", "CmaxResult"]

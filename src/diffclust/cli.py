@@ -1,0 +1,352 @@
+"""The ``diffclust`` command line: every command is a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from datetime import date
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Cluster unlabeled data with diffusion models (CLUDI, …) from the shell.")
+
+
+def _fail(msg: str):
+    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _parse_params(items: Optional[List[str]]) -> dict:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            _fail(f"--param expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v
+    return out
+
+
+def load_input(data: str, data_home: Optional[str] = None, key: Optional[str] = None,
+               flatten: bool = True):
+    """``data`` is a file (.npy/.npz/.pt/.csv) or a dataset name (``digits``, ``usps``, …).
+    Returns ``(X, y, description)``."""
+    from .data import available_datasets, load_array, load_dataset
+
+    p = Path(data)
+    if p.exists():
+        X, y = load_array(p, key=key)
+        return X, y, str(p)
+    if data in available_datasets():
+        ds = load_dataset(data, data_home=data_home)
+        X = ds.x
+        if flatten and ds.is_images:
+            X = X.reshape(len(X), -1).astype(np.float32) / 255.0
+        return X, ds.y, data
+    _fail(f"{data!r} is neither an existing file nor a dataset name "
+          f"({', '.join(available_datasets())})")
+
+
+def _make_estimator(method: str, n_clusters: int, seed: int, params: dict, verbose: bool,
+                    device: Optional[str]):
+    from .methods.registry import get_method
+
+    cls = get_method(method)
+    kw = dict(params)
+    kw.setdefault("random_state", seed)
+    valid = cls().get_params()
+    if "verbose" in valid:
+        kw.setdefault("verbose", verbose)
+    if device is not None and "device" in valid:
+        kw["device"] = device
+    unknown = sorted(set(kw) - set(valid))
+    if unknown:
+        _fail(f"unknown parameter(s) {unknown} for {cls.__name__}; valid: {sorted(valid)}")
+    return cls(n_clusters=n_clusters, **kw)
+
+
+def write_labels_csv(path: Path, labels: np.ndarray, proba: Optional[np.ndarray]):
+    from .data import atomic_write_text
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["index", "cluster", "confidence"])
+    conf = proba.max(1) if proba is not None else np.ones(len(labels))
+    for i, (c, p) in enumerate(zip(labels, conf)):
+        w.writerow([i, int(c), f"{float(p):.6f}"])
+    atomic_write_text(path, buf.getvalue())
+
+
+def _metrics_table(rows: dict) -> str:
+    lines = [f"{'method':<12} {'ACC':>6} {'NMI':>6} {'ARI':>6} {'seconds':>8}"]
+    for name, r in rows.items():
+        lines.append(f"{name:<12} {100 * r['acc']:6.1f} {100 * r['nmi']:6.1f} "
+                     f"{100 * r['ari']:6.1f} {r.get('seconds', float('nan')):8.1f}")
+    return "\n".join(lines)
+
+
+@app.command()
+def demo(n_steps: int = typer.Option(600, help="CLUDI optimiser steps"),
+         seed: int = typer.Option(0, help="random_state"),
+         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars")):
+    """The main job on a bundled real dataset: CLUDI vs k-means on scikit-learn's handwritten
+    digits (1,797 8×8 images, 10 classes), same input for both."""
+    from . import CLUDI, KMeansClusterer, evaluate, load_dataset
+
+    X, y = load_dataset("digits", return_X_y=True, flatten=True)
+    typer.echo(f"digits: {X.shape[0]} samples, {X.shape[1]} features, 10 clusters")
+    rows = {}
+    t = time.perf_counter()
+    km = KMeansClusterer(10, random_state=seed).fit(X)
+    rows["k-means"] = dict(evaluate(y, km.labels_), seconds=time.perf_counter() - t)
+    t = time.perf_counter()
+    model = CLUDI(10, n_steps=n_steps, random_state=seed, verbose=not quiet).fit(X)
+    rows["CLUDI"] = dict(evaluate(y, model.labels_), seconds=time.perf_counter() - t)
+    typer.echo(_metrics_table(rows))
+
+
+@app.command()
+def fit(data: str = typer.Argument(..., help="features file (.npy/.npz/.pt/.csv) or dataset name"),
+        method: str = typer.Option("cludi", "--method", "-m", help="cludi | kmeans | gmm | …"),
+        n_clusters: int = typer.Option(..., "--n-clusters", "-k", help="number of clusters"),
+        out: Path = typer.Option(..., "--out", "-o", help="run directory to write"),
+        seed: int = typer.Option(0, help="random_state"),
+        param: Optional[List[str]] = typer.Option(None, "--param", "-p",
+                                                  help="hyperparameter KEY=VALUE (repeatable)"),
+        labels: Optional[Path] = typer.Option(None, help="true labels (.npy/.csv) for metrics"),
+        data_home: Optional[str] = typer.Option(None, help="folder of the shared datasets"),
+        key: Optional[str] = typer.Option(None, help="array key inside an .npz/.pt file"),
+        device: Optional[str] = typer.Option(None, help="cpu | cuda (default: auto)"),
+        quiet: bool = typer.Option(False, "--quiet", "-q")):
+    """Fit a clusterer and write a run directory: config.json, labels.csv, metrics.jsonl,
+    metrics.json (when labels are known) and model/."""
+    from .data import atomic_write_text
+    from .metrics import evaluate
+
+    X, y, desc = load_input(data, data_home, key)
+    if labels is not None:
+        y = _load_labels(labels)
+    try:
+        est = _make_estimator(method, n_clusters, seed, _parse_params(param), not quiet, device)
+        t = time.perf_counter()
+        est.fit(X)
+        fit_s = time.perf_counter() - t
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    out.mkdir(parents=True, exist_ok=True)
+    est.save_pretrained(out / "model")
+    proba = est.train_proba_ if hasattr(est, "train_proba_") else est.predict_proba(X)
+    write_labels_csv(out / "labels.csv", est.labels_, proba)
+    hist = getattr(est, "history_", [])
+    atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in hist))
+    cfg = {"method": method, "data": desc, "n_samples": int(len(X)), "n_features": int(X.shape[1]),
+           "n_clusters": n_clusters, "seed": seed, "params": est.get_params(),
+           "fit_seconds": fit_s, "date": date.today().isoformat()}
+    atomic_write_text(out / "config.json", json.dumps(cfg, indent=2, default=str))
+    typer.echo(f"fitted {type(est).__name__} on {desc} ({len(X)} samples) in {fit_s:.1f}s "
+               f"-> {out}")
+    if y is not None:
+        m = evaluate(y, est.labels_, extended=True)
+        atomic_write_text(out / "metrics.json", json.dumps(m, indent=2))
+        typer.echo(_metrics_table({method: dict(m, seconds=fit_s)}))
+
+
+def _load_labels(path: Path) -> np.ndarray:
+    from .data import load_array
+
+    if not Path(path).exists():
+        _fail(f"labels file {path} does not exist")
+    arr, y = load_array(path, label_key=None)
+    return np.asarray(y if y is not None else arr).reshape(-1)
+
+
+@app.command()
+def predict(run_dir: Path = typer.Argument(..., help="run directory written by `fit`"),
+            data: str = typer.Argument(..., help="features file or dataset name"),
+            out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                               help="labels CSV (default RUN_DIR/predictions.csv)"),
+            data_home: Optional[str] = typer.Option(None),
+            key: Optional[str] = typer.Option(None)):
+    """Assign new data to the clusters of a fitted run."""
+    from .methods.base import load_pretrained
+
+    model_dir = run_dir / "model" if (run_dir / "model").is_dir() else run_dir
+    try:
+        est = load_pretrained(model_dir)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    X, _, desc = load_input(data, data_home, key)
+    try:
+        proba = est.predict_proba(X)
+    except ValueError as e:
+        _fail(str(e))
+    out = out or run_dir / "predictions.csv"
+    write_labels_csv(out, proba.argmax(1), proba)
+    typer.echo(f"predicted {len(X)} samples of {desc} -> {out}")
+
+
+@app.command()
+def evaluate(run_dir: Path = typer.Argument(..., help="run directory (or a labels.csv file)"),
+             labels: Optional[Path] = typer.Option(None, help="true labels (.npy/.npz/.csv)"),
+             data_home: Optional[str] = typer.Option(None)):
+    """Score a run's labels.csv against true labels (ACC, NMI, ARI, AMI, purity)."""
+    from .data import atomic_write_text
+    from .metrics import evaluate as _evaluate
+
+    csv_path = run_dir if run_dir.suffix == ".csv" else run_dir / "labels.csv"
+    if not csv_path.exists():
+        _fail(f"{csv_path} not found; run `diffclust fit ... --out {run_dir}` first")
+    pred = np.loadtxt(csv_path, delimiter=",", skiprows=1, usecols=1, dtype=np.int64, ndmin=1)
+    if labels is not None:
+        y = _load_labels(labels)
+    else:
+        cfg_path = csv_path.parent / "config.json"
+        cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
+        try:
+            _, y, _ = load_input(cfg.get("data", ""), data_home) if cfg.get("data") else (0, None, 0)
+        except SystemExit:
+            y = None
+        if y is None:
+            _fail("no true labels: pass --labels FILE (the run's data carried none)")
+    try:
+        m = _evaluate(y, pred, extended=True)
+    except ValueError as e:
+        _fail(str(e))
+    if run_dir.is_dir():
+        atomic_write_text(run_dir / "metrics.json", json.dumps(m, indent=2))
+    typer.echo(json.dumps(m, indent=2))
+
+
+@app.command("estimate-k")
+def estimate_k(data: str = typer.Argument(..., help="features file (.npy/.npz/.pt/.csv) or dataset name"),
+               method: str = typer.Option("temi", "--method", "-m",
+                                          help="clusterer whose utilization r_C is measured"),
+               c_start: int = typer.Option(16, help="first number of clusters"),
+               alpha: float = typer.Option(0.96, help="threshold on r_C"),
+               refine_rel_width: float = typer.Option(0.1, help="bisect until (C_hi-C_lo) <= this * C_lo"),
+               c_limit: Optional[int] = typer.Option(None, help="largest C (default: N)"),
+               n_seeds: int = typer.Option(1, help="seeds averaged per C"),
+               seed: int = typer.Option(0, help="random_state of the first seed"),
+               param: Optional[List[str]] = typer.Option(None, "--param", "-p",
+                                                         help="clusterer hyperparameter KEY=VALUE"),
+               out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the result JSON"),
+               plot: Optional[Path] = typer.Option(None, help="write the r_C curve as an image"),
+               data_home: Optional[str] = typer.Option(None, help="folder of the shared datasets"),
+               key: Optional[str] = typer.Option(None, help="array key inside an .npz/.pt file"),
+               device: Optional[str] = typer.Option(None, help="cpu | cuda (default: auto)"),
+               quiet: bool = typer.Option(False, "--quiet", "-q")):
+    """Estimate the upper cluster bound C_max (C-EDM): double C until the TEMI cluster
+    utilization ratio r_C falls to alpha, refine by bisection; prints every (C, r_C) and C_max."""
+    from .data import atomic_write_text
+    from .selection import estimate_cmax
+
+    X, _, desc = load_input(data, data_home, key)
+    params = _parse_params(param)
+
+    def factory(C, s):
+        return _make_estimator(method, C, s, params, False, device)
+
+    try:
+        res = estimate_cmax(X, factory, c_start=c_start, alpha=alpha,
+                            refine_rel_width=refine_rel_width, c_limit=c_limit, n_seeds=n_seeds,
+                            random_state=seed, verbose=not quiet)
+    except ValueError as e:
+        _fail(str(e))
+    typer.echo(f"{desc}: {len(X)} samples, {X.shape[1]} features, clusterer {method}")
+    typer.echo(res.format_table())
+    if out is not None:
+        atomic_write_text(out, res.to_json())
+    if plot is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        ax = res.plot()
+        ax.figure.tight_layout()
+        ax.figure.savefig(plot, dpi=120)
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="run directory written by `fit`"),
+           data: Optional[str] = typer.Option(None, help="input file or dataset name "
+                                                         "(default: the run's config.json)"),
+           labels: Optional[Path] = typer.Option(None, help="true labels (.npy/.npz/.csv)"),
+           out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                              help="HTML file (default RUN_DIR/report.html)"),
+           data_home: Optional[str] = typer.Option(None, help="folder of the shared datasets"),
+           key: Optional[str] = typer.Option(None, help="array key inside an .npz/.pt file"),
+           baseline: bool = typer.Option(True, help="fit k-means on the same input"),
+           embed: str = typer.Option("auto", help="2-D map: auto | tsne | umap | pca"),
+           max_points: int = typer.Option(2000, help="points in the 2-D map (subsampled)"),
+           quiet: bool = typer.Option(False, "--quiet", "-q")):
+    """Build a self-contained HTML report (plots embedded, no network) of a run directory."""
+    from .report import build_report
+
+    try:
+        path = build_report(run_dir, data=data, labels=labels, out=out, data_home=data_home,
+                            key=key, baseline=baseline, embed_method=embed,
+                            max_points=max_points, verbose=not quiet)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    typer.echo(f"report -> {path}")
+
+
+@app.command("embed")
+def embed_cmd(inputs: str = typer.Argument(..., metavar="INPUT",
+                                           help="image folder (recursive jpg/png/webp), image "
+                                                "array file (.npz/.npy) or dataset name"),
+              backbone: str = typer.Option("facebook/dino-vits16", "--backbone", "-b",
+                                           help="Hugging Face id (facebook/dino-vits16, "
+                                                "facebook/dinov2-small, openai/clip-vit-base-"
+                                                "patch16, …) or a save_pretrained directory"),
+              out: Path = typer.Option(..., "--out", "-o", help="features file to write (.npz)"),
+              batch_size: int = typer.Option(64, help="images per forward pass"),
+              cache_dir: Optional[Path] = typer.Option(
+                  None, help="feature cache (default $DIFFCLUST_CACHE or ~/.cache/diffclust)"),
+              no_cache: bool = typer.Option(False, "--no-cache", help="neither read nor write "
+                                                                      "the cache"),
+              device: Optional[str] = typer.Option(None, help="cpu | cuda (default: auto)"),
+              precision: str = typer.Option("auto", help="auto (bf16 on CPU with AMX, fp16 on "
+                                                         "CUDA) | bf16 | fp16 | fp32"),
+              pooling: str = typer.Option("auto", help="auto | cls | pooler | mean | projection"),
+              local_files_only: bool = typer.Option(False, "--local-files-only",
+                                                    help="never download weights"),
+              data_home: Optional[str] = typer.Option(None, help="folder of the shared datasets"),
+              key: Optional[str] = typer.Option(None, help="image array key inside an .npz"),
+              quiet: bool = typer.Option(False, "--quiet", "-q")):
+    """Embed images with a pretrained backbone: L2-normalised CLS features in OUT (.npz with x,
+    names, y when known) and OUT's .json metadata; cached and resumable."""
+    from .features import embed as _embed
+    from .features.sources import as_source
+
+    t = time.perf_counter()
+    try:
+        src = as_source(inputs, data_home=data_home, key=key)
+        f = _embed(src, backbone, batch_size=batch_size, cache_dir=cache_dir,
+                   use_cache=not no_cache, device=device, precision=precision, pooling=pooling,
+                   local_files_only=local_files_only, out=out, verbose=not quiet)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        _fail(str(e).strip("'\""))
+    m = f.meta
+    typer.echo(f"embedded {len(f)} images of {m['input']} with {backbone} (dim {m['dim']}, "
+               f"{m['cache_hits']} from cache, {m['computed']} computed) in "
+               f"{time.perf_counter() - t:.1f}s -> {out}")
+    if f.failed:
+        shown = ", ".join(n for n, _ in f.failed[:5]) + (" …" if len(f.failed) > 5 else "")
+        typer.secho(f"skipped {len(f.failed)} unreadable image(s): {shown} (reasons in the "
+                    f".json metadata)", fg=typer.colors.YELLOW, err=True)
+
+
+def main():
+    app()
+
+
+if __name__ == "__main__":
+    main()

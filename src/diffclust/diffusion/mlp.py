@@ -1,0 +1,96 @@
+"""Vector denoiser ẑ_θ(z_t, x, t, z_sc): CLUDI's per-point MLP (METHODS.md §2.3, code UViTLin).
+
+The feature branch and the time embedding do not depend on ``z_t``, so :meth:`prepare` computes
+them once per batch (and per chain for the time embedding) and every denoising step only runs
+the assignment branch and the trunk. The first trunk layer acting on ``concat(feat, assign) +
+temb`` is split accordingly: ``W₁[feat; a] + W₁ temb = W₁ᶠ feat + W₁ᵃ a + W₁ temb``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["MPSiLU", "timestep_embedding", "VectorDenoiser"]
+
+
+class MPSiLU(nn.Module):
+    """Magnitude-preserving SiLU: SiLU(x) / 0.596 (Karras et al. 2024)."""
+
+    def forward(self, x):
+        return F.silu(x) / 0.596
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding, first half cos, second half sin."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)
+    args = t.float()[..., None] * freqs
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+class VectorDenoiser(nn.Module):
+    """x0-predicting MLP over assignment embeddings conditioned on a feature vector.
+
+    Shapes: ``z_t`` (S, B, d), condition (B, D) shared by the S chains or (S, B, D), ``t`` (S,).
+    """
+
+    def __init__(self, z_dim: int = 64, cond_dim: int = 384, n_blocks: int = 5,
+                 time_mult: int = 4, dropout: float = 0.15, self_condition: bool = True):
+        super().__init__()
+        D, hc = cond_dim, cond_dim // 2
+        width = D + hc
+        self.z_dim, self.cond_dim, self.width = z_dim, cond_dim, width
+        self.self_condition = self_condition
+        self.feat = nn.Sequential(
+            nn.Linear(D, D), MPSiLU(), nn.Linear(D, D),
+            nn.LayerNorm(D, elementwise_affine=False, eps=1e-6), nn.Linear(D, D), nn.Dropout(dropout),
+        )
+        z_in = 2 * z_dim if self_condition else z_dim
+        self.assign = nn.Sequential(
+            nn.Linear(z_in, z_in), MPSiLU(), nn.Linear(z_in, hc), nn.LayerNorm(hc),
+            nn.Linear(hc, hc), nn.Dropout(dropout),
+        )
+        self.time = nn.Sequential(nn.Linear(width, time_mult * width), MPSiLU(),
+                                  nn.Linear(time_mult * width, width))
+        self.trunk_in = nn.Linear(width, width)  # first trunk layer, split over its inputs
+        self.trunk = nn.Sequential(
+            *[m for _ in range(n_blocks - 1) for m in (nn.Linear(width, width), MPSiLU())],
+            nn.Linear(width, z_dim), MPSiLU(), nn.Linear(z_dim, z_dim),
+            nn.LayerNorm(z_dim), nn.Linear(z_dim, z_dim),
+        )
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature branch and its share of the first trunk layer: ``W₁ᶠ feat(x/‖x‖)``.
+
+        Depends only on the condition, so it is computed once per batch, not per step.
+        ``x``: (..., D) → (..., width).
+        """
+        feat = self.feat(F.normalize(x, dim=-1))
+        return feat @ self.trunk_in.weight[:, : self.cond_dim].T
+
+    def time_bias(self, t: torch.Tensor) -> torch.Tensor:
+        """``W₁ temb(t) + b₁`` for integer steps ``t`` of shape (S,) → (S, 1, width)."""
+        temb = self.time(timestep_embedding(t.reshape(-1), self.width))
+        return self.trunk_in(temb)[:, None, :]
+
+    def step(self, z_t: torch.Tensor, h_cond: torch.Tensor, h_time: torch.Tensor,
+             z_sc: torch.Tensor | None = None) -> torch.Tensor:
+        """ẑ_0 from ``z_t`` (S, B, d) given :meth:`prepare` (B|S×B, width) and
+        :meth:`time_bias` (S, 1, width) outputs."""
+        if self.self_condition:
+            z_sc = torch.zeros_like(z_t) if z_sc is None else z_sc.to(z_t.dtype)
+            z_t = torch.cat([z_sc, z_t], dim=-1)
+        a = self.assign(z_t)
+        h = a @ self.trunk_in.weight[:, self.cond_dim:].T + h_cond + h_time
+        return self.trunk(F.silu(h) / 0.596)
+
+    def forward(self, z_t, x, t, z_sc=None):
+        """ẑ_θ(z_t, x, t, z_sc) for ``z_t`` (S, B, d), ``x`` (B, D) or (S, B, D), ``t`` (S,)."""
+        return self.step(z_t, self.prepare(x), self.time_bias(t), z_sc)

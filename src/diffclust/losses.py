@@ -1,0 +1,101 @@
+"""Clustering losses shared by several methods (METHODS.md §1.8).
+
+All are computed in fp32 whatever the autocast context (the logs are fragile in bf16/fp16).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["self_classifier_parts", "self_classifier_loss", "self_classifier_pair_matrix",
+           "dec_soft_assignment", "dec_target_distribution",
+           "temi_loss"]
+
+
+def self_classifier_parts(logits: torch.Tensor, tau_row: float = 0.1, tau_col: float = 0.05,
+                          eps: float = 1e-8):
+    """Target and log-prediction of the Self-Classifier loss (Amrani et al. 2022; CLUDI eq. 21–23).
+
+    ``logits``: (..., B, K). Returns ``(q, log_p)``:
+    ``q = normalize₁(softmax_batch(L/τ_c), classes)`` (column softmax then Bayes with uniform
+    p(y)) and ``log_p = log((B/K) · normalize₁(softmax_classes(L/τ_r), batch) + eps)``.
+    The L1 normalisations clamp their denominators at ``eps`` exactly like the reference code.
+    """
+    logits = logits.float()
+    B, K = logits.shape[-2], logits.shape[-1]
+    q = F.normalize(torch.softmax(logits / tau_col, dim=-2), p=1, dim=-1, eps=eps)
+    p_row = torch.softmax(logits / tau_row, dim=-1)
+    log_p = torch.log(B / K * F.normalize(p_row, p=1, dim=-2, eps=eps) + eps)
+    return q, log_p
+
+
+def self_classifier_pair_matrix(logits_a, logits_b, tau_row=0.1, tau_col=0.05, eps=1e-8):
+    """All chain pairs at once: ``A[i, j] = CE(a_i → b_j) = −(1/B) Σ_b Σ_k q_a[i] ℓ_b[j]``.
+
+    ``logits_a``: (S_a, B, K), ``logits_b``: (S_b, B, K). Returns ``(A, Bm)`` with
+    ``Bm[i, j] = CE(b_j → a_i)``, both (S_a, S_b).
+    """
+    q_a, l_a = self_classifier_parts(logits_a, tau_row, tau_col, eps)
+    q_b, l_b = self_classifier_parts(logits_b, tau_row, tau_col, eps)
+    B = logits_a.shape[-2]
+    A = -torch.einsum("ibk,jbk->ij", q_a, l_b) / B
+    Bm = -torch.einsum("jbk,ibk->ij", q_b, l_a) / B
+    return A, Bm
+
+
+def self_classifier_loss(logits_a, logits_b, tau_row=0.1, tau_col=0.05, eps=1e-8):
+    """Symmetric Self-Classifier CE, ½[CE(a→b) + CE(b→a)] (CLUDI eq. 24) for (B, K) logits."""
+    A, Bm = self_classifier_pair_matrix(logits_a[None], logits_b[None], tau_row, tau_col, eps)
+    return 0.5 * (A[0, 0] + Bm[0, 0])
+
+
+def dec_soft_assignment(z: torch.Tensor, mu: torch.Tensor, a: float = 1.0) -> torch.Tensor:
+    """Student-t soft assignment q_ik ∝ (1 + ‖z_i − μ_k‖²/a)^{−(a+1)/2} (DEC; DiEC eq. 7)."""
+    d2 = torch.cdist(z.float(), mu.float()).pow(2)
+    logits = -(a + 1) / 2 * torch.log1p(d2 / a)
+    return torch.softmax(logits, dim=-1)
+
+
+def dec_target_distribution(q: torch.Tensor) -> torch.Tensor:
+    """p_ik = (q_ik² / f_k) / Σ_k' (q_ik'² / f_k'), f_k = Σ_i q_ik (DiEC eq. 8)."""
+    w = q.pow(2) / q.sum(0, keepdim=True)
+    return w / w.sum(1, keepdim=True)
+
+
+def temi_loss(student_x, student_xp, teacher_x, teacher_xp, q_tilde, gamma: float = 0.6,
+              student_temp: float = 0.1, teacher_temp: float = 0.1,
+              probs_momentum: float = 0.9):
+    """Multi-head TEMI loss (Adaloglou et al. 2023; C-EDM eq. 1; METHODS.md §4.2).
+
+    ``student_x``, ``student_xp``, ``teacher_x``, ``teacher_xp``: head logits ``(H, B, C)`` of
+    the two views x and x' (a sample and one of its mined neighbours); ``q_tilde``: ``(H, C)``,
+    the EMA estimate of each teacher head's cluster distribution. With ``q_s = softmax(h_s/τ_s)``
+    and ``q_t = softmax(h_t/τ_t)`` (teacher side without gradient):
+
+    1. ``q̃^i ← λ q̃^i + (1 − λ) mean_{batch, both views} q_t^i`` (updated *before* the loss,
+       as the reference code does; λ = ``probs_momentum``);
+    2. ``w(x, x') = (1/H) Σ_j Σ_c' q_t^j(c'|x) q_t^j(c'|x')`` (shared by all heads);
+    3. ``L^i(x, x') = − w(x, x') · log Σ_c (q_s^i(c|x) q_t^i(c|x'))^γ / q̃^i(c)``, computed as a
+       log-sum-exp of ``γ(log q_s + log q_t) − log q̃`` for stability;
+    4. symmetrised (student on x' against teacher on x), averaged over the batch and the two
+       ordered pairs.
+
+    Returns ``(head_losses (H,), q_tilde_new (H, C))``; the training loss is
+    ``head_losses.mean()`` (average over heads). Computed in fp32.
+    """
+    s1, s2 = student_x.float(), student_xp.float()
+    with torch.no_grad():
+        lt1 = torch.log_softmax(teacher_x.float() / teacher_temp, dim=-1)
+        lt2 = torch.log_softmax(teacher_xp.float() / teacher_temp, dim=-1)
+        pt1, pt2 = lt1.exp(), lt2.exp()
+        batch_mean = torch.cat([pt1, pt2], dim=1).mean(dim=1)  # (H, C)
+        q_new = probs_momentum * q_tilde.float() + (1.0 - probs_momentum) * batch_mean
+        w = (pt1 * pt2).sum(-1).mean(0)  # (B,)
+        log_q = torch.log(q_new)[:, None, :]  # (H, 1, C)
+    ls1 = torch.log_softmax(s1 / student_temp, dim=-1)
+    ls2 = torch.log_softmax(s2 / student_temp, dim=-1)
+    pmi_12 = torch.logsumexp(gamma * (ls1 + lt2) - log_q, dim=-1)  # student x, teacher x'
+    pmi_21 = torch.logsumexp(gamma * (ls2 + lt1) - log_q, dim=-1)  # student x', teacher x
+    head_losses = -0.5 * ((w * pmi_12).mean(-1) + (w * pmi_21).mean(-1))
+    return head_losses, q_new

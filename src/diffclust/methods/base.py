@@ -1,0 +1,167 @@
+"""What every diffclust estimator shares: the scikit-learn contract, the runtime (seed, device,
+precision) and ``save_pretrained`` / ``from_pretrained`` (config.json + model.safetensors)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClusterMixin
+from sklearn.utils.validation import check_is_fitted
+
+from ..data.io import atomic_write_bytes, atomic_write_text
+from ..data.validation import check_features, check_n_clusters
+from ..training.runtime import resolve_device, resolve_precision, seed_everything
+
+__all__ = ["DiffClusterMixin", "load_pretrained"]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def _jsonable(v):
+    if isinstance(v, torch.device):
+        return str(v)
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating,)):
+        return float(v)
+    if isinstance(v, tuple):
+        return list(v)
+    return v
+
+
+class DiffClusterMixin(ClusterMixin, BaseEstimator):
+    """Base class. Subclasses implement ``_fit(X)``, ``_predict_proba(X)`` and, for
+    persistence, ``_get_state() -> (json_dict, tensor_dict)`` and ``_set_state(json, tensors)``.
+    """
+
+    _input_kind = "features"  # or "images"
+
+    # ----- scikit-learn API -------------------------------------------------------------
+    def fit(self, X, y=None):
+        X = self._validate_input(X, fitting=True)
+        check_n_clusters(self.n_clusters, len(X))
+        self._setup_runtime()
+        self._fit(X)
+        return self
+
+    def predict_proba(self, X) -> np.ndarray:
+        check_is_fitted(self, "labels_")
+        X = self._validate_input(X, fitting=False)
+        return self._predict_proba(X)
+
+    def predict(self, X) -> np.ndarray:
+        return self.predict_proba(X).argmax(axis=1)
+
+    def fit_predict(self, X, y=None, **kw):
+        return self.fit(X).labels_
+
+    # ----- shared plumbing --------------------------------------------------------------
+    def _validate_input(self, X, fitting: bool):
+        if self._input_kind == "features":
+            X = check_features(X)
+            if fitting:
+                self.n_features_in_ = X.shape[1]
+            elif X.shape[1] != self.n_features_in_:
+                raise ValueError(f"X has {X.shape[1]} features but {type(self).__name__} was "
+                                 f"fitted on {self.n_features_in_}")
+            return X
+        from ..data.validation import check_images
+
+        X = check_images(X)
+        if fitting:
+            self.input_shape_ = tuple(int(s) for s in X.shape[1:])
+            self.n_features_in_ = int(np.prod(X.shape[1:]))
+        elif tuple(X.shape[1:]) != tuple(self.input_shape_):
+            raise ValueError(f"images of shape {tuple(X.shape[1:])} (C,H,W) do not match the "
+                             f"fitted shape {tuple(self.input_shape_)}")
+        return X
+
+    def _setup_runtime(self):
+        self.seed_ = seed_everything(getattr(self, "random_state", None))
+        self.device_ = resolve_device(getattr(self, "device", None))
+        self.amp_dtype_ = resolve_precision(getattr(self, "precision", "auto"), self.device_)
+        self.generator_ = torch.Generator(device="cpu").manual_seed(self.seed_)
+
+    def _ensure_runtime(self):
+        if not hasattr(self, "device_"):
+            self.device_ = resolve_device(getattr(self, "device", None))
+            self.amp_dtype_ = resolve_precision(getattr(self, "precision", "auto"),
+                                                self.device_)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = getattr(self, "random_state", None) is None
+        return tags
+
+    # ----- persistence ------------------------------------------------------------------
+    def _get_state(self) -> tuple[dict, dict]:
+        raise NotImplementedError
+
+    def _set_state(self, meta: dict, tensors: dict):
+        raise NotImplementedError
+
+    def save_pretrained(self, path) -> Path:
+        """Write ``config.json`` (hyperparameters + fitted metadata) and ``model.safetensors``
+        (weights and fitted arrays) to the folder ``path``; no pickles."""
+        from safetensors.torch import save
+
+        check_is_fitted(self, "labels_")
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        meta, tensors = self._get_state()
+        meta = dict(meta, labels_=None, n_features_in_=int(self.n_features_in_))
+        tensors = dict(tensors, labels_=torch.as_tensor(np.asarray(self.labels_), dtype=torch.int64))
+        config = {"class": type(self).__name__, "library": "diffclust",
+                  "params": {k: _jsonable(v) for k, v in self.get_params().items()},
+                  "fitted": {k: _jsonable(v) for k, v in meta.items()}}
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        atomic_write_bytes(path / WEIGHTS_NAME, save(tensors))
+        atomic_write_text(path / CONFIG_NAME, json.dumps(config, indent=2))
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path, device=None):
+        """Load an estimator written by :meth:`save_pretrained`."""
+        est = load_pretrained(path, device=device)
+        if cls is not DiffClusterMixin and not isinstance(est, cls):
+            raise ValueError(f"{path} holds a {type(est).__name__}, not a {cls.__name__}; use "
+                             f"diffclust.load_pretrained({str(path)!r})")
+        return est
+
+
+def load_pretrained(path, device=None):
+    """Load any diffclust estimator saved with ``save_pretrained``."""
+    from safetensors.torch import load_file
+
+    from .registry import get_method_class
+
+    path = Path(path)
+    cfg_path, w_path = path / CONFIG_NAME, path / WEIGHTS_NAME
+    if not cfg_path.exists() or not w_path.exists():
+        raise FileNotFoundError(f"{path} is not a saved diffclust model: it needs {CONFIG_NAME} "
+                                f"and {WEIGHTS_NAME} (write them with save_pretrained)")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg_path} is not valid JSON: {e}") from e
+    klass = get_method_class(config.get("class", ""))
+    params = config["params"]
+    defaults = klass().get_params()
+    for k, v in params.items():  # JSON has no tuples
+        if isinstance(v, list) and isinstance(defaults.get(k), tuple):
+            params[k] = tuple(v)
+    if device is not None:
+        params["device"] = str(device)
+    est = klass(**params)
+    tensors = load_file(str(w_path))
+    meta = config.get("fitted", {})
+    est.labels_ = tensors.pop("labels_").numpy()
+    est.n_features_in_ = meta.pop("n_features_in_")
+    meta.pop("labels_", None)
+    est._ensure_runtime()
+    est._set_state(meta, tensors)
+    return est

@@ -1,0 +1,81 @@
+"""Seeding, device and precision resolution, and the progress bar."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+
+import numpy as np
+import torch
+
+__all__ = ["seed_everything", "resolve_device", "resolve_precision", "autocast", "progress",
+           "cpu_has_amx"]
+
+
+def seed_everything(random_state) -> int:
+    """Seed python, numpy and torch from ``random_state`` (``None`` draws a fresh seed) and
+    return the integer seed used, so a run can always be repeated."""
+    if isinstance(random_state, np.random.RandomState):
+        seed = int(random_state.randint(0, 2**31 - 1))
+    elif random_state is None:
+        seed = int(np.random.SeedSequence().generate_state(1)[0] % (2**31 - 1))
+    else:
+        seed = int(random_state)
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    return seed
+
+
+def resolve_device(device=None) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was asked for but CUDA is not available; use "
+                         f"device='cpu' or None")
+    return dev
+
+
+def cpu_has_amx() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+        return "amx_bf16" in flags
+    except OSError:
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """``'auto'`` → bf16 autocast on AMX CPUs and bf16-capable GPUs, fp32 otherwise;
+    ``'bf16'``, ``'fp16'`` (CUDA only) or ``'fp32'`` force it. Returns the autocast dtype or
+    ``None`` for plain fp32."""
+    if precision in ("fp32", "float32", None):
+        return None
+    if precision in ("bf16", "bfloat16"):
+        return torch.bfloat16
+    if precision in ("fp16", "float16"):
+        if device.type != "cuda":
+            raise ValueError("precision='fp16' needs CUDA; use 'bf16' or 'fp32' on CPU")
+        return torch.float16
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_has_amx() else None
+    raise ValueError(f"precision must be 'auto', 'bf16', 'fp16' or 'fp32', got {precision!r}")
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def progress(iterable=None, total=None, desc=None, verbose=True, **kw):
+    """A tqdm bar, silenced by ``verbose=False`` or ``DIFFCLUST_NO_PROGRESS=1``."""
+    from tqdm.auto import tqdm
+
+    disable = (not verbose) or os.environ.get("DIFFCLUST_NO_PROGRESS") == "1"
+    return tqdm(iterable, total=total, desc=desc, disable=disable, leave=False,
+                dynamic_ncols=True, **kw)

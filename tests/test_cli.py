@@ -1,0 +1,74 @@
+import json
+
+import numpy as np
+from typer.testing import CliRunner
+
+from diffclust.cli import app
+
+runner = CliRunner()
+
+
+def _blobs(tmp_path):
+    rng = np.random.default_rng(0)
+    centers = rng.normal(scale=6, size=(3, 5))
+    y = np.repeat(np.arange(3), 40)
+    X = (centers[y] + rng.normal(size=(120, 5))).astype(np.float32)
+    np.savez(tmp_path / "feats.npz", x=X, y=y)
+    return X, y
+
+
+def test_fit_predict_evaluate_kmeans(tmp_path):
+    X, y = _blobs(tmp_path)
+    run = tmp_path / "run"
+    r = runner.invoke(app, ["fit", str(tmp_path / "feats.npz"), "--method", "kmeans", "-k", "3",
+                            "--out", str(run), "-q"])
+    assert r.exit_code == 0, r.output
+    for f in ("config.json", "labels.csv", "metrics.json", "metrics.jsonl", "model/config.json",
+              "model/model.safetensors"):
+        assert (run / f).exists(), f
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["acc"] > 0.95
+    lines = (run / "labels.csv").read_text().splitlines()
+    assert lines[0] == "index,cluster,confidence" and len(lines) == 121
+    r = runner.invoke(app, ["predict", str(run), str(tmp_path / "feats.npz")])
+    assert r.exit_code == 0, r.output
+    pred = np.loadtxt(run / "predictions.csv", delimiter=",", skiprows=1, usecols=1)
+    own = np.loadtxt(run / "labels.csv", delimiter=",", skiprows=1, usecols=1)
+    np.testing.assert_array_equal(pred, own)
+    np.save(tmp_path / "y.npy", y)
+    r = runner.invoke(app, ["evaluate", str(run), "--labels", str(tmp_path / "y.npy")])
+    assert r.exit_code == 0 and '"acc"' in r.output
+
+
+def test_fit_cludi_with_params(tmp_path):
+    _blobs(tmp_path)
+    run = tmp_path / "c"
+    r = runner.invoke(app, ["fit", str(tmp_path / "feats.npz"), "-m", "cludi", "-k", "3", "-o",
+                            str(run), "-q", "-p", "n_steps=5", "-p", "teacher_steps=2",
+                            "-p", "eval_steps=2", "-p", "n_chains=2", "-p", "batch_size=32"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((run / "config.json").read_text())["params"]["n_steps"] == 5
+    assert len((run / "metrics.jsonl").read_text().splitlines()) >= 1
+
+
+def test_cli_errors_are_clear(tmp_path):
+    _blobs(tmp_path)
+    r = runner.invoke(app, ["fit", "nope.npz", "-k", "3", "-o", str(tmp_path / "r")])
+    assert r.exit_code == 2 and "neither an existing file nor a dataset" in r.output
+    r = runner.invoke(app, ["fit", str(tmp_path / "feats.npz"), "-k", "1", "-o",
+                            str(tmp_path / "r")])
+    assert r.exit_code == 2 and "at least 2" in r.output
+    r = runner.invoke(app, ["fit", str(tmp_path / "feats.npz"), "-k", "3", "-o",
+                            str(tmp_path / "r"), "-p", "bogus=1"])
+    assert r.exit_code == 2 and "unknown parameter" in r.output
+    r = runner.invoke(app, ["predict", str(tmp_path / "missing"), str(tmp_path / "feats.npz")])
+    assert r.exit_code == 2 and "save_pretrained" in r.output
+    r = runner.invoke(app, ["evaluate", str(tmp_path / "missing")])
+    assert r.exit_code == 2
+
+
+def test_help_lists_commands():
+    r = runner.invoke(app, ["--help"])
+    assert r.exit_code == 0
+    for cmd in ("demo", "fit", "predict", "evaluate"):
+        assert cmd in r.output

@@ -1,0 +1,120 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diffclust import CLUDI, KMeansClusterer, evaluate, load_dataset, load_pretrained
+from diffclust.diffusion import VectorDenoiser
+from diffclust.losses import self_classifier_loss, self_classifier_pair_matrix
+
+TINY = dict(n_steps=6, n_chains=2, teacher_steps=2, eval_steps=2, eval_chains=2, batch_size=32,
+            verbose=False)
+
+
+def test_self_classifier_reference_values():
+    K, B = 10, 100
+    u = torch.zeros(B, K)
+    assert float(self_classifier_loss(u, u)) == pytest.approx(math.log(K), rel=1e-5)
+    onehot = 20 * F.one_hot(torch.arange(B) % K, K).float()
+    assert float(self_classifier_loss(onehot, onehot)) < 1e-3
+    collapsed = torch.zeros(B, K)
+    collapsed[:, 0] = 5.0  # METHODS §9: the eps clamp makes collapse cost ≈ 16.8
+    assert float(self_classifier_loss(collapsed, collapsed)) == pytest.approx(16.8, abs=0.1)
+
+
+def test_pair_matrix_matches_single_pairs():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(3, 40, 5, generator=g), torch.randn(2, 40, 5, generator=g)
+    A, Bm = self_classifier_pair_matrix(a, b)
+    for i in range(3):
+        for j in range(2):
+            Aij, Bij = self_classifier_pair_matrix(a[i:i + 1], b[j:j + 1])
+            torch.testing.assert_close(A[i, j], Aij[0, 0])
+            torch.testing.assert_close(Bm[i, j], Bij[0, 0])
+    # symmetric loss = ½(A + B) for one pair
+    torch.testing.assert_close(self_classifier_loss(a[0], b[0]), 0.5 * (A[0, 0] + Bm[0, 0]))
+
+
+def test_denoiser_split_equals_plain_mlp():
+    """prepare/time_bias/step is an exact refactoring of Linear(concat(feat, assign) + temb)."""
+    torch.manual_seed(0)
+    net = VectorDenoiser(z_dim=8, cond_dim=12, dropout=0.0).eval()
+    z, x, zsc = torch.randn(3, 5, 8), torch.randn(5, 12), torch.randn(3, 5, 8)
+    t = torch.tensor([0, 10, 999])
+    out = net(z, x, t, zsc)
+    from diffclust.diffusion.mlp import timestep_embedding
+
+    feat = net.feat(F.normalize(x, dim=-1)).expand(3, 5, 12)
+    assign = net.assign(torch.cat([zsc, z], -1))
+    temb = net.time(timestep_embedding(t, net.width))[:, None]
+    h = torch.cat([feat, assign], -1) + temb
+    ref = net.trunk(F.silu(net.trunk_in(h)) / 0.596)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    assert out.shape == (3, 5, 8)
+
+
+def test_augmentation_and_reembedding():
+    m = CLUDI(3, random_state=0)
+    x = F.normalize(torch.randn(50, 16), dim=-1)
+    xa = m._augment(x, 4, torch.Generator().manual_seed(0))
+    assert xa.shape == (4, 50, 16)
+    dropped = (xa == 0).float().mean()
+    assert 0.02 < float(dropped) < 0.15  # drop rates U[0.05, 0.1]
+    shift = (xa - x).norm(dim=-1)
+    assert float(shift.max()) < 1.5 and float(shift.min()) > 0.1
+    from diffclust.methods.cludi import CLUDINet
+
+    net = CLUDINet(3, 16, z_dim=8)
+    z = net.reembed(torch.softmax(torch.randn(7, 3), -1))
+    torch.testing.assert_close(z.norm(dim=-1), torch.full((7,), math.sqrt(8)))
+
+
+def test_errors():
+    X = np.random.default_rng(0).normal(size=(20, 4))
+    with pytest.raises(ValueError, match="at least 2"):
+        CLUDI(1).fit(X)
+    with pytest.raises(ValueError, match="larger than the number of samples"):
+        CLUDI(30).fit(X)
+    with pytest.raises(ValueError, match="NaN"):
+        CLUDI(2).fit(np.full((5, 3), np.nan))
+    with pytest.raises(ValueError, match="teacher"):
+        CLUDI(2, teacher="x", **TINY).fit(X)
+    m = CLUDI(2, random_state=0, **TINY).fit(X)
+    with pytest.raises(ValueError, match="features"):
+        m.predict(np.zeros((3, 5)))
+
+
+def test_reproducible_and_save_load(tmp_path):
+    X = np.random.default_rng(0).normal(size=(64, 6)).astype(np.float32)
+    a = CLUDI(3, random_state=7, **TINY).fit(X)
+    b = CLUDI(3, random_state=7, **TINY).fit(X)
+    np.testing.assert_array_equal(a.labels_, b.labels_)
+    np.testing.assert_allclose(a.predict_proba(X), b.predict_proba(X), rtol=1e-5, atol=1e-6)
+    a.save_pretrained(tmp_path / "m")
+    assert (tmp_path / "m" / "config.json").exists()
+    assert (tmp_path / "m" / "model.safetensors").exists()
+    c = CLUDI.from_pretrained(tmp_path / "m")
+    np.testing.assert_allclose(c.predict_proba(X), a.predict_proba(X), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(c.labels_, a.labels_)
+    assert load_pretrained(tmp_path / "m").get_params() == a.get_params()
+    assert c.transform(X).shape == (64, a.net_.z_dim)
+
+
+def test_teacher_variants_run():
+    X = np.random.default_rng(1).normal(size=(40, 5)).astype(np.float32)
+    for kw in (dict(teacher="ema"), dict(teacher_grad=True), dict(code_faithful_weighting=True),
+               dict(average="logits"), dict(aug_order="drop_then_noise"), dict(learn_E=True)):
+        m = CLUDI(2, random_state=0, **{**TINY, **kw}).fit(X)
+        p = m.predict_proba(X)
+        assert p.shape == (40, 2) and np.allclose(p.sum(1), 1)
+
+
+@pytest.mark.slow
+def test_cludi_beats_chance_on_real_digits():
+    X, y = load_dataset("digits", return_X_y=True, flatten=True)
+    m = CLUDI(10, n_steps=250, random_state=0, verbose=False).fit(X)
+    res = evaluate(y, m.labels_)
+    km = evaluate(y, KMeansClusterer(10, random_state=0).fit(X).labels_)
+    assert res["acc"] > 0.6 and res["nmi"] > 0.55, (res, km)
