@@ -8,6 +8,7 @@ from .data import load_array, load_dataset
 from .methods.base import load_pretrained
 from .methods.baselines import GMMClusterer, KMeansClusterer
 from .methods.cludi import CLUDI
+from .methods.diec import DiEC
 from .methods.temi import TEMI
 from .metrics import evaluate
 from .selection import CmaxResult, estimate_cmax, set_default_clusterer
@@ -15,4 +16,4 @@ from .selection import CmaxResult, estimate_cmax, set_default_clusterer
 __version__ = "0.1.0"
 set_default_clusterer(lambda C, seed: TEMI(C, random_state=seed, verbose=False))
 __all__ = ["CLUDI", "KMeansClusterer", "GMMClusterer", "load_dataset", "load_array", "evaluate",
-           "load_pretrained", "__version__", "TEMI", "estimate_cmax", "CmaxResult"]
+           "load_pretrained", "__version__", "TEMI", "estimate_cmax", "CmaxResult", "DiEC"]

@@ -94,7 +94,7 @@ def _metrics_table(rows: dict) -> str:
 
 
 @app.command()
-def demo(n_steps: int = typer.Option(600, help="CLUDI optimiser steps"),
+def demo(n_steps: int = typer.Option(1500, help="CLUDI optimiser steps"),
          seed: int = typer.Option(0, help="random_state"),
          quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars")):
     """The main job on a bundled real dataset: CLUDI vs k-means on scikit-learn's handwritten
@@ -131,7 +131,7 @@ def fit(data: str = typer.Argument(..., help="features file (.npy/.npz/.pt/.csv)
     from .data import atomic_write_text
     from .metrics import evaluate
 
-    X, y, desc = load_input(data, data_home, key)
+    X, y, desc = load_input(data, data_home, key, flatten=_method_input_kind(method) != "images")
     if labels is not None:
         y = _load_labels(labels)
     try:
@@ -147,7 +147,8 @@ def fit(data: str = typer.Argument(..., help="features file (.npy/.npz/.pt/.csv)
     write_labels_csv(out / "labels.csv", est.labels_, proba)
     hist = getattr(est, "history_", [])
     atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in hist))
-    cfg = {"method": method, "data": desc, "n_samples": int(len(X)), "n_features": int(X.shape[1]),
+    cfg = {"method": method, "data": desc, "n_samples": int(len(X)),
+           "n_features": int(getattr(est, "n_features_in_", X.shape[1])),
            "n_clusters": n_clusters, "seed": seed, "params": est.get_params(),
            "fit_seconds": fit_s, "date": date.today().isoformat()}
     atomic_write_text(out / "config.json", json.dumps(cfg, indent=2, default=str))
@@ -157,6 +158,16 @@ def fit(data: str = typer.Argument(..., help="features file (.npy/.npz/.pt/.csv)
         m = evaluate(y, est.labels_, extended=True)
         atomic_write_text(out / "metrics.json", json.dumps(m, indent=2))
         typer.echo(_metrics_table({method: dict(m, seconds=fit_s)}))
+
+
+def _method_input_kind(method: str) -> str:
+    """``"images"`` for image methods (DiEC, …): their input is not flattened."""
+    from .methods.registry import get_method
+
+    try:
+        return getattr(get_method(method), "_input_kind", "features")
+    except ValueError:
+        return "features"
 
 
 def _load_labels(path: Path) -> np.ndarray:
@@ -183,7 +194,8 @@ def predict(run_dir: Path = typer.Argument(..., help="run directory written by `
         est = load_pretrained(model_dir)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
-    X, _, desc = load_input(data, data_home, key)
+    X, _, desc = load_input(data, data_home, key,
+                            flatten=getattr(est, "_input_kind", "features") != "images")
     try:
         proba = est.predict_proba(X)
     except ValueError as e:
@@ -342,6 +354,50 @@ def embed_cmd(inputs: str = typer.Argument(..., metavar="INPUT",
         shown = ", ".join(n for n, _ in f.failed[:5]) + (" …" if len(f.failed) > 5 else "")
         typer.secho(f"skipped {len(f.failed)} unreadable image(s): {shown} (reasons in the "
                     f".json metadata)", fg=typer.colors.YELLOW, err=True)
+
+
+@app.command("pretrain-diffusion")
+def pretrain_diffusion(
+        data: str = typer.Argument(..., help="image dataset name (usps, mnist, …) or .npz/.npy "
+                                             "file of images (N,H,W), (N,H,W,C) or (N,C,H,W)"),
+        out: Path = typer.Option(..., "--out", "-o", help="folder for the U-Net (diffusers "
+                                                           "format), samples.png, checkpoints"),
+        steps: int = typer.Option(10000, help="optimiser steps in total"),
+        batch_size: int = typer.Option(128, help="images per step"),
+        lr: float = typer.Option(2e-4, help="Adam learning rate (after warm-up)"),
+        preset: str = typer.Option("auto", help="U-Net size: auto | small | base | tiny | "
+                                                "small16 | base32 | …"),
+        max_minutes: Optional[float] = typer.Option(None, help="stop (and save) after this much "
+                                                               "training time"),
+        checkpoint_every: int = typer.Option(500, help="steps between crash-safe checkpoints"),
+        resume: bool = typer.Option(True, "--resume/--no-resume",
+                                    help="continue from OUT/checkpoint if present"),
+        conditional: bool = typer.Option(False, help="class-conditional on the file's labels "
+                                                     "(with a null id for guidance)"),
+        n_samples: int = typer.Option(64, help="images in samples.png (0: none)"),
+        seed: int = typer.Option(0, help="random seed"),
+        data_home: Optional[str] = typer.Option(None, help="folder of the shared datasets"),
+        key: Optional[str] = typer.Option(None, help="array key inside an .npz file"),
+        device: Optional[str] = typer.Option(None, help="cpu | cuda (default: auto)"),
+        quiet: bool = typer.Option(False, "--quiet", "-q")):
+    """Pretrain an ε-prediction DDPM U-Net on images (EMA weights, resumable checkpoints, a
+    sample grid). The result folder can be passed to DiEC: `--param unet=OUT`."""
+    from .diffusion.pretrain import pretrain_ddpm
+
+    X, y, desc = load_input(data, data_home, key, flatten=False)
+    if conditional and y is None:
+        _fail(f"--conditional needs labels, but {desc} has none")
+    try:
+        res = pretrain_ddpm(X, out, preset=preset, labels=y if conditional else None,
+                            n_steps=steps, batch_size=batch_size, lr=lr,
+                            checkpoint_every=checkpoint_every, resume=resume,
+                            max_seconds=None if max_minutes is None else 60 * max_minutes,
+                            n_samples=n_samples, seed=seed, device=device, verbose=not quiet)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    typer.echo(f"pretrained a DDPM on {desc} ({len(X)} images): {res.steps} steps in "
+               f"{res.seconds:.1f}s -> {out}" + (f" (samples: {out / 'samples.png'})"
+                                                if n_samples else ""))
 
 
 def main():

@@ -16,8 +16,13 @@ self-distillation with shared weights (METHODS.md §2.4):
 
 Decisions where METHODS.md leaves a choice (all switchable):
 
-* ``teacher_grad=False``: teacher outputs are detached (the paper's stop-gradient); ``True``
-  back-propagates through all teacher steps like the authors' code.
+* ``teacher_grad="last"`` (our default): gradients reach the teacher through its *last*
+  denoising step only (the first ``teacher_steps − 1`` steps run without a graph). The
+  paper's full stop-gradient (``"none"``/``False``) measured badly: on the ImageNet-50
+  features, 200 steps gave ACC 27 % with 31 of 50 clusters used, against 57 % with 48 used
+  for ``"last"`` and 58 % for ``"all"``/``True`` (the authors' code, back-propagating through
+  all 25 steps at ~3× the cost). With a detached target the symmetric Self-Classifier CE
+  loses the half of its gradient that spreads the teacher over the clusters.
 * ``teacher="shared"`` uses the student's own weights in eval mode (paper); ``"ema"`` samples the
   teacher with an EMA copy of the weights (the authors keep one but never use it).
 * Pair weighting of the CE terms by the *student* chain's weight (``code_faithful_weighting``
@@ -98,10 +103,10 @@ class CLUDI(DiffClusterMixin):
     def __init__(self, n_clusters=10, *, embedding_dim="auto", noise_scale=49.0,
                  decoding_noise_scale=49.0, ce_weight=50.0, tau=0.1, tau_row=0.1, tau_col=0.05,
                  min_snr_gamma=5.0, n_chains=8, teacher_steps=25, n_steps="auto", batch_size=256,
-                 lr=1e-4, weight_decay=0.01, warmup_steps="auto", min_lr=1e-6, clip_grad=4.0,
+                 lr=1e-3, weight_decay=0.01, warmup_steps="auto", min_lr=1e-6, clip_grad=4.0,
                  dropout=0.15, self_condition_prob=0.5, aug_noise=(0.2, 1.0),
                  aug_drop=(0.05, 0.1), aug_order="noise_then_drop", teacher="shared",
-                 teacher_grad=False, ema_decay=0.999, code_faithful_weighting=False,
+                 teacher_grad="last", ema_decay=0.999, code_faithful_weighting=False,
                  learn_E=False, n_timesteps=1000, schedule="sqrt", eval_chains=8,
                  eval_steps=50, average="probs", predict_batch_size=1024, random_state=None,
                  device=None, precision="auto", verbose=True):
@@ -158,7 +163,15 @@ class CLUDI(DiffClusterMixin):
                 if self.warmup_steps == "auto" else int(self.warmup_steps))
         return B, steps, max(warm, 1)
 
+    def _teacher_grad_mode(self):
+        mode = {False: "none", True: "all", None: "none"}.get(self.teacher_grad, self.teacher_grad)
+        if mode not in ("none", "last", "all"):
+            raise ValueError(f"teacher_grad must be 'last', 'none' (or False) or 'all' (or True), "
+                             f"got {self.teacher_grad!r}")
+        return mode
+
     def _check_params(self, n):
+        self._teacher_grad_mode()
         if self.teacher not in ("shared", "ema"):
             raise ValueError(f"teacher must be 'shared' or 'ema', got {self.teacher!r}")
         if self.average not in ("probs", "logits"):
@@ -195,7 +208,7 @@ class CLUDI(DiffClusterMixin):
 
         return drop(noise(xs)) if self.aug_order == "noise_then_drop" else noise(drop(xs))
 
-    def _sample_embeddings(self, net, x, S, n_steps, g, noise_scale):
+    def _sample_embeddings(self, net, x, S, n_steps, g, noise_scale, grad_last=False):
         """Reverse diffusion of S chains for every row of ``x`` → final ẑ_0 (S, B, d)."""
         den = net.denoiser
         h_cond = den.prepare(x)
@@ -208,24 +221,33 @@ class CLUDI(DiffClusterMixin):
             return den.step(z, h_cond, cache[t], z_sc).float()
 
         z_T = noise_scale * torch.randn(S, len(x), net.z_dim, generator=g).to(dev)
-        _, z0 = ddim_sample(model_x0, self.sched_, (S, len(x), net.z_dim),
-                            time_pairs=ddim_time_pairs(self.n_timesteps, n_steps), eta=1.0,
-                            noise_scale=noise_scale, clip=1.0, self_condition=True,
-                            generator=g, x_T=z_T)
-        return z0
+        pairs = ddim_time_pairs(self.n_timesteps, n_steps)
+        if not grad_last:
+            _, z0 = ddim_sample(model_x0, self.sched_, (S, len(x), net.z_dim), time_pairs=pairs,
+                                eta=1.0, noise_scale=noise_scale, clip=1.0, self_condition=True,
+                                generator=g, x_T=z_T)
+            return z0
+        # truncated back-propagation: every step but the last without a graph
+        with torch.no_grad():
+            z_t, z_sc = ddim_sample(model_x0, self.sched_, (S, len(x), net.z_dim),
+                                    time_pairs=pairs[:-1], eta=1.0, noise_scale=noise_scale,
+                                    clip=1.0, self_condition=True, generator=g, x_T=z_T)
+        z_sc = torch.zeros_like(z_t) if z_sc is None else z_sc
+        return model_x0(z_t, pairs[-1][0], z_sc).clamp(-1.0, 1.0)
 
     def _train_step(self, net, teacher_net, x, g):
         S, dev = self.n_chains, x.device
-        d = net.z_dim
+        x = F.normalize(x, dim=-1)  # §2.4.1: the augmentation acts on unit-norm features
         # --- teacher (eval mode: no dropout), detached unless teacher_grad ---
         teacher_net.eval()
-        with torch.set_grad_enabled(self.teacher_grad), autocast(dev, self.amp_dtype_):
+        mode = self._teacher_grad_mode()
+        with torch.set_grad_enabled(mode != "none"), autocast(dev, self.amp_dtype_):
             z0_T = self._sample_embeddings(teacher_net, x, S, self.teacher_steps, g,
-                                           self.decoding_noise_scale)
+                                           self.decoding_noise_scale, grad_last=mode == "last")
             logits_T = teacher_net.classifier(z0_T).float()
         p_T = torch.softmax(logits_T / self.tau, dim=-1)
         z_tgt = net.reembed(p_T)
-        if not self.teacher_grad:
+        if mode == "none":
             logits_T, z_tgt = logits_T.detach(), z_tgt.detach()
         # --- student ---
         net.train()

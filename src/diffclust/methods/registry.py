@@ -9,6 +9,7 @@ _METHODS = {
     "kmeans": ("diffclust.methods.baselines", "KMeansClusterer"),
     "gmm": ("diffclust.methods.baselines", "GMMClusterer"),
     "temi": ("diffclust.methods.temi", "TEMI"),
+    "diec": ("diffclust.methods.diec", "DiEC"),
 }
 
 

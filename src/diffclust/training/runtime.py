@@ -42,7 +42,7 @@ def cpu_has_amx() -> bool:
     try:
         with open("/proc/cpuinfo") as f:
             flags = f.read()
-        return "amx_bf16" in flags
+        return "amx_bf16" in flags or "avx512_bf16" in flags
     except OSError:
         return False
 

@@ -1,0 +1,553 @@
+"""DiEC: Diffusion Embedded Clustering (Hu, arXiv 2512.20905 v1; METHODS.md §3).
+
+The features are the bottleneck activations of a pretrained ε-prediction DDPM U-Net (the
+Clustering Middle Layer, CML) read at one clustering-optimal timestep t*:
+
+1. ``e_i(t) = vec(h_mid(x_{t,i}, t))`` with ``x_{t,i} = sqrt(ᾱ_t) x_{0,i} + sqrt(1 − ᾱ_t) ξ``
+   (eq. 9), averaged over R noise draws (eq. 11–13);
+2. Optimal Timestep Search: ``t* = argmax_t CH(ē(t), kmeans_K(ē(t)))`` on a subset of m images,
+   found with a golden-section search (O(log T) evaluations, eq. 10/14;
+   :mod:`diffclust.selection.ots`);
+3. residual mapping ``z = e + g_φ(e)`` (eq. 18), averaged over M noise draws (eq. 20);
+4. DEC self-training: Student-t ``q_ik`` against trainable centroids μ initialised by k-means,
+   target ``p_ik = (q_ik²/f_k)/Σ_k' (q_ik'²/f_k')`` and ``L_KL = KL(P‖Q)`` (eq. 7–8, 21);
+5. adaptive k-NN graph regulariser ``L_Gr = Σ_i Σ_{j∈NB_i} s_ij ‖q_i − q_j‖²`` with row-normalised
+   affinities S and the entropy term ``L_En = Σ s_ij log s_ij`` (eq. 22–23);
+6. random-timestep denoising loss ``L_Re = E ‖ε − ε_θ(x_{t_rand}, t_rand)‖²`` (eq. 24);
+7. ``L = α L_KL + β L_Gr + γ L_En + L_Re`` (eq. 25), trained end to end over θ (U-Net), φ, μ.
+
+Decisions where the paper is silent ([PROP], METHODS.md §3.5–3.6, all switchable):
+
+* Where the U-Net comes from: ``unet=None`` pretrains one on the data being clustered
+  (:func:`~diffclust.diffusion.pretrain.pretrain_ddpm`, ``pretrain_steps`` optimiser steps);
+  ``unet`` may be a folder / hub id of any diffusers ``UNet2DModel`` (e.g. the output of
+  ``diffclust pretrain-diffusion``), a :class:`DiffusionUNet` or a ``UNet2DModel``.
+* OTS: m = ``ots_subset`` (5000), R = ``ots_repeats`` (4) with the same subset and the same noise
+  draws for every t (common random numbers); candidates ``t ∈ [ots_range]`` (default
+  ``[1, T−1]``, in steps of ``ots_stride``); coarse grid guard of ``ots_grid`` points, then golden
+  section down to ``ots_tol`` candidates and ``ots_final`` last evaluations; k-means with
+  ``ots_n_init`` restarts.
+* The closed-form S update: minimising ``β L_Gr + γ L_En`` over each row of S on the simplex
+  gives ``s_ij = softmax_{j∈NB_i}(−β d_ij / γ)``, ``d_ij = ‖q_i − q_j‖²``. S is refreshed with P;
+  ``γ L_En`` then has no gradient with respect to θ, φ, μ (it is logged, not back-propagated).
+* Alternating scheme: at each target refresh (every epoch, or every ``update_interval``
+  iterations) all images are embedded (no grad, M = ``n_noise_train`` draws), then Q, P and S are
+  recomputed and cached; the k-NN graph (cosine on Z, ``n_neighbors``) is rebuilt every
+  ``knn_rebuild_every`` refreshes; mini-batch losses use P and the cached neighbour
+  assignments ``Q_cache[j]`` (no gradient through the neighbours). Losses are per-sample means.
+* ``standardize=True``: e is standardised per dimension with the mean/std of the first pass
+  (then frozen) — the Student-t kernel is scale sensitive and bottleneck activations are not
+  normalised (METHODS.md §3.8).
+* ``g_φ``: ``Linear(D_e, H) → ReLU → Linear(H, D_e)`` with the last layer zero-initialised
+  (``z = e`` at the start); H = 512, or 256 when D_e > 4096.
+* Stopping: after ``n_epochs`` or when fewer than ``tol`` of the labels change between two
+  refreshes (DEC's rule).
+* Read-out: ``argmax_k q_ik`` at t* with M = ``n_noise_infer`` (8) draws from a fixed seed.
+* Optimiser: Adam, ``lr_unet`` (1e-5) for the U-Net, ``lr_head`` (1e-3) for g_φ and μ; batch 256;
+  α, β, γ = 1, 0.1, 0.01; the denoising loss weight is fixed to 1 (``denoise_weight``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..diffusion.process import q_sample
+from ..diffusion.unet import DiffusionUNet, bottleneck_features
+from ..knn import knn_search
+from ..losses import dec_soft_assignment, dec_target_distribution
+from ..training.runtime import autocast, progress
+from .base import DiffClusterMixin
+
+__all__ = ["DiEC", "ResidualMapping", "graph_affinities", "graph_loss", "dec_kl_loss"]
+
+
+class ResidualMapping(nn.Module):
+    """``z = e + g_φ(e)``, ``g_φ = Linear → ReLU → Linear`` with a zero last layer (eq. 18)."""
+
+    def __init__(self, dim: int, hidden: int = 512):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        nn.init.zeros_(self.fc2.weight)
+        nn.init.zeros_(self.fc2.bias)
+
+    def forward(self, e):
+        return e + self.fc2(F.relu(self.fc1(e)))
+
+
+def dec_kl_loss(p: torch.Tensor, q: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """``(1/B) Σ_i Σ_k p_ik log(p_ik / q_ik)`` (eq. 21, per-sample mean)."""
+    p = p.float()
+    return (p * (torch.log(p.clamp_min(eps)) - torch.log(q.float().clamp_min(eps)))).sum(1).mean()
+
+
+def graph_affinities(Q: torch.Tensor, neighbors: torch.Tensor, beta: float, gamma: float):
+    """Closed-form minimiser of ``β L_Gr + γ L_En`` over each row of S on the simplex:
+    ``s_ij = softmax_{j∈NB_i}(−β ‖q_i − q_j‖² / γ)``. Returns ``(S, d)`` of shape (N, k)."""
+    d = ((Q[:, None, :] - Q[neighbors]) ** 2).sum(-1)
+    return torch.softmax(-beta * d / max(gamma, 1e-12), dim=1), d
+
+
+def graph_loss(q: torch.Tensor, q_neighbors: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """``(1/B) Σ_i Σ_{j∈NB_i} s_ij ‖q_i − q_j‖²`` (eq. 22, per-sample mean); ``q`` (B, K),
+    ``q_neighbors`` (B, k, K), ``s`` (B, k)."""
+    return (s * ((q[:, None, :] - q_neighbors) ** 2).sum(-1)).sum(1).mean()
+
+
+def _entropy_term(s: torch.Tensor) -> float:
+    """``L_En = (1/N) Σ_i Σ_j s_ij log s_ij`` (eq. 23, per-sample mean)."""
+    return float((s * torch.log(s.clamp_min(1e-12))).sum(1).mean())
+
+
+class DiEC(DiffClusterMixin):
+    """DiEC clustering of images with a diffusion U-Net's bottleneck features.
+
+    Parameters
+    ----------
+    n_clusters : int
+    unet : None, str/path, DiffusionUNet or diffusers UNet2DModel
+        The pretrained ε-prediction U-Net. ``None``: pretrain one on X first
+        (``pretrain_steps`` steps of batch ``pretrain_batch_size``; preset ``unet_preset``).
+    t_star : "auto" or int
+        ``"auto"`` runs the Optimal Timestep Search; an int fixes t* (0-based).
+    ots_subset, ots_repeats, ots_grid, ots_tol, ots_final, ots_stride, ots_range, ots_n_init
+        OTS settings (see the module docstring).
+    n_noise_train, n_noise_infer : int
+        M, noise draws averaged per image in training / at prediction (4 / 8).
+    alpha, beta, gamma : float
+        Weights of L_KL, L_Gr, L_En (1, 0.1, 0.01); ``denoise_weight`` is L_Re's (1).
+    n_neighbors, knn_rebuild_every : int
+        k of the graph (10) and how many target refreshes between graph rebuilds (5).
+    update_interval : "epoch" or int
+        Target (P, Q_cache, S) refresh every epoch or every so many iterations.
+    n_epochs, batch_size, lr_unet, lr_head, tol
+        Training length, batch, learning rates and the label-change stopping tolerance.
+    finetune_unet : bool
+        Train θ end to end (paper). ``False`` trains only g_φ and μ (and skips L_Re).
+    block : str
+        The feature layer (``"mid"``; ``"down.i"``/``"up.i"`` for a layer search).
+    """
+
+    _input_kind = "images"
+
+    def __init__(self, n_clusters=10, *, unet=None, pretrain_steps=4000, pretrain_batch_size=128,
+                 pretrain_lr=2e-4, unet_preset="auto", n_timesteps=1000, schedule="linear",
+                 block="mid", t_star="auto", ots_subset=5000, ots_repeats=4, ots_grid=8,
+                 ots_tol=16, ots_final=5, ots_stride=1, ots_range=None, ots_n_init=3,
+                 n_noise_train=4, n_noise_infer=8, hidden_dim="auto", standardize=True,
+                 alpha=1.0, beta=0.1, gamma=0.01, n_neighbors=10, knn_rebuild_every=5,
+                 update_interval="epoch", n_epochs=20, batch_size=256, lr_unet=1e-5,
+                 lr_head=1e-3, dec_a=1.0, denoise_weight=1.0, finetune_unet=True, tol=0.001,
+                 kmeans_n_init=10, embed_batch_size=512, random_state=None, device=None,
+                 precision="auto", verbose=True):
+        self.n_clusters = n_clusters
+        self.unet = unet
+        self.pretrain_steps = pretrain_steps
+        self.pretrain_batch_size = pretrain_batch_size
+        self.pretrain_lr = pretrain_lr
+        self.unet_preset = unet_preset
+        self.n_timesteps = n_timesteps
+        self.schedule = schedule
+        self.block = block
+        self.t_star = t_star
+        self.ots_subset = ots_subset
+        self.ots_repeats = ots_repeats
+        self.ots_grid = ots_grid
+        self.ots_tol = ots_tol
+        self.ots_final = ots_final
+        self.ots_stride = ots_stride
+        self.ots_range = ots_range
+        self.ots_n_init = ots_n_init
+        self.n_noise_train = n_noise_train
+        self.n_noise_infer = n_noise_infer
+        self.hidden_dim = hidden_dim
+        self.standardize = standardize
+        self.alpha = alpha
+        self.beta = beta
+        self.gamma = gamma
+        self.n_neighbors = n_neighbors
+        self.knn_rebuild_every = knn_rebuild_every
+        self.update_interval = update_interval
+        self.n_epochs = n_epochs
+        self.batch_size = batch_size
+        self.lr_unet = lr_unet
+        self.lr_head = lr_head
+        self.dec_a = dec_a
+        self.denoise_weight = denoise_weight
+        self.finetune_unet = finetune_unet
+        self.tol = tol
+        self.kmeans_n_init = kmeans_n_init
+        self.embed_batch_size = embed_batch_size
+        self.random_state = random_state
+        self.device = device
+        self.precision = precision
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ the U-Net
+    def _check_params(self, n):
+        for name in ("ots_repeats", "n_noise_train", "n_noise_infer", "n_epochs", "batch_size",
+                     "n_neighbors", "knn_rebuild_every", "embed_batch_size", "ots_stride"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.t_star != "auto" and not isinstance(self.t_star, (int, np.integer)):
+            raise ValueError(f"t_star must be 'auto' or an int timestep, got {self.t_star!r}")
+        if self.update_interval != "epoch" and int(self.update_interval) < 1:
+            raise ValueError("update_interval must be 'epoch' or a positive number of iterations")
+        if self.n_neighbors >= n:
+            raise ValueError(f"n_neighbors={self.n_neighbors} needs more than that many images "
+                             f"(got {n}); lower n_neighbors")
+        if min(self.alpha, self.beta, self.gamma, self.denoise_weight) < 0 or self.gamma == 0:
+            raise ValueError("alpha, beta, denoise_weight must be ≥ 0 and gamma > 0")
+
+    def _resolve_unet(self, X) -> DiffusionUNet:
+        from diffusers import UNet2DModel
+
+        C, H, W = X.shape[1:]
+        src = self.unet
+        self.pretrain_seconds_ = 0.0
+        if src is None:
+            from ..diffusion.pretrain import pretrain_ddpm
+
+            res = pretrain_ddpm(X, None, preset=self.unet_preset, n_steps=int(self.pretrain_steps),
+                                batch_size=int(self.pretrain_batch_size), lr=self.pretrain_lr,
+                                schedule=self.schedule, n_timesteps=int(self.n_timesteps),
+                                seed=self.seed_, device=self.device_, verbose=self.verbose,
+                                precision=self.precision, n_samples=0)
+            self.pretrain_seconds_ = res.seconds
+            self.unet_source_ = "pretrained in fit"
+            model = res.unet
+        elif isinstance(src, DiffusionUNet):
+            import copy
+
+            model, self.unet_source_ = copy.deepcopy(src), "DiffusionUNet object"
+        elif isinstance(src, UNet2DModel):
+            import copy
+
+            model = DiffusionUNet(copy.deepcopy(src), image_size=H)
+            self.unet_source_ = "UNet2DModel object"
+        elif isinstance(src, (str, Path)):
+            model = DiffusionUNet.from_pretrained(src, image_size=None)
+            self.unet_source_ = str(src)
+        else:
+            raise ValueError(f"unet must be None, a folder/hub id, a DiffusionUNet or a diffusers "
+                             f"UNet2DModel; got {type(src).__name__}")
+        if model.in_channels != C:
+            raise ValueError(f"the U-Net takes {model.in_channels}-channel images but X has {C} "
+                             f"channels")
+        if H != W:
+            raise ValueError(f"DiEC needs square images, got {H}×{W}")
+        if model.image_size != H:
+            if H > model.sample_size:
+                raise ValueError(f"images are {H}×{H} but the U-Net was built for "
+                                 f"{model.sample_size}×{model.sample_size}; resize the images or "
+                                 f"use a U-Net of that size")
+            model.image_size = H  # pad the smaller images to the U-Net's sample_size
+        return model.to(self.device_).float()
+
+    # ------------------------------------------------------------------ features
+    def _features(self, unet, x0, t, n_noise, generator, average=True):
+        """Bottleneck features of clean images ``x0`` (B, C, H, W, on device) at step ``t`` for
+        ``n_noise`` noise draws: ``(M, B, D_e)``, or their mean ``(B, D_e)`` when ``average``
+        (eq. 11–13). Gradients follow the caller's grad mode."""
+        B = x0.shape[0]
+        xr = unet.pad(x0).repeat(n_noise, 1, 1, 1)
+        eps = torch.randn(xr.shape, generator=generator).to(xr.device)
+        tt = torch.full((xr.shape[0],), int(t), device=xr.device, dtype=torch.long)
+        x_t = q_sample(self.sched_, xr, tt, noise=eps)
+        with autocast(self.device_, self.amp_dtype_):
+            h = bottleneck_features(unet, x_t, tt, block=self.block)
+        e = h.float().reshape(n_noise, B, -1)
+        return e.mean(0) if average else e
+
+    @torch.no_grad()
+    def _embed_raw(self, unet, X, t, n_noise, seed, desc=None):
+        """Averaged raw features ē(t) of all rows of ``X`` (numpy) with draws from ``seed``."""
+        g = torch.Generator().manual_seed(int(seed))
+        bs = max(1, int(self.embed_batch_size) // n_noise)
+        out = []
+        it = range(0, len(X), bs)
+        for i in progress(it, total=len(it), desc=desc, verbose=self.verbose and desc is not None):
+            xb = torch.from_numpy(X[i:i + bs]).to(self.device_)
+            out.append(self._features(unet, xb, t, n_noise, g).cpu())
+        return torch.cat(out)
+
+    def _standardise(self, e):
+        if self.feat_mean_ is None:
+            return e
+        return (e - self.feat_mean_.to(e.device)) / self.feat_std_.to(e.device)
+
+    @torch.no_grad()
+    def _embed(self, X, n_noise, seed, desc=None):
+        """Z = mean_m (ẽ^(m) + g(ẽ^(m))) with ẽ the standardised features, no grad (N, D_e)."""
+        g = torch.Generator().manual_seed(int(seed))
+        bs = max(1, int(self.embed_batch_size) // n_noise)
+        out = []
+        self.unet_.eval()
+        it = range(0, len(X), bs)
+        for i in progress(it, total=len(it), desc=desc, verbose=self.verbose and desc is not None):
+            xb = torch.from_numpy(X[i:i + bs]).to(self.device_)
+            e = self._features(self.unet_, xb, self.t_star_, n_noise, g, average=False)
+            out.append(self.g_(self._standardise(e)).mean(0).cpu())
+        return torch.cat(out)
+
+    # ------------------------------------------------------------------ OTS
+    def _search_timestep(self, unet, X):
+        from ..selection.ots import clusterability_score, golden_section_argmax
+
+        n = len(X)
+        m = min(n, int(self.ots_subset))
+        sub = torch.randperm(n, generator=self.generator_)[:m].numpy()
+        Xs = X[np.sort(sub)]
+        T = self.sched_.T
+        lo, hi = self.ots_range if self.ots_range is not None else (1, T - 1)
+        if not 0 <= lo <= hi <= T - 1:
+            raise ValueError(f"ots_range must satisfy 0 ≤ lo ≤ hi ≤ T−1={T - 1}, got {(lo, hi)}")
+        cands = np.arange(int(lo), int(hi) + 1, int(self.ots_stride))
+        crn_seed = self.seed_ + 7919  # common random numbers: same draws for every t
+        unet.eval()
+
+        def score(t):
+            e = self._embed_raw(unet, Xs, t, int(self.ots_repeats), crn_seed).numpy()
+            return clusterability_score(e, self.n_clusters, int(self.ots_n_init), self.seed_)
+
+        if self.verbose:
+            print(f"DiEC OTS: m={m}, R={self.ots_repeats}, t in [{lo}, {hi}]", flush=True)
+        res = golden_section_argmax(score, cands, tol=int(self.ots_tol), grid=int(self.ots_grid),
+                                    n_final=self.ots_final, verbose=self.verbose)
+        return res
+
+    # ------------------------------------------------------------------ fit
+    def _fit(self, X):
+        n = len(X)
+        self._check_params(n)
+        t_start = time.perf_counter()
+        unet = self._resolve_unet(X)
+        self.sched_ = unet.noise_schedule()
+        T = self.sched_.T
+        # --- Optimal Timestep Search ---
+        if self.t_star == "auto":
+            res = self._search_timestep(unet, X)
+            self.t_star_ = int(res.t_star)
+            self.ots_scores_ = dict(res.scores)
+            self.ots_n_evals_, self.ots_seconds_ = int(res.n_evals), float(res.seconds)
+        else:
+            if not 0 <= int(self.t_star) < T:
+                raise ValueError(f"t_star={self.t_star} is outside [0, {T - 1}]")
+            self.t_star_, self.ots_scores_ = int(self.t_star), {}
+            self.ots_n_evals_, self.ots_seconds_ = 0, 0.0
+        self.unet_ = unet
+        # --- initial embedding, standardisation, residual map, k-means centroids ---
+        e0 = self._embed_raw(unet, X, self.t_star_, int(self.n_noise_train), self.seed_ + 1,
+                             desc="DiEC embed")
+        if self.standardize:
+            self.feat_mean_ = e0.mean(0)
+            self.feat_std_ = e0.std(0).clamp_min(1e-3 * float(e0.std(0).mean()) + 1e-8)
+        else:
+            self.feat_mean_ = self.feat_std_ = None
+        D = e0.shape[1]
+        hidden = (512 if D <= 4096 else 256) if self.hidden_dim == "auto" else int(self.hidden_dim)
+        with torch.random.fork_rng():
+            torch.manual_seed(self.seed_)
+            self.g_ = ResidualMapping(D, hidden).to(self.device_)
+        Z = self._standardise(e0)  # g = 0 at the start: z = e
+        from sklearn.cluster import KMeans
+
+        km = KMeans(self.n_clusters, n_init=int(self.kmeans_n_init), random_state=self.seed_)
+        km_labels = km.fit_predict(Z.numpy())
+        self.init_labels_ = km_labels.astype(np.int64)
+        self.mu_ = nn.Parameter(torch.as_tensor(km.cluster_centers_, dtype=torch.float32,
+                                                device=self.device_))
+        self._train(X, Z)
+        # --- read-out ---
+        proba = self._q_of(self._embed(X, int(self.n_noise_infer), self.seed_ + 2))
+        self.train_proba_ = proba.numpy().astype(np.float64)
+        self.labels_ = self.train_proba_.argmax(1)
+        self.fit_seconds_ = time.perf_counter() - t_start
+
+    def _q_of(self, Z):
+        return dec_soft_assignment(Z.to(self.device_), self.mu_.detach(), self.dec_a).cpu()
+
+    def _train(self, X, Z):
+        n, dev = len(X), self.device_
+        B = min(int(self.batch_size), n)
+        unet, g = self.unet_, self.generator_
+        finetune = bool(self.finetune_unet) and self.denoise_weight is not None
+        params = [{"params": list(self.g_.parameters()) + [self.mu_], "lr": self.lr_head}]
+        if self.finetune_unet:
+            params.append({"params": list(unet.parameters()), "lr": self.lr_unet})
+        else:
+            unet.requires_grad_(False)
+        opt = torch.optim.Adam(params)
+        iters_per_epoch = math.ceil(n / B)
+        interval = iters_per_epoch if self.update_interval == "epoch" else int(self.update_interval)
+        total_iters = int(self.n_epochs) * iters_per_epoch
+        M, k = int(self.n_noise_train), int(self.n_neighbors)
+        Xt = torch.from_numpy(X)
+        history, prev_labels, nb, n_refresh = [], None, None, 0
+        t0 = time.perf_counter()
+        it, stopped = 0, False
+        bar = progress(range(total_iters), desc="DiEC", verbose=self.verbose)
+        run = {"l_kl": 0.0, "l_gr": 0.0, "l_re": 0.0, "loss": 0.0}
+        run_n = 0
+        P = S = Q = None
+        while it < total_iters and not stopped:
+            perm = torch.randperm(n, generator=g)
+            for b0 in range(0, n, B):
+                if it % interval == 0:  # ---- (a) refresh Z, Q, P, graph, S (no gradients)
+                    if it > 0:
+                        Z = self._embed(X, M, self.seed_ + 1000 + n_refresh)
+                    Q = self._q_of(Z)
+                    P = dec_target_distribution(Q)
+                    labels = Q.argmax(1).numpy()
+                    changed = (float((labels != prev_labels).mean()) if prev_labels is not None
+                               else 1.0)
+                    if n_refresh % int(self.knn_rebuild_every) == 0 or nb is None:
+                        nb = torch.from_numpy(knn_search(Z.numpy(), k, metric="cosine")[0])
+                    S, _ = graph_affinities(Q, nb, self.beta, self.gamma)
+                    rec = {"iter": it, "epoch": it / iters_per_epoch, "label_change": changed,
+                           "l_en": _entropy_term(S), "seconds": time.perf_counter() - t0}
+                    if run_n:
+                        rec.update({kk: v / run_n for kk, v in run.items()})
+                        run, run_n = dict.fromkeys(run, 0.0), 0
+                    history.append(rec)
+                    n_refresh += 1
+                    prev_labels = labels
+                    if it > 0 and changed < self.tol:
+                        stopped = True
+                        break
+                    Q_dev, P_dev, S_dev, nb_dev = Q.to(dev), P.to(dev), S.to(dev), nb.to(dev)
+                if it >= total_iters:
+                    break
+                # ---- (b) one SGD step on a mini-batch
+                idx = perm[b0:b0 + B]
+                idx_d = idx.to(dev)
+                x0 = Xt[idx].to(dev)
+                unet.train(self.finetune_unet)
+                e = self._features(unet, x0, self.t_star_, M, g, average=False)
+                z = self.g_(self._standardise(e)).mean(0)
+                q = dec_soft_assignment(z, self.mu_, self.dec_a)
+                l_kl = dec_kl_loss(P_dev[idx_d], q)
+                l_gr = graph_loss(q, Q_dev[nb_dev[idx_d]], S_dev[idx_d])
+                loss = self.alpha * l_kl + self.beta * l_gr
+                l_re = torch.zeros(())
+                if finetune and self.denoise_weight > 0:
+                    x0p = unet.pad(x0)
+                    t_r = torch.randint(0, self.sched_.T, (len(x0p),), generator=g).to(dev)
+                    eps = torch.randn(x0p.shape, generator=g).to(dev)
+                    with autocast(dev, self.amp_dtype_):
+                        pred = unet(q_sample(self.sched_, x0p, t_r, noise=eps), t_r)
+                    l_re = F.mse_loss(pred.float(), eps)
+                    loss = loss + self.denoise_weight * l_re
+                if not math.isfinite(loss.item()):
+                    raise FloatingPointError(f"DiEC loss became {loss.item()} at iteration {it};"
+                                             f" lower lr_unet/lr_head or use precision='fp32'")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                for kk, v in (("l_kl", l_kl), ("l_gr", l_gr), ("l_re", l_re), ("loss", loss)):
+                    run[kk] += float(v.detach())
+                run_n += 1
+                it += 1
+                bar.update(1)
+                bar.set_postfix(kl=f"{float(l_kl):.4f}", re=f"{float(l_re):.4f}")
+        bar.close()
+        unet.requires_grad_(True)
+        self.unet_ = unet.eval()
+        self.history_ = history
+        self.n_iter_ = it
+        self.converged_ = stopped
+        self.train_seconds_ = time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ predict / transform
+    def _predict_proba(self, X):
+        self._ensure_runtime()
+        Z = self._embed(X, int(self.n_noise_infer), getattr(self, "seed_", 0) + 2)
+        return self._q_of(Z).numpy().astype(np.float64)
+
+    def transform(self, X):
+        """The clustering representation ``z = mean_m (ẽ + g(ẽ))`` at t*, (N, D_e)."""
+        from sklearn.utils.validation import check_is_fitted
+
+        check_is_fitted(self, "labels_")
+        X = self._validate_input(X, fitting=False)
+        self._ensure_runtime()
+        return self._embed(X, int(self.n_noise_infer), getattr(self, "seed_", 0) + 2).numpy()
+
+    def bottleneck_features(self, X, t=None, n_noise=None):
+        """Raw (un-standardised, un-mapped) averaged bottleneck features ē(t) of the fitted
+        U-Net; ``t`` defaults to t*. Handy for the k-means-on-raw-features ablation."""
+        from sklearn.utils.validation import check_is_fitted
+
+        check_is_fitted(self, "labels_")
+        X = self._validate_input(X, fitting=False)
+        self._ensure_runtime()
+        t = self.t_star_ if t is None else int(t)
+        return self._embed_raw(self.unet_, X, t, int(n_noise or self.n_noise_infer),
+                               getattr(self, "seed_", 0) + 2).numpy()
+
+    def save_unet(self, path) -> Path:
+        """Write the fine-tuned U-Net as a diffusers folder."""
+        return self.unet_.save_pretrained(path)
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, path):
+        # a U-Net object passed as ``unet`` cannot go into config.json: its fine-tuned weights are
+        # saved with the model anyway, so the parameter is recorded as None
+        if self.unet is None or isinstance(self.unet, (str, Path)):
+            return super().save_pretrained(path)
+        orig, self.unet = self.unet, None
+        try:
+            return super().save_pretrained(path)
+        finally:
+            self.unet = orig
+
+    def _get_state(self):
+        import json
+
+        meta = {"t_star_": self.t_star_,
+                "ots_scores_": [[int(t), float(s)] for t, s in self.ots_scores_.items()],
+                "ots_n_evals_": self.ots_n_evals_, "ots_seconds_": self.ots_seconds_,
+                "history_": self.history_, "n_iter_": self.n_iter_,
+                "converged_": bool(self.converged_), "fit_seconds_": self.fit_seconds_,
+                "pretrain_seconds_": self.pretrain_seconds_, "seed_": self.seed_,
+                "unet_source_": self.unet_source_, "input_shape_": list(self.input_shape_),
+                "unet_config": json.loads(self.unet_.unet.to_json_string()),
+                "unet_extra": self.unet_.extra_config(),
+                "g_dims": [self.g_.fc1.in_features, self.g_.fc1.out_features],
+                "standardized": self.feat_mean_ is not None}
+        tensors = {f"unet.{k}": v for k, v in self.unet_.state_dict().items()}
+        tensors.update({f"g.{k}": v for k, v in self.g_.state_dict().items()})
+        tensors["mu"] = self.mu_.detach()
+        tensors["init_labels_"] = torch.from_numpy(self.init_labels_)
+        if self.feat_mean_ is not None:
+            tensors["feat_mean"], tensors["feat_std"] = self.feat_mean_, self.feat_std_
+        return meta, tensors
+
+    def _set_state(self, meta, tensors):
+        for k in ("t_star_", "ots_n_evals_", "ots_seconds_", "history_", "n_iter_", "converged_",
+                  "fit_seconds_", "pretrain_seconds_", "seed_", "unet_source_"):
+            setattr(self, k, meta[k])
+        self.ots_scores_ = {int(t): float(s) for t, s in meta["ots_scores_"]}
+        self.input_shape_ = tuple(meta["input_shape_"])
+        cfg = {k: v for k, v in meta["unet_config"].items() if not k.startswith("_")}
+        unet = DiffusionUNet.from_config(cfg, meta["unet_extra"])
+        unet.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("unet.")})
+        self.unet_ = unet.to(self.device_).eval()
+        self.sched_ = unet.noise_schedule()
+        D, H = meta["g_dims"]
+        self.g_ = ResidualMapping(D, H)
+        self.g_.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("g.")})
+        self.g_ = self.g_.to(self.device_)
+        self.mu_ = nn.Parameter(tensors["mu"].to(self.device_))
+        self.init_labels_ = tensors["init_labels_"].numpy()
+        if meta["standardized"]:
+            self.feat_mean_, self.feat_std_ = tensors["feat_mean"], tensors["feat_std"]
+        else:
+            self.feat_mean_ = self.feat_std_ = None

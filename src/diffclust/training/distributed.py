@@ -1,0 +1,236 @@
+"""torchrun / DistributedDataParallel helpers: every trainer can run on several processes.
+
+Launch a script with ``torchrun --nproc_per_node=G script.py``; inside it::
+
+    info = init_distributed()                 # gloo on CPU, nccl on CUDA; no-op when alone
+    model = wrap_ddp(model.to(info.device), info)
+    sampler = DistributedBatchSampler(n, global_batch_size=B, seed=seed, info=info)
+    for step in range(steps):
+        idx = sampler.next_batch()            # this rank's share of the global batch
+        loss = criterion(model(X[idx]))       # mean over the local share
+        loss.backward(); opt.step()           # DDP averages gradients over ranks
+        ema.update(unwrap(model))             # identical on every rank (same params)
+    if info.is_main:                          # or: save_on_main(path, write)
+        save(...)
+    cleanup_distributed()
+
+Equivalence with one process: every rank draws the *same* global permutation from the seed
+and takes a contiguous, equal-sized slice of each global batch; the loss is a mean over the
+local slice and DDP averages gradients over ranks, so the update is the gradient of the mean
+loss over the global batch — the single-process update with the same global batch (up to the
+order of floating-point sums). The global batch must be divisible by the world size.
+Randomness used *inside* a step (noise, augmentations) must be drawn per sample in a
+rank-independent way (e.g. for the global batch from a shared generator, then sliced) for the
+runs to agree exactly; :meth:`DistributedBatchSampler.local_slice` gives the slice.
+
+Losses that need statistics over the whole batch (e.g. CLUDI's Self-Classifier column
+normalisation) must all-gather the per-rank outputs (:func:`all_gather_cat`, with gradients)
+before computing them; otherwise each rank sees only its share.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "dist_info", "is_main_process",
+           "barrier", "wrap_ddp", "unwrap", "DistributedBatchSampler", "all_reduce_mean",
+           "all_gather_cat", "broadcast_object", "save_on_main", "main_process_first"]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    backend: str | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _env_int(name, default):
+    v = os.environ.get(name)
+    return int(v) if v not in (None, "") else default
+
+
+def init_distributed(backend: str | None = None, device=None, timeout_s: float = 600.0
+                     ) -> DistInfo:
+    """Join the process group that ``torchrun`` describes in the environment (``RANK``,
+    ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``).
+
+    ``backend`` defaults to ``nccl`` when CUDA is available (each rank on ``cuda:LOCAL_RANK``)
+    and ``gloo`` otherwise. Without ``torchrun`` (``WORLD_SIZE`` unset or 1) it returns a
+    single-process :class:`DistInfo` and does nothing.
+    """
+    from datetime import timedelta
+
+    world = _env_int("WORLD_SIZE", 1)
+    rank, local = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    cuda = torch.cuda.is_available() and (device is None or str(device).startswith("cuda"))
+    if device is None:
+        device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world <= 1:
+        return DistInfo(0, 1, 0, device, None)
+    backend = backend or ("nccl" if device.type == "cuda" else "gloo")
+    if backend == "nccl" and device.type != "cuda":
+        raise ValueError("backend='nccl' needs CUDA devices; use backend='gloo' on CPU")
+    if not dist.is_initialized():
+        missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+        if missing:
+            raise ValueError(f"WORLD_SIZE={world} but {missing} not set: launch with torchrun "
+                             f"(torchrun --nproc_per_node={world} script.py)")
+        dist.init_process_group(backend, rank=rank, world_size=world,
+                                timeout=timedelta(seconds=timeout_s))
+    return DistInfo(rank, world, local, device, backend)
+
+
+def cleanup_distributed():
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def dist_info() -> DistInfo:
+    """The current process's rank/world size (single process when no group is initialised)."""
+    if dist.is_available() and dist.is_initialized():
+        local, backend = _env_int("LOCAL_RANK", 0), dist.get_backend()
+        dev = torch.device(f"cuda:{local}") if backend == "nccl" else torch.device("cpu")
+        return DistInfo(dist.get_rank(), dist.get_world_size(), local, dev, backend)
+    return DistInfo()
+
+
+def is_main_process() -> bool:
+    return dist_info().is_main
+
+
+def barrier():
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def wrap_ddp(module: torch.nn.Module, info: DistInfo | None = None, **kw) -> torch.nn.Module:
+    """``DistributedDataParallel(module)`` when running distributed, else ``module``."""
+    info = info or dist_info()
+    if not info.distributed:
+        return module
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ids = [info.device.index] if info.device.type == "cuda" else None
+    return DDP(module, device_ids=ids, **kw)
+
+
+def unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    return getattr(module, "module", module)
+
+
+class DistributedBatchSampler:
+    """Global batches of ``global_batch_size`` indices from reshuffled epochs (like the
+    single-process loop ``perm = randperm(n); perm[pos:pos+B]``), each rank keeping its
+    contiguous ``B / world_size`` share. All ranks use the same seeded generator, so the global
+    sequence of batches is the one a single process would draw.
+    """
+
+    def __init__(self, n: int, global_batch_size: int, seed: int = 0,
+                 info: DistInfo | None = None, drop_last: bool = True):
+        self.info = info or dist_info()
+        W = self.info.world_size
+        if global_batch_size % W:
+            raise ValueError(f"global_batch_size={global_batch_size} is not divisible by the "
+                             f"world size {W}; choose a multiple of {W}")
+        if global_batch_size > n:
+            raise ValueError(f"global_batch_size={global_batch_size} > n={n}")
+        self.n, self.B, self.drop_last = n, global_batch_size, drop_last
+        self.g = torch.Generator().manual_seed(int(seed))
+        self.perm, self.pos = torch.randperm(n, generator=self.g), 0
+
+    @property
+    def local_batch_size(self) -> int:
+        return self.B // self.info.world_size
+
+    def local_slice(self) -> slice:
+        """Where this rank's share sits inside a global batch."""
+        b = self.local_batch_size
+        return slice(self.info.rank * b, (self.info.rank + 1) * b)
+
+    def next_global_batch(self) -> torch.Tensor:
+        if self.pos + self.B > self.n:
+            self.perm, self.pos = torch.randperm(self.n, generator=self.g), 0
+        idx = self.perm[self.pos:self.pos + self.B]
+        self.pos += self.B
+        return idx
+
+    def next_batch(self) -> torch.Tensor:
+        return self.next_global_batch()[self.local_slice()]
+
+    def state_dict(self) -> dict:
+        """For checkpoints: resuming continues the same batch sequence."""
+        return {"perm": self.perm.clone(), "pos": self.pos, "g": self.g.get_state()}
+
+    def load_state_dict(self, s: dict):
+        self.perm, self.pos = s["perm"].clone(), int(s["pos"])
+        self.g.set_state(s["g"])
+
+
+def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    """Mean of ``t`` over ranks (returns ``t`` unchanged when alone)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return t
+    t = t.clone()
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t / dist.get_world_size()
+
+
+def all_gather_cat(t: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Concatenate equal-shaped ``t`` from every rank along ``dim`` in rank order; gradients
+    flow back to this rank's part (``torch.distributed.nn.all_gather``)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return t
+    if t.requires_grad:
+        from torch.distributed.nn import all_gather as ag
+
+        return torch.cat(ag(t), dim=dim)
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts, dim=dim)
+
+
+def broadcast_object(obj, src: int = 0):
+    """``obj`` from rank ``src`` on every rank (e.g. a seed drawn on rank 0)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def save_on_main(write, *args, **kwargs):
+    """Call ``write(*args, **kwargs)`` on rank 0 only, then wait for it on every rank, so that
+    a file is written once and is complete when any rank reads it."""
+    out = write(*args, **kwargs) if is_main_process() else None
+    barrier()
+    return out
+
+
+@contextlib.contextmanager
+def main_process_first():
+    """Rank 0 runs the block first (e.g. a download or a cache fill), the others after it."""
+    if not is_main_process():
+        barrier()
+    try:
+        yield
+    finally:
+        if is_main_process():
+            barrier()
