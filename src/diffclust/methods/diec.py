@@ -456,7 +456,7 @@ class DiEC(DiffClusterMixin):
                 run_n += 1
                 it += 1
                 bar.update(1)
-                bar.set_postfix(kl=f"{float(l_kl):.4f}", re=f"{float(l_re):.4f}")
+                bar.set_postfix(kl=f"{float(l_kl.detach()):.4f}", re=f"{float(l_re.detach()):.4f}")
         bar.close()
         unet.requires_grad_(True)
         self.unet_ = unet.eval()
