@@ -99,7 +99,11 @@ def init_distributed(backend: str | None = None, device=None, timeout_s: float =
 
 
 def cleanup_distributed():
+    """Leave the process group. Every rank first meets at a barrier, so that no rank tears
+    down its gloo connections while a peer still has work in flight on them (that race
+    aborted the peer with "terminate called without an active exception")."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
