@@ -115,28 +115,26 @@ def test_teacher_variants_run():
 
 
 def test_teacher_grad_reaches_the_teacher_only_when_asked():
-    """'none' detaches the teacher's logits; 'last' and 'all' keep a graph through them."""
+    """'none' detaches the teacher; 'last' back-propagates through its final denoising step
+    only, 'all' through every step (so the two differ unless there is a single step)."""
     X = np.random.default_rng(2).normal(size=(32, 6)).astype(np.float32)
-    m = CLUDI(3, random_state=0, **TINY).fit(X)
-    net = m.net_
     x = torch.from_numpy(X)
-    grads = {}
-    for mode in ("none", "last", "all"):
-        m.set_params(teacher_grad=mode)
-        net.zero_grad()
-        loss, _ = m._train_step(net, net, x, torch.Generator().manual_seed(0))
-        loss.backward()
-        grads[mode] = torch.cat([p.grad.flatten() for p in net.parameters()
-                                 if p.grad is not None])
-    assert not torch.allclose(grads["none"], grads["last"])
-    # with a single teacher step, 'last' and 'all' are the same graph
-    assert m.teacher_steps > 1 or torch.allclose(grads["last"], grads["all"])
 
+    def grads(teacher_steps):
+        m = CLUDI(3, random_state=0, **{**TINY, "teacher_steps": teacher_steps}).fit(X)
+        out = {}
+        for mode in ("none", "last", "all"):
+            m.set_params(teacher_grad=mode)
+            m.net_.zero_grad()
+            torch.manual_seed(0)  # the student's dropout draws from the global generator
+            loss, _ = m._train_step(m.net_, m.net_, x, torch.Generator().manual_seed(0))
+            loss.backward()
+            out[mode] = torch.cat([p.grad.flatten() for p in m.net_.parameters()
+                                   if p.grad is not None])
+        return out
 
-@pytest.mark.slow
-def test_cludi_beats_chance_on_real_digits():
-    X, y = load_dataset("digits", return_X_y=True, flatten=True)
-    m = CLUDI(10, n_steps=500, random_state=0, verbose=False).fit(X)
-    res = evaluate(y, m.labels_)
-    km = evaluate(y, KMeansClusterer(10, random_state=0).fit(X).labels_)
-    assert res["acc"] > 0.6 and res["nmi"] > 0.55, (res, km)
+    g3 = grads(3)
+    assert not torch.allclose(g3["none"], g3["last"])
+    assert not torch.allclose(g3["last"], g3["all"])
+    g1 = grads(1)
+    torch.testing.assert_close(g1["last"], g1["all"])

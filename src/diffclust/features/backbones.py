@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..training.runtime import autocast, cpu_has_amx, resolve_device, resolve_precision
+from ..training.runtime import autocast, cpu_has_bf16, resolve_device, resolve_precision
 from .preprocess import Preprocessor, load_image_processor, to_rgb_pil
 
 __all__ = ["Backbone", "HFBackbone", "CallableBackbone", "BackboneLoadError", "load_backbone",
@@ -66,7 +66,7 @@ def resolve_amp_dtype(precision: str, device: torch.device):
     if precision == "auto":
         if device.type == "cuda":
             return torch.float16
-        return torch.bfloat16 if cpu_has_amx() else None
+        return torch.bfloat16 if cpu_has_bf16() else None
     return resolve_precision(precision, device)
 
 

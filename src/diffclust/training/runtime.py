@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 __all__ = ["seed_everything", "resolve_device", "resolve_precision", "autocast", "progress",
-           "cpu_has_amx"]
+           "cpu_has_bf16"]
 
 
 def seed_everything(random_state) -> int:
@@ -38,7 +38,9 @@ def resolve_device(device=None) -> torch.device:
     return dev
 
 
-def cpu_has_amx() -> bool:
+def cpu_has_bf16() -> bool:
+    """Whether this CPU runs bf16 matmuls natively (AMX or AVX-512 BF16): on the 2-core AVX-512
+    BF16 machine we develop on, a 2048² bf16 matmul is 4× faster than fp32."""
     try:
         with open("/proc/cpuinfo") as f:
             flags = f.read()
@@ -62,7 +64,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if precision == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if cpu_has_amx() else None
+        return torch.bfloat16 if cpu_has_bf16() else None
     raise ValueError(f"precision must be 'auto', 'bf16', 'fp16' or 'fp32', got {precision!r}")
 
 
