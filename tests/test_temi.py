@@ -145,6 +145,26 @@ def test_knn_torch_and_faiss_agree_and_self_included_when_asked():
     np.testing.assert_allclose(sc[:, 0], 1.0, atol=1e-5)
 
 
+def test_knn_faiss_ivf_approximates_exact_search():
+    """The approximate IVF backend (used for N ≥ 300k) finds almost all exact neighbours on
+    clustered data, never returns the point itself, and scans only part of the data."""
+    pytest.importorskip("faiss", reason="faiss-cpu not installed")
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(40, 32))
+    X = (centres[rng.integers(0, 40, 6000)] + 0.8 * rng.normal(size=(6000, 32))
+         ).astype(np.float32)
+    exact, _ = knn_search(X, 10, backend="faiss")
+    approx, sim = knn_search(X, 10, backend="faiss_ivf")
+    assert approx.shape == (6000, 10) and (np.diff(sim, axis=1) <= 1e-6).all()
+    assert not (approx == np.arange(6000)[:, None]).any()
+    recall = np.mean([len(np.intersect1d(a, b)) / 10 for a, b in zip(exact, approx)])
+    assert 0.9 <= recall, recall
+    from diffclust.knn import _faiss_index
+
+    index = _faiss_index(X, "cosine", ivf=True)
+    assert index.nprobe < index.nlist  # a partial scan, not a flat search in disguise
+
+
 def test_knn_errors():
     X = np.random.default_rng(0).normal(size=(10, 3))
     with pytest.raises(ValueError, match="lower k"):

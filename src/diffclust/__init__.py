@@ -5,6 +5,7 @@ to ``config.json`` + ``model.safetensors``.
 """
 
 from .data import load_array, load_dataset
+from .generation import ClusterGenerator, load_generator, train_generator
 from .methods.base import load_pretrained
 from .methods.baselines import GMMClusterer, KMeansClusterer
 from .methods.cludi import CLUDI
@@ -16,4 +17,5 @@ from .selection import CmaxResult, estimate_cmax, set_default_clusterer
 __version__ = "0.1.0"
 set_default_clusterer(lambda C, seed: TEMI(C, random_state=seed, verbose=False))
 __all__ = ["CLUDI", "KMeansClusterer", "GMMClusterer", "load_dataset", "load_array", "evaluate",
-           "load_pretrained", "__version__", "TEMI", "estimate_cmax", "CmaxResult", "DiEC"]
+           "load_pretrained", "__version__", "TEMI", "estimate_cmax", "CmaxResult", "DiEC",
+           "train_generator", "load_generator", "ClusterGenerator"]

@@ -163,7 +163,7 @@ class TEMI(DiffClusterMixin):
     l2_norm, embed_norm : bool
         L2-normalise the inputs / standardise each dimension with the training mean and std
         before the heads (both off, as in the TEMI code).
-    knn_backend : {"auto", "torch", "faiss"}
+    knn_backend : {"auto", "torch", "faiss", "faiss_ivf"}
         Backend of the neighbour mining.
     """
 
