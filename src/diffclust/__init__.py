@@ -10,6 +10,8 @@ from .methods.base import load_pretrained
 from .methods.baselines import GMMClusterer, KMeansClusterer
 from .methods.cludi import CLUDI
 from .methods.diec import DiEC
+from .methods.gcc import GCC
+from .methods.clusterddpm import ClusterDDPM
 from .methods.temi import TEMI
 from .metrics import evaluate
 from .selection import CmaxResult, estimate_cmax, set_default_clusterer
@@ -18,4 +20,5 @@ __version__ = "0.1.0"
 set_default_clusterer(lambda C, seed: TEMI(C, random_state=seed, verbose=False))
 __all__ = ["CLUDI", "KMeansClusterer", "GMMClusterer", "load_dataset", "load_array", "evaluate",
            "load_pretrained", "__version__", "TEMI", "estimate_cmax", "CmaxResult", "DiEC",
-           "train_generator", "load_generator", "ClusterGenerator"]
+           "train_generator", "load_generator", "ClusterGenerator", "GCC",
+           "ClusterDDPM"]

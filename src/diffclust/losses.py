@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 __all__ = ["self_classifier_parts", "self_classifier_loss", "self_classifier_pair_matrix",
            "dec_soft_assignment", "dec_target_distribution",
-           "temi_loss"]
+           "temi_loss", "nt_xent_loss"]
 
 
 def self_classifier_parts(logits: torch.Tensor, tau_row: float = 0.1, tau_col: float = 0.05,
@@ -99,3 +99,20 @@ def temi_loss(student_x, student_xp, teacher_x, teacher_xp, q_tilde, gamma: floa
     pmi_21 = torch.logsumexp(gamma * (ls2 + lt1) - log_q, dim=-1)  # student x', teacher x
     head_losses = -0.5 * ((w * pmi_12).mean(-1) + (w * pmi_21).mean(-1))
     return head_losses, q_new
+
+
+def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """SimCLR's NT-Xent (GCC eq. 1): for the 2B projections ``z = [z1; z2]`` (B, D each, the two
+    views of B images) with cosine similarity ``s_ij``,
+    ``L = (1/2B) Σ_i −log[ exp(s_{i,i*}/τ) / Σ_{j≠i} exp(s_ij/τ) ]`` where ``i*`` is the other
+    view of image i. Mean over the 2B anchors (the paper writes the sum)."""
+    if z1.shape != z2.shape or z1.ndim != 2 or z1.shape[0] < 2:
+        raise ValueError(f"nt_xent_loss needs two (B, D) views with B ≥ 2, got "
+                         f"{tuple(z1.shape)} and {tuple(z2.shape)}")
+    B = z1.shape[0]
+    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
+    sim = (z @ z.T) / temperature
+    sim = sim.masked_fill(torch.eye(2 * B, dtype=torch.bool, device=z.device), float("-inf"))
+    target = torch.cat([torch.arange(B, 2 * B), torch.arange(0, B)]).to(z.device)
+    return F.cross_entropy(sim, target)
+

@@ -10,6 +10,8 @@ _METHODS = {
     "gmm": ("diffclust.methods.baselines", "GMMClusterer"),
     "temi": ("diffclust.methods.temi", "TEMI"),
     "diec": ("diffclust.methods.diec", "DiEC"),
+    "gcc": ("diffclust.methods.gcc", "GCC"),
+    "clusterddpm": ("diffclust.methods.clusterddpm", "ClusterDDPM"),
 }
 
 

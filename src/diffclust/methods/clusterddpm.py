@@ -1,0 +1,651 @@
+"""ClusterDDPM: EM clustering with a latent-conditioned DDPM (Yan, Liu & Zhang; METHODS.md §5).
+
+Generative model (eq. 9–16): ``c ~ Cat(π)``, ``z | c ~ N(μ_c, diag σ_c²)``, ``x_T ~ N(0, I)`` and
+the reverse process ``p_θ(x_{t−1} | x_t, z) = N(μ_θ(x_t, t, z), β_t I)`` with the ε-parameterised
+mean ``μ_θ = (x_t − β_t/sqrt(1 − ᾱ_t) ε_θ(x_t, t, z)) / sqrt(α_t)``.
+
+Variational posterior (eq. 17–22): ``q(x_{1:T}|x_0) q_φ(z|x_0) q(c|x_0)`` with
+``[μ_φ; log σ_φ²] = f_φ(x_0)``, ``z = μ_φ + σ_φ ⊙ ε`` and the optimal
+``w_c = q(c|x_0) = p(c|z) = π_c N(z; μ_c, σ_c²) / Σ_c' π_c' N(z; μ_c', σ_c'²)`` evaluated at the
+sampled z with the mixture held constant (gradients flow into the encoder through z and w).
+
+Loss per sample (eq. 24 / A.17), λ = ``lam``::
+
+    L = ‖ε − ε_θ(x_t, t, z)‖²                                      (one t ~ U per sample)
+      − λ Σ_c w_c log(π_c / w_c)                                   (KL(q(c|x) ‖ π))
+      + λ/2 Σ_c w_c Σ_j [log σ_c² + σ_φ²/σ_c² + (μ_φ − μ_c)²/σ_c²]  (weighted Gaussian KLs)
+      − λ/2 Σ_j (1 + log σ_φ²)                                     (encoder entropy)
+
+The three prior-matching terms together are exactly ``KL(q_φ(z|x) q(c|x) ‖ p(z, c))`` (the
+``log 2π`` constants cancel); :func:`prior_matching_terms` returns them per sample.
+
+Algorithm (METHODS.md §5.4): pre-training as a diffusion autoencoder (mean-over-pixels MSE, no
+prior term), GMM_0 fitted with k-means initialisation, then EM rounds of an M-step (Adam on θ, φ
+for ``m_step_epochs`` epochs with the mixture fixed) followed by an E-step (diagonal GMM refitted
+on the encoder outputs of all samples, warm-started from the previous mixture). Labels are the
+GMM posterior ``argmax_c p(c | μ_φ(x))`` (eq. 22).
+
+Decisions ([PROP] in METHODS.md, or where the paper/code are silent), all switchable:
+
+* **Networks.** ε_θ is the shared diffusers U-Net (:func:`~diffclust.diffusion.unet.make_unet`)
+  with adaptive group norm (``resnet_time_scale_shift="scale_shift"``): ``[t_emb + W z]``
+  scales and shifts the GroupNorm output inside every residual block, as the paper describes (the
+  MNIST code's ContextUnet is not reproduced). f_φ is the first half of a U-Net of the same
+  preset (``conv_in``, down blocks, mid block, no time input) followed by GroupNorm → SiLU →
+  flatten of the bottleneck and two linear heads for μ_φ and log σ_φ².
+* **Loss scale.** The main-phase reconstruction is the per-pixel squared error summed over the
+  ``C·H·W`` pixels of the *user's* image (28×28 images padded to 32×32 are scored as the mean
+  over the padded image times ``C·H·W``), so λ keeps the paper's meaning; pre-training uses the
+  mean. The two z draws of the paper's code (one for the reconstruction, one for the KL) are two
+  independent reparameterised samples from one encoder pass (same distribution, half the cost).
+* **Context dropout.** z is replaced by zeros with probability ``cond_drop`` (0.1, code) in
+  training; ``sample(..., guidance=w)`` then mixes ``(1 + w) ε(z) − w ε(0)`` (default w = 0).
+* **E-step.** scikit-learn ``GaussianMixture(covariance_type="diag")`` on the encoder means μ_φ
+  of all samples (``e_step_input="sample"`` uses a reparameterised z, as the code does), with
+  ``reg_covar = gmm_reg_covar × mean_j Var(Z_j)`` (scale-free; an absolute floor let
+  components shrink to spikes that the prior term then emptied); the first fit uses k-means initialisation (``gmm_n_init``
+  restarts), later fits are warm-started from the previous π, μ_c, σ_c². The mixture is stored
+  as tensors (``gmm_weights_``, ``gmm_means_``, ``gmm_vars_``), never as a pickled object.
+* **Read-out.** ``predict`` uses μ_φ (deterministic); ``predict_from="sample"`` uses a sampled z.
+* **Schedule.** T = ``n_timesteps`` (400), linear β from 1e-4 to 0.02 *not* rescaled with T (the
+  MNIST code); METHODS.md proposes T = 1000 for CIFAR/COIL (pass ``n_timesteps=1000``).
+* **Defaults.** ``latent_dim=32``, ``lam=0.01``: the λ of Table 4 that is good on every
+  dataset (MNIST 82.5, FMNIST 68.1, COIL-20 81.2, CIFAR-10's best); MNIST's tuned 0.1 is
+  unstable on Fashion-MNIST. :data:`PAPER_DEFAULTS` and
+  :meth:`ClusterDDPM.for_dataset` give the paper's per-dataset J and λ. Adam, EM-phase lr
+  1e-4, batch 128 and 10 pre-training epochs follow the code; the pre-training lr is 2e-3; ``n_em_iters`` is the paper's "epochs" (570 on
+  MNIST) and defaults to a CPU-friendly 50. A fresh Adam starts the EM phase (its loss is
+  ~C·H·W times the pre-training loss, so the old second moments would be stale).
+* **Divergence** (the λ sensitivity, Table 4): training stops with :class:`DivergenceError`
+  when a loss or gradient norm is not finite, when a batch loss exceeds ``divergence_factor``
+  times the first loss of its phase (an exploding loss), or when the encoder outputs or the
+  refitted mixture are not finite. Labels are never returned from such a run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..diffusion.process import q_sample
+from ..diffusion.schedules import NoiseSchedule
+from ..diffusion.unet import DiffusionUNet, make_unet, unet_config
+from ..training.runtime import autocast, progress
+from .base import DiffClusterMixin
+
+__all__ = [
+    "PAPER_DEFAULTS",
+    "ClusterDDPM",
+    "DivergenceError",
+    "LatentEncoder",
+    "fit_diag_gmm",
+    "gmm_log_posterior",
+    "prior_matching_terms",
+]
+
+#: The paper's per-dataset latent dimension J and trade-off λ (Table 4 / §5.5).
+PAPER_DEFAULTS = {
+    "mnist": {"latent_dim": 32, "lam": 0.1},
+    "fashion_mnist": {"latent_dim": 64, "lam": 0.001},
+    "cifar10": {"latent_dim": 512, "lam": 0.01, "n_timesteps": 1000},
+    "coil20": {"latent_dim": 10, "lam": 0.05, "n_timesteps": 1000},
+}
+
+_LOG2PI = math.log(2 * math.pi)
+
+
+class DivergenceError(FloatingPointError, ValueError):
+    """ClusterDDPM training diverged (NaN/inf or an exploding loss); no labels were produced."""
+
+
+# ---------------------------------------------------------------------- mixture maths
+def gmm_log_posterior(z, weights, means, variances):
+    """``log p(c | z)`` for a diagonal GMM (eq. 22): ``(B, K)`` log-softmax over c of
+    ``log π_c + log N(z; μ_c, diag σ_c²)``. ``z`` (B, J), ``weights`` (K,), ``means`` and
+    ``variances`` (K, J). Differentiable in ``z``."""
+    z = z.float()
+    log_n = -0.5 * (_LOG2PI + torch.log(variances)[None]
+                    + (z[:, None, :] - means[None]) ** 2 / variances[None]).sum(-1)
+    return torch.log_softmax(torch.log(weights)[None] + log_n, dim=1)
+
+
+def prior_matching_terms(mu, logvar, z, weights, means, variances, w=None):
+    """The prior-matching part of eq. A.17, per sample (without λ).
+
+    Returns a dict of ``(B,)`` tensors: ``kl_c = Σ_c w_c log(w_c/π_c)``,
+    ``kl_z = ½ Σ_c w_c Σ_j [log σ_c² + σ_φ²/σ_c² + (μ_φ − μ_c)²/σ_c²]``,
+    ``entropy = −½ Σ_j (1 + log σ_φ²)`` and their sum ``total``, which equals
+    ``KL(q_φ(z|x) q(c|x) ‖ p(z, c))``; plus ``w`` (B, K). ``w`` defaults to the posterior
+    ``p(c | z)`` at the sampled ``z`` with the mixture constant (the paper's choice).
+    """
+    mu, logvar = mu.float(), logvar.float()
+    if w is None:
+        log_w = gmm_log_posterior(z, weights, means, variances)
+        w = log_w.exp()
+    else:
+        log_w = torch.log(w.clamp_min(1e-30))
+    log_pi = torch.log(weights)[None]
+    kl_c = (w * (log_w - log_pi)).sum(1)
+    var_phi = logvar.exp()
+    per_c = (torch.log(variances)[None] + var_phi[:, None, :] / variances[None]
+             + (mu[:, None, :] - means[None]) ** 2 / variances[None]).sum(-1)  # (B, K)
+    kl_z = 0.5 * (w * per_c).sum(1)
+    entropy = -0.5 * (1.0 + logvar).sum(1)
+    return {"kl_c": kl_c, "kl_z": kl_z, "entropy": entropy, "total": kl_c + kl_z + entropy,
+            "w": w}
+
+
+def fit_diag_gmm(Z, n_components, init=None, reg_covar=1e-4, max_iter=100, tol=1e-3,
+                 n_init=1, seed=0):
+    """Fit a diagonal GMM to ``Z`` (N, J) with scikit-learn and return its parameters as float32
+    tensors ``(weights (K,), means (K, J), variances (K, J))`` plus a fit-info dict.
+
+    ``init`` = a previous ``(weights, means, variances)``: warm start (one run from there);
+    otherwise k-means initialisation with ``n_init`` restarts."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.mixture import GaussianMixture
+
+    Z = np.asarray(Z, dtype=np.float64)
+    if not np.isfinite(Z).all():
+        raise DivergenceError("the latent codes passed to the E-step contain NaN/inf")
+    kw = dict(n_components=int(n_components), covariance_type="diag", reg_covar=reg_covar,
+              max_iter=int(max_iter), tol=tol, random_state=int(seed) % (2**32))
+    if init is not None:
+        w0, m0, v0 = (np.asarray(a.detach().cpu() if torch.is_tensor(a) else a, np.float64)
+                      for a in init)
+        w0 = np.clip(w0, 1e-8, None)
+        gm = GaussianMixture(weights_init=w0 / w0.sum(), means_init=m0,
+                             precisions_init=1.0 / np.clip(v0, 1e-12, None), n_init=1, **kw)
+    else:
+        gm = GaussianMixture(init_params="kmeans", n_init=int(n_init), **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gm.fit(Z)
+    params = [torch.as_tensor(a, dtype=torch.float32)
+              for a in (gm.weights_, gm.means_, gm.covariances_)]
+    if not all(torch.isfinite(p).all() for p in params):
+        raise DivergenceError("the E-step produced a non-finite mixture")
+    params[0] = params[0].clamp_min(1e-8)
+    params[0] = params[0] / params[0].sum()
+    return tuple(params), {"converged": bool(gm.converged_), "n_iter": int(gm.n_iter_),
+                           "lower_bound": float(gm.lower_bound_)}
+
+
+# ---------------------------------------------------------------------- encoder f_φ
+class LatentEncoder(nn.Module):
+    """f_φ: the first half of a U-Net (``conv_in``, down blocks, mid block; no time input) built
+    from a ``UNet2DModel`` config, then GroupNorm → SiLU → flatten → two linear heads giving
+    ``μ_φ`` and ``log σ_φ²`` (J each). Inputs are padded images of side ``sample_size``."""
+
+    def __init__(self, config: dict, latent_dim: int):
+        super().__init__()
+        from diffusers import UNet2DModel
+
+        self.config = dict(config)
+        u = UNet2DModel(**{k: v for k, v in config.items() if not k.startswith("_")})
+        self.conv_in, self.down_blocks, self.mid_block = u.conv_in, u.down_blocks, u.mid_block
+        for m in self.modules():  # no time embedding: drop the per-block projections
+            if hasattr(m, "time_emb_proj"):
+                m.time_emb_proj = None
+        ch = int(config["block_out_channels"][-1])
+        side = int(config["sample_size"]) // 2 ** (len(config["block_out_channels"]) - 1)
+        self.norm = nn.GroupNorm(min(int(config["norm_num_groups"]), ch), ch)
+        self.fc_mu = nn.Linear(ch * side * side, int(latent_dim))
+        self.fc_logvar = nn.Linear(ch * side * side, int(latent_dim))
+
+    def forward(self, x):
+        h = self.conv_in(x)
+        for down in self.down_blocks:
+            h, _ = down(hidden_states=h, temb=None)
+        if self.mid_block is not None:
+            h = self.mid_block(h, None)
+        h = F.silu(self.norm(h)).flatten(1)
+        return self.fc_mu(h), self.fc_logvar(h)
+
+
+# ---------------------------------------------------------------------- the estimator
+class ClusterDDPM(DiffClusterMixin):
+    """ClusterDDPM: EM clustering of images with a z-conditioned DDPM and a diagonal GMM prior.
+
+    Parameters
+    ----------
+    n_clusters : int
+        K, the number of mixture components.
+    latent_dim : int
+        J, the width of z (32; see :data:`PAPER_DEFAULTS` / :meth:`for_dataset`).
+    lam : float
+        λ, the weight of the prior-matching terms (0.01; paper range [0.001, 0.1]).
+    unet_preset : str
+        U-Net size for ε_θ and f_φ (``"auto"``: ``small16``/``small32``/``small64`` by image
+        side; ``"tiny"`` for tests; any key of :data:`~diffclust.diffusion.unet.PRESETS`).
+    n_timesteps, beta_start, beta_end : int, float, float
+        T and the linear β schedule (400, 1e-4, 0.02; not rescaled with T).
+    pretrain_epochs : int
+        Epochs of the diffusion-autoencoder phase (10, mean-MSE, no prior term).
+    n_em_iters, m_step_epochs : int
+        EM rounds (50) and M-step epochs per round (1, as in the code).
+    batch_size, lr : int, float
+        Adam batch size and the EM-phase learning rate (128, 1e-4 as in the paper's code; larger
+        values empty mixture components within one M-step on short runs).
+    pretrain_lr : float or None
+        Learning rate of the pre-training phase (2e-3, [PROP]: the code's 1e-4 needs far more
+        epochs than a CPU run affords; measured on USPS, 25 epochs at 2e-3 give latents whose GMM
+        reaches k-means-on-pixels accuracy; ``None`` uses ``lr``).
+    cond_drop : float
+        Probability of zeroing z during training (0.1).
+    gmm_reg_covar, gmm_max_iter, gmm_n_init : float, int, int
+        E-step settings: ``reg_covar`` relative to the mean per-dimension variance of the
+        latents (0.05), EM iterations (100), k-means restarts for the first fit (5).
+    e_step_input, predict_from : "mean" or "sample"
+        Whether the E-step / the read-out use μ_φ (default) or a reparameterised z.
+    grad_clip : float or None
+        Optional global gradient-norm clip (None: off, as in the paper).
+    divergence_factor : float
+        A batch loss above this multiple of its phase's first loss counts as divergence (1e3).
+    embed_batch_size : int
+        Batch size of the no-grad encoder passes (E-step, predict, transform).
+    random_state, device, precision, verbose
+        Seed, device (``None``: CUDA if available), ``"auto"``/``"bf16"``/``"fp32"`` autocast,
+        progress bar.
+    """
+
+    _input_kind = "images"
+
+    def __init__(self, n_clusters=10, *, latent_dim=32, lam=0.01, unet_preset="auto",
+                 n_timesteps=400, beta_start=1e-4, beta_end=0.02, pretrain_epochs=10,
+                 n_em_iters=50, m_step_epochs=1, batch_size=128, lr=1e-4, pretrain_lr=2e-3,
+                 cond_drop=0.1,
+                 gmm_reg_covar=0.05, gmm_max_iter=100, gmm_n_init=5, e_step_input="mean",
+                 predict_from="mean", grad_clip=None, divergence_factor=1e3,
+                 embed_batch_size=512, random_state=None, device=None, precision="auto",
+                 verbose=True):
+        self.n_clusters = n_clusters
+        self.latent_dim = latent_dim
+        self.lam = lam
+        self.unet_preset = unet_preset
+        self.n_timesteps = n_timesteps
+        self.beta_start = beta_start
+        self.beta_end = beta_end
+        self.pretrain_epochs = pretrain_epochs
+        self.n_em_iters = n_em_iters
+        self.m_step_epochs = m_step_epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.pretrain_lr = pretrain_lr
+        self.cond_drop = cond_drop
+        self.gmm_reg_covar = gmm_reg_covar
+        self.gmm_max_iter = gmm_max_iter
+        self.gmm_n_init = gmm_n_init
+        self.e_step_input = e_step_input
+        self.predict_from = predict_from
+        self.grad_clip = grad_clip
+        self.divergence_factor = divergence_factor
+        self.embed_batch_size = embed_batch_size
+        self.random_state = random_state
+        self.device = device
+        self.precision = precision
+        self.verbose = verbose
+
+    @classmethod
+    def for_dataset(cls, name: str, n_clusters: int, **params) -> ClusterDDPM:
+        """An estimator with the paper's J and λ for ``name`` (mnist, fashion_mnist, cifar10,
+        coil20); ``params`` override them."""
+        key = name.lower().replace("-", "_")
+        if key not in PAPER_DEFAULTS:
+            raise ValueError(f"no paper defaults for {name!r}; known: {sorted(PAPER_DEFAULTS)}")
+        return cls(n_clusters, **{**PAPER_DEFAULTS[key], **params})
+
+    # ------------------------------------------------------------------ checks and building
+    def _check_params(self):
+        for name in ("latent_dim", "n_timesteps", "batch_size", "m_step_epochs",
+                     "gmm_max_iter", "gmm_n_init", "embed_batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or int(v) != v or int(v) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("pretrain_epochs", "n_em_iters"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
+        if int(self.n_timesteps) < 2:
+            raise ValueError(f"n_timesteps must be ≥ 2, got {self.n_timesteps}")
+        if not (float(self.lam) >= 0 and math.isfinite(float(self.lam))):
+            raise ValueError(f"lam must be a finite number ≥ 0, got {self.lam}")
+        if not 0 <= float(self.cond_drop) < 1:
+            raise ValueError(f"cond_drop must lie in [0, 1), got {self.cond_drop}")
+        if not float(self.lr) > 0 or not (self.pretrain_lr is None or self.pretrain_lr > 0):
+            raise ValueError(f"lr and pretrain_lr must be > 0, got {self.lr}, {self.pretrain_lr}")
+        if not 0 < self.beta_start < self.beta_end < 1:
+            raise ValueError("need 0 < beta_start < beta_end < 1")
+        for name in ("e_step_input", "predict_from"):
+            if getattr(self, name) not in ("mean", "sample"):
+                raise ValueError(f"{name} must be 'mean' or 'sample', got {getattr(self, name)!r}")
+        if not float(self.divergence_factor) > 1:
+            raise ValueError(f"divergence_factor must be > 1, got {self.divergence_factor}")
+
+    def _schedule_config(self):
+        return {"name": "linear", "T": int(self.n_timesteps), "noise_scale": 1.0,
+                "rescale": None, "kwargs": {"beta_start": float(self.beta_start),
+                                            "beta_end": float(self.beta_end),
+                                            "scale_with_T": False}}
+
+    def _build(self, X):
+        C, H, W = X.shape[1:]
+        if H != W:
+            raise ValueError(f"ClusterDDPM needs square images, got {H}×{W}; crop or pad them")
+        if H < 8:
+            raise ValueError(f"images must be at least 8×8 for the U-Net, got {H}×{W}")
+        J = int(self.latent_dim)
+        unet = make_unet(H, C, self.unet_preset, cond_dim=J, seed=self.seed_,
+                         schedule=self._schedule_config(), resnet_time_scale_shift="scale_shift")
+        enc_cfg = unet_config(H, C, self.unet_preset)
+        with torch.random.fork_rng():
+            torch.manual_seed(self.seed_ + 1)
+            enc = LatentEncoder(enc_cfg, J)
+        return unet.to(self.device_).float(), enc.to(self.device_).float()
+
+    # ------------------------------------------------------------------ encoder passes
+    def _encode(self, xb):
+        """``(μ_φ, log σ_φ²)`` in float32 for images ``xb`` (B, C, H, W) on the device."""
+        with autocast(self.device_, self.amp_dtype_):
+            mu, logvar = self.encoder_(self.unet_.pad(xb))
+        return mu.float(), logvar.float()
+
+    @torch.no_grad()
+    def _embed(self, X, sample=False, generator=None):
+        """μ_φ (or a reparameterised z when ``sample``) for all rows of ``X``: (N, J) on CPU."""
+        self.encoder_.eval()
+        out = []
+        bs = int(self.embed_batch_size)
+        for i in range(0, len(X), bs):
+            xb = torch.as_tensor(X[i:i + bs]).to(self.device_)
+            mu, logvar = self._encode(xb)
+            if sample:
+                eps = torch.randn(mu.shape, generator=generator).to(mu.device)
+                mu = mu + (0.5 * logvar).exp() * eps
+            out.append(mu.cpu())
+        Z = torch.cat(out)
+        if not torch.isfinite(Z).all():
+            raise DivergenceError("the encoder produced NaN/inf latent codes; training diverged "
+                                  "(lower lam or lr, or set grad_clip)")
+        return Z
+
+    def _gmm(self):
+        d = self.device_
+        return self.gmm_weights_.to(d), self.gmm_means_.to(d), self.gmm_vars_.to(d)
+
+    # ------------------------------------------------------------------ losses
+    def _losses(self, x0, prior: bool, g):
+        """Loss of one batch: returns ``(loss, logs)``. ``prior=False`` is the pre-training loss
+        (mean MSE); ``prior=True`` is eq. A.17 (pixel-sum MSE + λ · prior matching)."""
+        dev = self.device_
+        B = x0.shape[0]
+        mu, logvar = self._encode(x0)
+        std = (0.5 * logvar).exp()
+        z_rec = mu + std * torch.randn(mu.shape, generator=g).to(dev)
+        cond = z_rec
+        if self.cond_drop > 0:
+            keep = (torch.rand(B, generator=g) >= self.cond_drop).float().to(dev)
+            cond = z_rec * keep[:, None]
+        x0p = self.unet_.pad(x0)
+        t = torch.randint(0, self.sched_.T, (B,), generator=g).to(dev)
+        eps = torch.randn(x0p.shape, generator=g).to(dev)
+        x_t = q_sample(self.sched_, x0p, t, noise=eps)
+        with autocast(dev, self.amp_dtype_):
+            pred = self.unet_(x_t, t, cond=cond)
+        mse = ((pred.float() - eps) ** 2).flatten(1).mean(1)  # (B,) per-pixel mean
+        if not prior:
+            rec = mse.mean()
+            return rec, {"rec": rec}
+        rec = (mse * self.n_pixels_).mean()  # sum over the user's C·H·W pixels
+        z_kl = mu + std * torch.randn(mu.shape, generator=g).to(dev)
+        terms = prior_matching_terms(mu, logvar, z_kl, *self._gmm())
+        kl = terms["total"].mean()
+        loss = rec + float(self.lam) * kl
+        return loss, {"rec": rec, "kl": kl, "kl_c": terms["kl_c"].mean(),
+                      "kl_z": terms["kl_z"].mean(), "entropy": terms["entropy"].mean()}
+
+    # ------------------------------------------------------------------ fit
+    def _fit(self, X):
+        self._check_params()
+        t_start = time.perf_counter()
+        self.n_pixels_ = int(np.prod(X.shape[1:]))
+        self.unet_, self.encoder_ = self._build(X)
+        self.sched_ = NoiseSchedule(**self._schedule_config())
+        params = list(self.unet_.parameters()) + list(self.encoder_.parameters())
+        pre_lr = float(self.lr if self.pretrain_lr is None else self.pretrain_lr)
+        opt_box = [torch.optim.Adam(params, lr=pre_lr)]
+        n, B = len(X), min(int(self.batch_size), len(X))
+        Xt = torch.from_numpy(X)
+        g = self.generator_
+        self.history_ = []
+        n_pre, n_em, m_ep = int(self.pretrain_epochs), int(self.n_em_iters), int(self.m_step_epochs)
+        total = math.ceil(n / B) * (n_pre + n_em * m_ep)
+        bar = progress(range(total), desc="ClusterDDPM", verbose=self.verbose)
+        state = {"ref": None, "it": 0}
+
+        def run_epoch(phase, epoch, prior):
+            sums, count = {}, 0
+            perm = torch.randperm(n, generator=g)
+            self.unet_.train()
+            self.encoder_.train()
+            for b0 in range(0, n, B):
+                idx = perm[b0:b0 + B]
+                if len(idx) < 2 and b0 > 0:
+                    continue
+                x0 = Xt[idx].to(self.device_)
+                loss, logs = self._losses(x0, prior, g)
+                self._check_loss(loss, phase, epoch, state)
+                opt = opt_box[0]
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                max_norm = float(self.grad_clip) if self.grad_clip else float("inf")
+                gn = torch.nn.utils.clip_grad_norm_(params, max_norm)
+                if not torch.isfinite(gn):
+                    raise DivergenceError(
+                        f"ClusterDDPM diverged in the {phase} phase (epoch {epoch}): the gradient "
+                        f"norm is {float(gn)}. lam={self.lam} is probably too large for this "
+                        f"data (the paper reports instability for large λ); lower lam or lr, or "
+                        f"set grad_clip")
+                opt.step()
+                for k, v in logs.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+                count += 1
+                state["it"] += 1
+                bar.update(1)
+                bar.set_postfix(phase=phase, loss=f"{float(loss.detach()):.3f}")
+            return {k: v / max(count, 1) for k, v in sums.items()}
+
+        try:
+            # ---- pre-training: diffusion autoencoder, no prior term
+            for ep in range(n_pre):
+                logs = run_epoch("pretrain", ep, prior=False)
+                self.history_.append({"phase": "pretrain", "epoch": ep, **logs,
+                                      "seconds": time.perf_counter() - t_start})
+            # ---- GMM_0 (k-means init) on the encoder outputs
+            self._e_step(X, init=None, round_=0)
+            state["ref"] = None  # the main loss has a different scale
+            # fresh Adam moments: the pixel-sum loss is ~C·H·W times the pre-training mean, and
+            # stale second moments would turn the first main steps into huge updates
+            opt_box[0] = torch.optim.Adam(params, lr=float(self.lr))
+            prev = self._current_labels(X)
+            for r in range(1, n_em + 1):
+                logs = {}
+                for ep in range(m_ep):  # M-step with the mixture fixed
+                    logs = run_epoch("em", r, prior=True)
+                info = self._e_step(X, init=self._gmm_cpu(), round_=r)  # E-step, warm start
+                labels = self._current_labels(X)
+                change = float((labels != prev).mean())
+                prev = labels
+                self.history_.append({"phase": "em", "epoch": r, **logs, "label_change": change,
+                                      "gmm_lower_bound": info["lower_bound"],
+                                      "seconds": time.perf_counter() - t_start})
+        finally:
+            bar.close()
+            self.unet_.eval()
+            self.encoder_.eval()
+        self.n_iter_ = state["it"]
+        proba = self._posterior(self._readout_latents(X))
+        if not np.isfinite(proba).all():
+            raise DivergenceError("the final cluster posteriors are not finite")
+        self.train_proba_ = proba
+        self.labels_ = proba.argmax(1)
+        self.fit_seconds_ = time.perf_counter() - t_start
+        n_empty = int(self.n_clusters) - len(np.unique(self.labels_))
+        if n_empty:
+            import warnings
+
+            warnings.warn(f"ClusterDDPM: {n_empty} of {self.n_clusters} clusters received no "
+                          f"sample (the mixture collapsed); pre-train longer, or lower lam/lr",
+                          RuntimeWarning, stacklevel=3)
+
+    def _check_loss(self, loss, phase, epoch, state):
+        v = float(loss.detach())
+        hint = (f"lam={self.lam} is probably too large for this data (the paper reports "
+                f"unstable training for large λ); lower lam or lr, or set grad_clip")
+        if not math.isfinite(v):
+            raise DivergenceError(f"ClusterDDPM diverged in the {phase} phase (epoch {epoch}): "
+                                  f"the loss is {v}. {hint}")
+        if state["ref"] is None:
+            state["ref"] = max(abs(v), 1e-3)
+        elif v > float(self.divergence_factor) * state["ref"]:
+            raise DivergenceError(f"ClusterDDPM diverged in the {phase} phase (epoch {epoch}): "
+                                  f"the loss exploded to {v:.4g}, more than "
+                                  f"{self.divergence_factor:g}× its initial {state['ref']:.4g}. "
+                                  f"{hint}")
+
+    def _gmm_cpu(self):
+        return self.gmm_weights_, self.gmm_means_, self.gmm_vars_
+
+    def _e_step(self, X, init, round_):
+        g = torch.Generator().manual_seed(self.seed_ + 10007 * (round_ + 1))
+        Z = self._embed(X, sample=self.e_step_input == "sample", generator=g)
+        # reg_covar relative to the latents' scale, which the encoder sets freely: an absolute
+        # floor lets a component shrink to a spike that the prior term then empties
+        reg = float(self.gmm_reg_covar) * max(float(Z.var(0).mean()), 1e-12)
+        (w, m, v), info = fit_diag_gmm(Z.numpy(), self.n_clusters, init=init, reg_covar=reg,
+                                       max_iter=int(self.gmm_max_iter),
+                                       n_init=int(self.gmm_n_init), seed=self.seed_ + round_)
+        self.gmm_weights_, self.gmm_means_, self.gmm_vars_ = w, m, v
+        return info
+
+    def _readout_latents(self, X):
+        g = torch.Generator().manual_seed(getattr(self, "seed_", 0) + 2)
+        return self._embed(X, sample=self.predict_from == "sample", generator=g)
+
+    def _posterior(self, Z):
+        with torch.no_grad():
+            lp = gmm_log_posterior(Z.to(self.device_), *self._gmm())
+        return lp.exp().cpu().double().numpy()
+
+    def _current_labels(self, X):
+        Z = self._embed(X)
+        with torch.no_grad():
+            return gmm_log_posterior(Z.to(self.device_), *self._gmm()).argmax(1).cpu().numpy()
+
+    # ------------------------------------------------------------------ predict / transform
+    def _predict_proba(self, X):
+        self._ensure_runtime()
+        return self._posterior(self._readout_latents(X))
+
+    def transform(self, X):
+        """The encoder means μ_φ(x) (N, J): the learned latent representation."""
+        from sklearn.utils.validation import check_is_fitted
+
+        check_is_fitted(self, "labels_")
+        X = self._validate_input(X, fitting=False)
+        self._ensure_runtime()
+        return self._embed(X).numpy()
+
+    @torch.no_grad()
+    def sample(self, n, cluster=None, guidance=0.0, random_state=None, batch_size=256):
+        """Generate ``n`` images: ``c`` = ``cluster`` (an int, or an array of ``n`` ids; ``None``
+        draws ``c ~ Cat(π)``), ``z ~ N(μ_c, σ_c²)``, then DDPM ancestral sampling from
+        ``x_T ~ N(0, I)`` with ``σ_t² = β_t`` and a deterministic last step (§5.4). ``guidance``
+        w ≥ 0 uses ``(1 + w) ε(x_t, t, z) − w ε(x_t, t, 0)``. Returns float32 images in
+        [−1, 1] of shape ``(n, C, H, W)`` and the cluster ids ``(n,)``."""
+        from sklearn.utils.validation import check_is_fitted
+
+        from ..diffusion.samplers import ddpm_sample
+
+        check_is_fitted(self, "labels_")
+        self._ensure_runtime()
+        n = int(n)
+        if n < 1:
+            raise ValueError(f"n must be ≥ 1, got {n}")
+        K = int(self.n_clusters)
+        seed = (getattr(self, "seed_", 0) + 99991) if random_state is None else int(random_state)
+        g = torch.Generator().manual_seed(seed)
+        if cluster is None:
+            c = torch.multinomial(self.gmm_weights_.double(), n, replacement=True, generator=g)
+        else:
+            c = torch.as_tensor(np.asarray(cluster)).long().reshape(-1)
+            if c.numel() == 1:
+                c = c.expand(n).clone()
+            if c.numel() != n:
+                raise ValueError(f"cluster must be an int or hold n={n} ids, got {c.numel()}")
+            if int(c.min()) < 0 or int(c.max()) >= K:
+                raise ValueError(f"cluster ids must lie in [0, {K - 1}], got {c.tolist()[:10]}")
+        eps_z = torch.randn((n, int(self.latent_dim)), generator=g)
+        Zs = self.gmm_means_[c] + self.gmm_vars_[c].sqrt() * eps_z
+        unet, dev = self.unet_.eval(), self.device_
+        C, S = unet.in_channels, unet.sample_size
+        w = float(guidance)
+        out = []
+        for i0 in range(0, n, int(batch_size)):
+            zb = Zs[i0:i0 + int(batch_size)].to(dev)
+            b = len(zb)
+
+            def model_eps(x, t, zb=zb):
+                with autocast(dev, self.amp_dtype_):
+                    if w == 0:
+                        return unet(x, t, cond=zb).float()
+                    e = unet(torch.cat([x, x]), torch.cat([t, t]),
+                             cond=torch.cat([zb, torch.zeros_like(zb)])).float()
+                    e_c, e_u = e.chunk(2)
+                    return (1 + w) * e_c - w * e_u
+
+            x_T = torch.randn((b, C, S, S), generator=g).to(dev)
+            x = ddpm_sample(model_eps, self.sched_, (b, C, S, S), variance="beta",
+                            generator=g, device=dev, x_T=x_T)
+            out.append(unet.crop(x.clamp(-1, 1)).float().cpu())
+        return torch.cat(out).numpy(), c.numpy()
+
+    # ------------------------------------------------------------------ persistence
+    def _get_state(self):
+        import json
+
+        meta = {"history_": self.history_, "n_iter_": int(self.n_iter_),
+                "fit_seconds_": float(self.fit_seconds_), "seed_": int(self.seed_),
+                "input_shape_": list(self.input_shape_), "n_pixels_": int(self.n_pixels_),
+                "unet_config": json.loads(self.unet_.unet.to_json_string()),
+                "unet_extra": self.unet_.extra_config(),
+                "encoder_config": self.encoder_.config}
+        tensors = {f"unet.{k}": v for k, v in self.unet_.state_dict().items()}
+        tensors.update({f"enc.{k}": v for k, v in self.encoder_.state_dict().items()})
+        tensors.update(gmm_weights=self.gmm_weights_, gmm_means=self.gmm_means_,
+                       gmm_vars=self.gmm_vars_,
+                       train_proba=torch.as_tensor(self.train_proba_))
+        return meta, tensors
+
+    def _set_state(self, meta, tensors):
+        for k in ("history_", "n_iter_", "fit_seconds_", "seed_", "n_pixels_"):
+            setattr(self, k, meta[k])
+        self.input_shape_ = tuple(meta["input_shape_"])
+        cfg = {k: v for k, v in meta["unet_config"].items() if not k.startswith("_")}
+        unet = DiffusionUNet.from_config(cfg, meta["unet_extra"])
+        unet.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("unet.")})
+        self.unet_ = unet.to(self.device_).eval()
+        self.sched_ = unet.noise_schedule()
+        enc = LatentEncoder(meta["encoder_config"], int(self.latent_dim))
+        enc.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("enc.")})
+        self.encoder_ = enc.to(self.device_).eval()
+        self.gmm_weights_ = tensors["gmm_weights"].float()
+        self.gmm_means_ = tensors["gmm_means"].float()
+        self.gmm_vars_ = tensors["gmm_vars"].float()
+        self.train_proba_ = tensors["train_proba"].double().numpy()

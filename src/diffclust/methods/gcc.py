@@ -1,0 +1,786 @@
+"""GCC: Generative Calibration Clustering (Xia, Huang & Ding; METHODS.md §6).
+
+The clustering network is ``C∘F``: a ResNet-18-style feature extractor F
+(:class:`~diffclust.models.ResNet18`) and a two-layer FC head C; the labels are ``argmax C(F(x))``.
+A cluster-conditional DDPM G (:func:`~diffclust.diffusion.pretrain.pretrain_ddpm`, a
+:class:`~diffclust.diffusion.unet.DiffusionUNet` with a cluster-id embedding added to the time
+embedding) generates labelled images that calibrate the clustering.
+
+Stage I (cornerstone):
+
+1. SimCLR pretraining of F with an MLP projection head and NT-Xent (eq. 1,
+   :func:`~diffclust.losses.nt_xent_loss`) on two :class:`~diffclust.augment.SimCLRAugment` views;
+2. k-means on F's (L2-normalised) features → pseudo-labels;
+3. C trained with cross-entropy on the pseudo-labels with F frozen (eq. 2; Adam 1e-4, 100 epochs);
+4. G trained on (X, argmax C(F(X))) with F and C frozen (eq. 3–6; standard DDPM, T = 1000,
+   linear β, ``p_uncond`` null-label dropout).
+
+Stage II (``n_rounds`` rounds, G frozen within a round):
+
+* a pool of generated images is sampled per round with DDIM; each real batch is paired with
+  generated images drawn from the pool with the *same* pseudo-labels (same per-cluster counts);
+* ``L_d`` (:func:`classwise_mmd`, eq. 9 restored): class-wise multi-bandwidth Gaussian MMD
+  between real and generated features of F;
+* ``L_cwm`` (:func:`category_matching_loss`, eq. 10): mean cosine similarity of generated
+  features across different labels minus that within the same label;
+* ``L_ml`` (:func:`reliable_metric_loss`, eq. 11): squared hinge pushing every class scored above
+  the conditioning label below it, on the generated samples;
+* ``min_{F,C} L_d + L_cwm + L_ml`` (eq. 12) for ``calib_epochs``; then G is fine-tuned for
+  ``gen_epochs`` on the real images with the new labels ``argmax C(F(X))``.
+
+Decisions where the paper is silent ([PROP], METHODS.md §6):
+
+* SimCLR: 2-layer MLP projection (``out_dim → out_dim → proj_dim=128``), τ = 0.1, AdamW
+  (``clr_lr`` 1e-3, weight decay 1e-4, 10-epoch-or-5 % warm-up then cosine) instead of SCAN's SGD
+  lr 0.4 (more robust for the short CPU budgets this library is run with); 500 epochs, batch 512
+  by default. ``backbone_width`` 64 is ResNet-18; smaller widths are for CPU runs.
+* Augmentations: SimCLR/SCAN values for colour images; digits (1 channel) get a milder crop
+  (scale 0.5–1), no flip and brightness/contrast jitter only (``SimCLRAugment.for_images``).
+* k-means runs on L2-normalised backbone features (the contrastive geometry is cosine), with
+  ``kmeans_n_init`` restarts; C = ``Linear(out_dim, head_hidden=512) → ReLU → Linear(·, K)``,
+  trained on cached (non-augmented, eval-mode) features.
+* G: the library's U-Net preset for the image size (``unet_preset="auto"``; the paper's 16
+  residual blocks are not reproduced exactly), dropout 0.1, AdamW lr 2e-4 with EMA, batch
+  ``ddpm_batch_size`` (128), ``ddpm_epochs`` (300) epochs; the cluster id goes through a learned
+  embedding added to the time embedding (diffusers ``num_class_embeds``), with null-id dropout
+  ``p_uncond`` (0.1) so ``guidance_scale`` > 1 is possible (default 1: plain conditional).
+* Generated pool: ``n_generate`` images per round (default N) with DDIM ``sample_steps`` (100),
+  η = 0, labels drawn from the current pseudo-label distribution; a real image of label k is
+  paired with a random pool image of label k (clusters absent from the pool are skipped in L_d).
+* Real-image labels are recomputed (eval mode, no gradient) at the start of every calibration
+  epoch; BatchNorm statistics of F are frozen in Stage II (lr 1e-4 fine-tuning; the generated half
+  of each batch would otherwise shift them).
+* MMD kernel: ``Σ_s exp(−‖a − b‖² / (2 (s·m)²))``, s ∈ ``mmd_bandwidths`` (0.5, 1, 2, 4, 8), m the
+  median pairwise distance of the batch (no gradient), on L2-normalised features; the same-label
+  mean in L_cwm excludes the diagonal; L_ml uses softmax probabilities (``ml_on="proba"``; or
+  ``"logits"`` as written) and is normalised by the batch size.
+* Rounds: ``n_rounds`` = 10, ``calib_epochs`` = 5, ``gen_epochs`` = 2 (paper), Adam lr 1e-4 for
+  F and C; Stage-II batch 256. The fine-tuning of G restarts its optimiser each round (Adam and
+  EMA are re-initialised from the current EMA weights).
+* Ablations: ``use_mmd``, ``use_cwm``, ``use_ml`` switch the three losses off.
+
+Known behaviour (measured, benchmarks/results/gcc.json): at CPU scale (a width-16 F, 40 SimCLR
+epochs, a DDPM trained for 10 epochs whose samples are still poor) Stage II collapsed USPS to one
+cluster within 2 rounds — nothing in eq. 12 anchors the real images' head outputs, the pool
+labels follow the (shrinking) real label distribution, and with a single label L_cwm reaches its
+minimum −1. The paper's result assumes a well-trained generator; check ``history_``
+(``cluster_sizes``) and compare with ``stage1_labels_``.
+
+Crash safety: with ``checkpoint_dir`` every stage is checkpointed (SimCLR every epoch, the head,
+G through :func:`pretrain_ddpm`'s own step checkpoints, every Stage-II round); a refit with the
+same data and parameters resumes after the last completed stage (or epoch / round), so a crash in
+Stage II does not redo Stage I. Each stage checks only the settings that shape it: changing a
+Stage-II setting reuses the Stage-I checkpoints, and ``n_rounds`` may be raised to continue.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..augment import SimCLRAugment
+from ..data.io import atomic_write_bytes, atomic_write_text
+from ..losses import nt_xent_loss
+from ..models.resnet import ResNet18
+from ..training.runtime import autocast, progress
+from .base import DiffClusterMixin
+
+__all__ = [
+    "GCC",
+    "ClusterHead",
+    "category_matching_loss",
+    "classwise_mmd",
+    "rbf_kernel",
+    "reliable_metric_loss",
+]
+
+
+# ============================================================================ losses
+def rbf_kernel(a: torch.Tensor, b: torch.Tensor, bandwidths=(0.5, 1, 2, 4, 8),
+               base: torch.Tensor | float | None = None) -> torch.Tensor:
+    """Multi-bandwidth Gaussian kernel ``Σ_s exp(−‖a_i − b_j‖² / (2 (s·m)²))`` (DAN/JAN style).
+    ``m`` (``base``) defaults to the median pairwise distance of ``[a; b]`` (no gradient)."""
+    d2 = torch.cdist(a.float(), b.float()).pow(2)
+    if base is None:
+        z = torch.cat([a, b]).detach().float()
+        dz = torch.cdist(z, z)
+        off = dz[~torch.eye(len(z), dtype=torch.bool, device=z.device)]
+        base = off.median() if off.numel() else torch.ones((), device=z.device)
+    base = torch.as_tensor(base, device=d2.device).clamp_min(1e-6)
+    out = torch.zeros_like(d2)
+    for s in bandwidths:
+        out = out + torch.exp(-d2 / (2 * (float(s) * base) ** 2))
+    return out
+
+
+def classwise_mmd(f_real: torch.Tensor, y_real: torch.Tensor, f_gen: torch.Tensor,
+                  y_gen: torch.Tensor, n_clusters: int, bandwidths=(0.5, 1, 2, 4, 8),
+                  normalize: bool = True) -> torch.Tensor:
+    """``L_d = Σ_k (d_r^k + d_g^k − 2 d_rg^k)`` (eq. 9, restored form): the squared kernel MMD
+    between the real and the generated features of each cluster k, summed over the clusters
+    present in both sets (vectorised with normalised one-hot masks)."""
+    if normalize:
+        f_real, f_gen = F.normalize(f_real.float(), dim=1), F.normalize(f_gen.float(), dim=1)
+    z = torch.cat([f_real, f_gen]).float()
+    Kz = rbf_kernel(z, z, bandwidths)
+    nr = len(f_real)
+    R = F.one_hot(y_real.long(), n_clusters).float()
+    G = F.one_hot(y_gen.long(), n_clusters).float()
+    cr, cg = R.sum(0), G.sum(0)
+    Rn, Gn = R / cr.clamp_min(1), G / cg.clamp_min(1)
+    d_r = (Rn * (Kz[:nr, :nr] @ Rn)).sum(0)
+    d_g = (Gn * (Kz[nr:, nr:] @ Gn)).sum(0)
+    d_rg = (Rn * (Kz[:nr, nr:] @ Gn)).sum(0)
+    present = (cr > 0) & (cg > 0)
+    return ((d_r + d_g - 2 * d_rg) * present).sum()
+
+
+def category_matching_loss(f_gen: torch.Tensor, y_gen: torch.Tensor) -> torch.Tensor:
+    """``L_cwm = mean_{ŷ_i≠ŷ_j} cos(f_i, f_j) − mean_{i≠j, ŷ_i=ŷ_j} cos(f_i, f_j)`` on generated
+    features (eq. 10; the diagonal is excluded from the same-label mean). Ranges in [−2, 2]:
+    negative when same-label features are closer than different-label ones. A term with no
+    pairs is 0."""
+    z = F.normalize(f_gen.float(), dim=1)
+    S = z @ z.T
+    same = y_gen[:, None] == y_gen[None, :]
+    eye = torch.eye(len(z), dtype=torch.bool, device=z.device)
+    same_off, diff = same & ~eye, ~same
+    n_s, n_d = same_off.sum(), diff.sum()
+    m_s = (S * same_off).sum() / n_s.clamp_min(1)
+    m_d = (S * diff).sum() / n_d.clamp_min(1)
+    return m_d - m_s
+
+
+def reliable_metric_loss(scores: torch.Tensor, y_gen: torch.Tensor,
+                         on: str = "proba") -> torch.Tensor:
+    """``L_ml = (1/B) Σ_i Σ_k 1[p̃_ik > p̃_{i,j(i)}] (p̃_ik − p̃_{i,j(i)})²`` (eq. 11), j(i) the
+    label sample i was generated with; ``scores`` are logits, turned into probabilities when
+    ``on="proba"`` (default) or used as they are with ``on="logits"``."""
+    if on not in ("proba", "logits"):
+        raise ValueError(f"on must be 'proba' or 'logits', got {on!r}")
+    p = torch.softmax(scores.float(), 1) if on == "proba" else scores.float()
+    diff = p - p.gather(1, y_gen.long().view(-1, 1))
+    return F.relu(diff).pow(2).sum() / max(1, len(p))
+
+
+# ============================================================================ modules
+class ClusterHead(nn.Module):
+    """C: ``Linear(D, H) → ReLU → Linear(H, K)`` (logits)."""
+
+    def __init__(self, in_dim: int, n_clusters: int, hidden: int = 512):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(in_dim, hidden), nn.Linear(hidden, n_clusters)
+
+    def forward(self, f):
+        return self.fc2(torch.relu(self.fc1(f)))
+
+
+def _projection(dim, out):
+    return nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, out))
+
+
+# ============================================================================ checkpoints
+class _Checkpoints:
+    """``DIR/<stage>.json`` (written last, atomically) names ``DIR/<stage>-<tag>.safetensors``."""
+
+    def __init__(self, folder, fingerprint: dict):
+        self.dir = Path(folder) if folder is not None else None
+        self.fp = fingerprint
+
+    def save(self, stage, tensors: dict, meta: dict, tag="0"):
+        if self.dir is None:
+            return
+        from safetensors.torch import save
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        name = f"{stage}-{tag}.safetensors"
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        atomic_write_bytes(self.dir / name, save(tensors))
+        atomic_write_text(self.dir / f"{stage}.json",
+                          json.dumps({"fingerprint": self.fp, "weights": name, "meta": meta}))
+        for old in self.dir.glob(f"{stage}-*.safetensors"):
+            if old.name != name:
+                old.unlink(missing_ok=True)
+
+    def load(self, stage):
+        if self.dir is None or not (self.dir / f"{stage}.json").exists():
+            return None
+        from safetensors.torch import load_file
+
+        info = json.loads((self.dir / f"{stage}.json").read_text())
+        # only the settings that shape this stage must match (Stage-II settings may change
+        # without redoing Stage I)
+        keys = _STAGE_KEYS[stage]
+        diff = sorted(k for k in keys if self.fp.get(k) != info["fingerprint"].get(k))
+        if diff:
+            raise ValueError(f"checkpoint {self.dir / stage}.json was written for other data or "
+                             f"settings (differs in {diff}); use another checkpoint_dir or "
+                             f"delete it" + (" (deleting only stage2.json keeps Stage I)"
+                                             if stage == "stage2" else ""))
+        return info["meta"], load_file(str(self.dir / info["weights"]))
+
+
+_CLR_KEYS = ("data", "shape", "seed", "augment", "n_clusters", "backbone_width", "proj_dim",
+             "temperature", "clr_epochs", "clr_batch_size", "clr_lr", "clr_weight_decay")
+_HEAD_KEYS = _CLR_KEYS + ("kmeans_n_init", "head_hidden", "head_epochs", "head_lr",
+                          "head_batch_size")
+_STAGE_KEYS = {"stage1_contrastive": _CLR_KEYS, "stage1_head": _HEAD_KEYS,
+               "stage2": _HEAD_KEYS + ("unet_preset", "unet_dropout", "n_timesteps",
+                                       "ddpm_epochs", "ddpm_batch_size", "ddpm_lr", "p_uncond",
+                                       "calib_epochs", "gen_epochs", "calib_lr", "batch_size",
+                                       "n_generate", "sample_steps", "guidance_scale", "use_mmd",
+                                       "use_cwm", "use_ml", "mmd_bandwidths", "ml_on")}
+
+
+def _sub(tensors, prefix):
+    n = len(prefix)
+    return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _pref(module, prefix):
+    return {prefix + k: v for k, v in module.state_dict().items()}
+
+
+# ============================================================================ estimator
+class GCC(DiffClusterMixin):
+    """Generative Calibration Clustering of images (see the module docstring).
+
+    Parameters
+    ----------
+    n_clusters : int
+    backbone_width : int
+        Width of the ResNet-18-style F (64 = ResNet-18; 16–32 for CPU runs).
+    proj_dim, temperature, clr_epochs, clr_batch_size, clr_lr, clr_weight_decay
+        SimCLR pretraining (128, 0.1, 500, 512, 1e-3, 1e-4).
+    augment : None or SimCLRAugment
+        The view generator; ``None`` = ``SimCLRAugment.for_images(C, H)``.
+    kmeans_n_init : int
+    head_hidden, head_epochs, head_lr, head_batch_size
+        C and its initial cross-entropy training (512, 100, 1e-4, 256).
+    unet_preset, unet_dropout, n_timesteps, ddpm_epochs, ddpm_batch_size, ddpm_lr, p_uncond
+        The generator G and its training (auto, 0.1, 1000, 300, 128, 2e-4, 0.1).
+    n_rounds, calib_epochs, gen_epochs : int
+        Stage II: rounds (10), epochs of (F, C) calibration (5) and of G fine-tuning (2) per round.
+    calib_lr, batch_size : Adam lr of F and C in Stage II (1e-4) and the real batch (256).
+    n_generate : "auto" or int
+        Generated pool per round ("auto" = N images).
+    sample_steps, guidance_scale : DDIM steps (100) and CFG scale (1.0) for the pool.
+    use_mmd, use_cwm, use_ml : bool
+        The three Stage-II losses (ablation switches).
+    mmd_bandwidths : tuple, multiples of the median distance; ``ml_on`` : "proba" | "logits".
+    checkpoint_dir : None or folder for the resumable stage checkpoints.
+    embed_batch_size : batch for feature extraction / prediction.
+    random_state, device, precision, verbose
+    """
+
+    _input_kind = "images"
+
+    def __init__(self, n_clusters=10, *, backbone_width=64, proj_dim=128, temperature=0.1,
+                 clr_epochs=500, clr_batch_size=512, clr_lr=1e-3, clr_weight_decay=1e-4,
+                 augment=None, kmeans_n_init=10, head_hidden=512, head_epochs=100, head_lr=1e-4,
+                 head_batch_size=256, unet_preset="auto", unet_dropout=0.1, n_timesteps=1000,
+                 ddpm_epochs=300, ddpm_batch_size=128, ddpm_lr=2e-4, p_uncond=0.1,
+                 n_rounds=10, calib_epochs=5, gen_epochs=2, calib_lr=1e-4, batch_size=256,
+                 n_generate="auto", sample_steps=100, guidance_scale=1.0, use_mmd=True,
+                 use_cwm=True, use_ml=True, mmd_bandwidths=(0.5, 1.0, 2.0, 4.0, 8.0),
+                 ml_on="proba", checkpoint_dir=None, embed_batch_size=512, random_state=None,
+                 device=None, precision="auto", verbose=True):
+        self.n_clusters = n_clusters
+        self.backbone_width = backbone_width
+        self.proj_dim = proj_dim
+        self.temperature = temperature
+        self.clr_epochs = clr_epochs
+        self.clr_batch_size = clr_batch_size
+        self.clr_lr = clr_lr
+        self.clr_weight_decay = clr_weight_decay
+        self.augment = augment
+        self.kmeans_n_init = kmeans_n_init
+        self.head_hidden = head_hidden
+        self.head_epochs = head_epochs
+        self.head_lr = head_lr
+        self.head_batch_size = head_batch_size
+        self.unet_preset = unet_preset
+        self.unet_dropout = unet_dropout
+        self.n_timesteps = n_timesteps
+        self.ddpm_epochs = ddpm_epochs
+        self.ddpm_batch_size = ddpm_batch_size
+        self.ddpm_lr = ddpm_lr
+        self.p_uncond = p_uncond
+        self.n_rounds = n_rounds
+        self.calib_epochs = calib_epochs
+        self.gen_epochs = gen_epochs
+        self.calib_lr = calib_lr
+        self.batch_size = batch_size
+        self.n_generate = n_generate
+        self.sample_steps = sample_steps
+        self.guidance_scale = guidance_scale
+        self.use_mmd = use_mmd
+        self.use_cwm = use_cwm
+        self.use_ml = use_ml
+        self.mmd_bandwidths = mmd_bandwidths
+        self.ml_on = ml_on
+        self.checkpoint_dir = checkpoint_dir
+        self.embed_batch_size = embed_batch_size
+        self.random_state = random_state
+        self.device = device
+        self.precision = precision
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ checks
+    def _check_params(self, X):
+        for name in ("backbone_width", "proj_dim", "clr_batch_size", "kmeans_n_init",
+                     "head_hidden", "head_batch_size", "ddpm_batch_size", "batch_size",
+                     "sample_steps", "embed_batch_size", "n_timesteps"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        for name in ("clr_epochs", "head_epochs", "ddpm_epochs", "n_rounds", "calib_epochs",
+                     "gen_epochs"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
+        if self.ddpm_epochs < 1:
+            raise ValueError("ddpm_epochs must be ≥ 1 (GCC needs a generator)")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.ml_on not in ("proba", "logits"):
+            raise ValueError(f"ml_on must be 'proba' or 'logits', got {self.ml_on!r}")
+        if self.n_generate != "auto" and int(self.n_generate) < 1:
+            raise ValueError(f"n_generate must be 'auto' or ≥ 1, got {self.n_generate!r}")
+        if not 0 <= self.p_uncond < 1:
+            raise ValueError(f"p_uncond must be in [0, 1), got {self.p_uncond}")
+        if self.augment is not None and not callable(self.augment):
+            raise ValueError("augment must be None or a callable(x, generator) such as "
+                             "SimCLRAugment")
+        if X.shape[2] != X.shape[3]:
+            raise ValueError(f"GCC needs square images (for the U-Net), got "
+                             f"{X.shape[2]}×{X.shape[3]}")
+        if len(X) < 2 * self.n_clusters:
+            raise ValueError(f"GCC needs at least 2·n_clusters = {2 * self.n_clusters} images, "
+                             f"got {len(X)}")
+
+    def _fingerprint(self, X) -> dict:
+        h = hashlib.sha1(np.ascontiguousarray(X).tobytes()).hexdigest()[:16]
+        keys = ("n_clusters", "backbone_width", "proj_dim", "temperature", "clr_epochs",
+                "clr_batch_size", "clr_lr", "clr_weight_decay", "kmeans_n_init", "head_hidden",
+                "head_epochs", "head_lr", "head_batch_size", "unet_preset", "unet_dropout",
+                "n_timesteps", "ddpm_epochs", "ddpm_batch_size", "ddpm_lr", "p_uncond",
+                "calib_epochs", "gen_epochs", "calib_lr", "batch_size", "n_generate",
+                "sample_steps", "guidance_scale", "use_mmd", "use_cwm", "use_ml",
+                "mmd_bandwidths", "ml_on")
+        fp = {k: (list(v) if isinstance(v, tuple) else v)
+              for k, v in ((k, getattr(self, k)) for k in keys)}
+        fp.update(data=h, shape=list(X.shape), seed=int(self.seed_),
+                  augment=repr(self.augment))
+        return fp
+
+    # ------------------------------------------------------------------ helpers
+    def _build_backbone(self, seed):
+        with torch.random.fork_rng():
+            torch.manual_seed(int(seed))
+            C, H = self.input_shape_[0], self.input_shape_[1]
+            return ResNet18(C, int(self.backbone_width), H).to(self.device_)
+
+    @torch.no_grad()
+    def _features(self, backbone, X, head=None, desc=None):
+        """Eval-mode features F(X) (and logits C(F(X)) when ``head``) of a numpy array."""
+        backbone.eval()
+        bs = int(self.embed_batch_size)
+        fs, ls = [], []
+        it = range(0, len(X), bs)
+        for i in progress(it, total=len(it), desc=desc, verbose=self.verbose and bool(desc)):
+            xb = torch.from_numpy(np.ascontiguousarray(X[i:i + bs])).to(self.device_)
+            with autocast(self.device_, self.amp_dtype_):
+                f = backbone(xb).float()
+            fs.append(f.cpu())
+            if head is not None:
+                ls.append(head(f).float().cpu())
+        f = torch.cat(fs)
+        return (f, torch.cat(ls)) if head is not None else f
+
+    # ------------------------------------------------------------------ fit
+    def _fit(self, X):
+        self._check_params(X)
+        t_start = time.perf_counter()
+        self.augment_ = self.augment or SimCLRAugment.for_images(X.shape[1], X.shape[2])
+        ck = _Checkpoints(self.checkpoint_dir, self._fingerprint(X))
+        self.stage_seconds_ = {}
+        self.resumed_from_ = None
+        # ---- Stage I.1: SimCLR
+        t = time.perf_counter()
+        self.backbone_ = self._stage_contrastive(X, ck)
+        self.stage_seconds_["contrastive"] = time.perf_counter() - t
+        # ---- Stage I.2-3: k-means + head
+        t = time.perf_counter()
+        self._stage_head(X, ck)
+        self.stage_seconds_["head"] = time.perf_counter() - t
+        # ---- Stage I.4: the conditional DDPM
+        t = time.perf_counter()
+        self._stage_ddpm(X, ck)
+        self.stage_seconds_["ddpm"] = time.perf_counter() - t
+        # ---- Stage II
+        t = time.perf_counter()
+        self._stage_calibrate(X, ck)
+        self.stage_seconds_["calibration"] = time.perf_counter() - t
+        _, logits = self._features(self.backbone_, X, self.head_)
+        self.train_proba_ = torch.softmax(logits, 1).numpy().astype(np.float64)
+        self.labels_ = self.train_proba_.argmax(1)
+        self.fit_seconds_ = time.perf_counter() - t_start
+
+    # ---------------------------------------------------------- Stage I.1
+    def _stage_contrastive(self, X, ck):
+        n, dev = len(X), self.device_
+        F_ = self._build_backbone(self.seed_)
+        with torch.random.fork_rng():
+            torch.manual_seed(self.seed_ + 1)
+            proj = _projection(F_.out_dim, int(self.proj_dim)).to(dev)
+        params = list(F_.parameters()) + list(proj.parameters())
+        opt = torch.optim.AdamW(params, lr=self.clr_lr, weight_decay=self.clr_weight_decay)
+        E = int(self.clr_epochs)
+        B = min(int(self.clr_batch_size), n)
+        steps_per_epoch = max(n // B, 1)
+        total = max(1, E * steps_per_epoch)
+        warm = min(10 * steps_per_epoch, max(1, total // 20))
+        from ..training.optim import warmup_cosine
+
+        sched = warmup_cosine(opt, total, warm)
+        g = torch.Generator().manual_seed(self.seed_ + 11)
+        epoch, self.clr_history_ = 0, []
+        state = ck.load("stage1_contrastive")
+        if state is not None:
+            meta, tens = state
+            F_.load_state_dict(_sub(tens, "F.")), proj.load_state_dict(_sub(tens, "P."))
+            from ..diffusion.pretrain import _opt_from_tensors
+
+            _opt_from_tensors(opt, meta["optimizer"], tens)
+            sched.load_state_dict(meta["sched"])
+            g.set_state(tens["rng"])
+            epoch, self.clr_history_ = int(meta["epoch"]), list(meta["history"])
+            self.resumed_from_ = f"contrastive epoch {epoch}"
+        Xt = torch.from_numpy(X)
+        bar = progress(range(epoch, E), total=E, initial=epoch, desc="GCC SimCLR",
+                       verbose=self.verbose)
+        for ep in bar:
+            F_.train(), proj.train()
+            perm = torch.randperm(n, generator=g)
+            run = 0.0
+            for s in range(steps_per_epoch):
+                x = Xt[perm[s * B:(s + 1) * B]].to(dev)
+                v = torch.cat([self.augment_(x, g), self.augment_(x, g)])
+                with autocast(dev, self.amp_dtype_):
+                    z = proj(F_(v)).float()
+                loss = nt_xent_loss(z[:len(x)], z[len(x):], self.temperature)
+                if not math.isfinite(loss.item()):
+                    raise FloatingPointError(f"NT-Xent became {loss.item()} in epoch {ep}; lower "
+                                             f"clr_lr or use precision='fp32'")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                run += loss.item()
+            self.clr_history_.append({"epoch": ep + 1, "loss": run / steps_per_epoch})
+            bar.set_postfix(loss=f"{run / steps_per_epoch:.3f}")
+            from ..diffusion.pretrain import _opt_to_tensors
+
+            om, ot = _opt_to_tensors(opt)
+            ck.save("stage1_contrastive", {**_pref(F_, "F."), **_pref(proj, "P."), **ot,
+                                           "rng": g.get_state()},
+                    {"epoch": ep + 1, "history": self.clr_history_, "optimizer": om,
+                     "sched": sched.state_dict()}, tag=str(ep + 1))
+        bar.close()
+        return F_.eval()
+
+    # ---------------------------------------------------------- Stage I.2-3
+    def _stage_head(self, X, ck):
+        K, dev = int(self.n_clusters), self.device_
+        state = ck.load("stage1_head")
+        feats = self._features(self.backbone_, X, desc="GCC features")
+        with torch.random.fork_rng():
+            torch.manual_seed(self.seed_ + 2)
+            head = ClusterHead(feats.shape[1], K, int(self.head_hidden)).to(dev)
+        if state is not None:
+            meta, tens = state
+            head.load_state_dict(_sub(tens, "C."))
+            self.kmeans_labels_ = tens["kmeans_labels"].numpy()
+            self.kmeans_centers_ = tens["kmeans_centers"]
+            self.head_history_ = meta["history"]
+        else:
+            from sklearn.cluster import KMeans
+
+            fn = F.normalize(feats, dim=1).numpy()
+            km = KMeans(K, n_init=int(self.kmeans_n_init), random_state=self.seed_).fit(fn)
+            self.kmeans_labels_ = km.labels_.astype(np.int64)
+            self.kmeans_centers_ = torch.as_tensor(km.cluster_centers_, dtype=torch.float32)
+            y = torch.from_numpy(self.kmeans_labels_)
+            opt = torch.optim.Adam(head.parameters(), lr=self.head_lr)
+            g = torch.Generator().manual_seed(self.seed_ + 3)
+            n, B = len(X), min(int(self.head_batch_size), len(X))
+            fd, yd = feats.to(dev), y.to(dev)
+            self.head_history_ = []
+            for ep in progress(range(int(self.head_epochs)), desc="GCC head",
+                               verbose=self.verbose):
+                perm = torch.randperm(n, generator=g).to(dev)
+                run = 0.0
+                for b0 in range(0, n, B):
+                    idx = perm[b0:b0 + B]
+                    loss = F.cross_entropy(head(fd[idx]), yd[idx])
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    run += loss.item() * len(idx)
+                self.head_history_.append({"epoch": ep + 1, "ce": run / n})
+            ck.save("stage1_head", {**_pref(head, "C."), "kmeans_labels": y,
+                                    "kmeans_centers": self.kmeans_centers_},
+                    {"history": self.head_history_})
+        self.head_ = head.eval()
+        with torch.no_grad():
+            self.stage1_labels_ = head(feats.to(dev)).argmax(1).cpu().numpy().astype(np.int64)
+        # Stage-I copies for comparisons (kept in memory only; not saved by save_pretrained)
+        self.stage1_backbone_ = copy.deepcopy(self.backbone_).eval()
+        self.stage1_head_ = copy.deepcopy(self.head_).eval()
+
+    # ---------------------------------------------------------- Stage I.4
+    def _ddpm_kwargs(self, X):
+        return dict(batch_size=int(self.ddpm_batch_size), lr=self.ddpm_lr, p_uncond=self.p_uncond,
+                    n_timesteps=int(self.n_timesteps), device=self.device_,
+                    precision=self.precision, verbose=self.verbose, n_samples=0)
+
+    def _ddpm_steps(self, n, epochs):
+        return max(1, int(epochs) * math.ceil(n / min(int(self.ddpm_batch_size), n)))
+
+    def _stage_ddpm(self, X, ck):
+        from ..diffusion.pretrain import pretrain_ddpm
+        from ..diffusion.schedules import NoiseSchedule
+        from ..diffusion.unet import make_unet
+
+        C, H = X.shape[1], X.shape[2]
+        sched = NoiseSchedule("linear", int(self.n_timesteps))
+        unet = make_unet(H, C, self.unet_preset, n_classes=int(self.n_clusters),
+                         seed=self.seed_ + 4, schedule=sched.to_config(),
+                         dropout=float(self.unet_dropout))
+        # the folder is named after everything that shapes G's training (pretrain_ddpm resumes
+        # from its own step checkpoints there)
+        keys = _HEAD_KEYS + ("unet_preset", "unet_dropout", "n_timesteps", "ddpm_epochs",
+                             "ddpm_batch_size", "ddpm_lr", "p_uncond")
+        tag = hashlib.sha1(json.dumps([ck.fp.get(k) for k in keys]).encode()).hexdigest()[:10]
+        out = None if ck.dir is None else ck.dir / f"stage1_ddpm-{tag}"
+        torch.manual_seed(self.seed_ + 6)  # U-Net dropout draws from the global generator
+        steps = self._ddpm_steps(len(X), self.ddpm_epochs)
+        res = pretrain_ddpm(X, out, unet=unet, labels=self.stage1_labels_, n_steps=steps,
+                            warmup_steps=min(200, max(1, steps // 10)), seed=self.seed_ + 5,
+                            checkpoint_every=max(1, min(500, steps // 4)), resume=True,
+                            **self._ddpm_kwargs(X))
+        self.generator_unet_ = res.unet.eval()
+        self.ddpm_history_ = res.history
+
+    # ---------------------------------------------------------- Stage II
+    @torch.no_grad()
+    def _generate(self, n, labels, seed):
+        from ..diffusion.pretrain import sample_images
+
+        g = torch.Generator().manual_seed(int(seed))
+        return sample_images(self.generator_unet_, n, int(self.sample_steps), eta=0.0,
+                             class_labels=torch.as_tensor(labels), generator=g,
+                             guidance_scale=float(self.guidance_scale), device=self.device_,
+                             dtype=self.amp_dtype_, batch_size=int(self.embed_batch_size))
+
+    def _stage_calibrate(self, X, ck):
+        from ..diffusion.pretrain import pretrain_ddpm
+
+        n, K, dev = len(X), int(self.n_clusters), self.device_
+        R = int(self.n_rounds)
+        self.history_, r0 = [], 0
+        state = ck.load("stage2")
+        if state is not None:
+            meta, tens = state
+            self.backbone_.load_state_dict(_sub(tens, "F."))
+            self.head_.load_state_dict(_sub(tens, "C."))
+            self.generator_unet_.load_state_dict(_sub(tens, "G."))
+            r0, self.history_ = int(meta["round"]), list(meta["history"])
+            self.resumed_from_ = f"stage II round {r0}"
+        if R == 0 or int(self.calib_epochs) + int(self.gen_epochs) == 0:
+            return
+        Fm, Cm = self.backbone_, self.head_
+        opt = torch.optim.Adam(list(Fm.parameters()) + list(Cm.parameters()), lr=self.calib_lr)
+        Xt = torch.from_numpy(X)
+        B = min(int(self.batch_size), n)
+        n_gen = n if self.n_generate == "auto" else int(self.n_generate)
+        active = [self.use_mmd, self.use_cwm, self.use_ml]
+        bar = progress(range(r0, R), total=R, initial=r0, desc="GCC rounds", verbose=self.verbose)
+        for r in bar:
+            g = torch.Generator().manual_seed(self.seed_ + 1000 + r)
+            torch.manual_seed(self.seed_ + 4000 + r)  # U-Net dropout: same draws after a resume
+            rec = {"round": r + 1}
+            t0 = time.perf_counter()
+            _, logits = self._features(Fm, X, Cm)
+            labels = logits.argmax(1)
+            # ---- the generated pool, labels following the current pseudo-label distribution
+            ts = time.perf_counter()
+            pool_y = labels[torch.randint(0, n, (n_gen,), generator=g)].sort().values
+            pool_x = self._generate(n_gen, pool_y, self.seed_ + 2000 + r)
+            rec["sample_seconds"] = time.perf_counter() - ts
+            counts = torch.bincount(pool_y, minlength=K)
+            offsets = torch.cumsum(counts, 0) - counts
+            sums = dict.fromkeys(("l_d", "l_cwm", "l_ml", "loss"), 0.0)
+            n_steps = 0
+            if any(active):
+                for ep in range(int(self.calib_epochs)):
+                    if ep > 0:
+                        _, logits = self._features(Fm, X, Cm)
+                        labels = logits.argmax(1)
+                    Fm.eval()  # frozen BatchNorm statistics; gradients still flow
+                    Cm.train()
+                    perm = torch.randperm(n, generator=g)
+                    for b0 in range(0, n - B + 1 if n >= B else 1, B):
+                        idx = perm[b0:b0 + B]
+                        yr = labels[idx]
+                        ok = counts[yr] > 0
+                        idx, yr = idx[ok], yr[ok]
+                        if len(idx) < 2:
+                            continue
+                        j = offsets[yr] + (torch.rand(len(yr), generator=g)
+                                           * counts[yr]).long().clamp_max(counts[yr] - 1)
+                        xr, xg, yg = Xt[idx].to(dev), pool_x[j].to(dev), pool_y[j].to(dev)
+                        yr = yr.to(dev)
+                        with autocast(dev, self.amp_dtype_):
+                            f = Fm(torch.cat([xr, xg])).float()
+                        fr, fg = f[:len(xr)], f[len(xr):]
+                        loss = torch.zeros((), device=dev)
+                        parts = {}
+                        if self.use_mmd:
+                            parts["l_d"] = classwise_mmd(fr, yr, fg, yg, K, self.mmd_bandwidths)
+                        if self.use_cwm:
+                            parts["l_cwm"] = category_matching_loss(fg, yg)
+                        if self.use_ml:
+                            parts["l_ml"] = reliable_metric_loss(Cm(fg), yg, self.ml_on)
+                        for k_, v in parts.items():
+                            loss = loss + v
+                            sums[k_] += float(v.detach())
+                        if not math.isfinite(loss.item()):
+                            raise FloatingPointError(f"GCC Stage-II loss became {loss.item()} in "
+                                                     f"round {r + 1}; lower calib_lr or use "
+                                                     f"precision='fp32'")
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        opt.step()
+                        sums["loss"] += float(loss.detach())
+                        n_steps += 1
+            Fm.eval(), Cm.eval()
+            rec.update({k_: v / max(1, n_steps) for k_, v in sums.items()}, calib_steps=n_steps)
+            # ---- fine-tune G on the real images with the improved pseudo-labels
+            _, logits = self._features(Fm, X, Cm)
+            new_labels = logits.argmax(1).numpy()
+            rec["label_change"] = float((new_labels != labels.numpy()).mean())
+            rec["cluster_sizes"] = np.bincount(new_labels, minlength=K).tolist()
+            if int(self.gen_epochs) > 0:
+                steps = self._ddpm_steps(n, self.gen_epochs)
+                # the EMA copy is frozen (requires_grad False): train a trainable copy of it
+                res = pretrain_ddpm(X, None, unet=self.generator_unet_.requires_grad_(True),
+                                    labels=new_labels,
+                                    n_steps=steps, warmup_steps=max(1, min(50, steps // 10)),
+                                    seed=self.seed_ + 3000 + r, **self._ddpm_kwargs(X))
+                self.generator_unet_ = res.unet.eval()
+                rec["ddpm_loss"] = res.history[-1]["loss"] if res.history else None
+            rec["seconds"] = time.perf_counter() - t0
+            self.history_.append(rec)
+            bar.set_postfix(loss=f"{rec['loss']:.3f}", change=f"{rec['label_change']:.3f}")
+            ck.save("stage2", {**_pref(Fm, "F."), **_pref(Cm, "C."),
+                               **_pref(self.generator_unet_, "G.")},
+                    {"round": r + 1, "history": self.history_}, tag=str(r + 1))
+        bar.close()
+
+    # ------------------------------------------------------------------ inference
+    def _predict_proba(self, X):
+        self._ensure_runtime()
+        _, logits = self._features(self.backbone_, X, self.head_)
+        return torch.softmax(logits, 1).numpy().astype(np.float64)
+
+    def transform(self, X):
+        """F's pooled features ``(N, 8·backbone_width)``."""
+        from sklearn.utils.validation import check_is_fitted
+
+        check_is_fitted(self, "labels_")
+        X = self._validate_input(X, fitting=False)
+        self._ensure_runtime()
+        return self._features(self.backbone_, X).numpy()
+
+    def predict_stage1(self, X):
+        """Labels of the Stage-I network (head after k-means initialisation) and of k-means on
+        the Stage-I features (nearest centre on L2-normalised features): ``(head, kmeans)``.
+        Only available right after ``fit`` (the Stage-I copies are not saved)."""
+        if not hasattr(self, "stage1_backbone_"):
+            raise AttributeError("the Stage-I networks are only kept in memory after fit; they "
+                                 "are not part of save_pretrained")
+        X = self._validate_input(X, fitting=False)
+        f, logits = self._features(self.stage1_backbone_, X, self.stage1_head_)
+        km = torch.cdist(F.normalize(f, dim=1), self.kmeans_centers_).argmin(1)
+        return logits.argmax(1).numpy(), km.numpy()
+
+    def generate(self, n_per_cluster: int = 8, seed: int = 0) -> np.ndarray:
+        """Images ``(K·n, C, H, W)`` in [−1, 1] from the fitted conditional generator G, cluster
+        by cluster (labels ``repeat(arange(K), n)``)."""
+        from sklearn.utils.validation import check_is_fitted
+
+        check_is_fitted(self, "labels_")
+        self._ensure_runtime()
+        y = torch.arange(int(self.n_clusters)).repeat_interleave(int(n_per_cluster))
+        return self._generate(len(y), y, seed).numpy()
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, path):
+        # an augmentation object cannot go into config.json (recorded as None), a Path as str
+        orig = self.augment, self.checkpoint_dir
+        self.augment = None
+        if self.checkpoint_dir is not None:
+            self.checkpoint_dir = str(self.checkpoint_dir)
+        try:
+            return super().save_pretrained(path)
+        finally:
+            self.augment, self.checkpoint_dir = orig
+
+    def _get_state(self):
+        u = self.generator_unet_
+        meta = {"input_shape_": list(self.input_shape_), "seed_": int(self.seed_),
+                "backbone_config": self.backbone_.config,
+                "head_dims": [self.head_.fc1.in_features, self.head_.fc1.out_features],
+                "history_": self.history_, "clr_history_": self.clr_history_,
+                "head_history_": self.head_history_, "fit_seconds_": self.fit_seconds_,
+                "stage_seconds_": self.stage_seconds_,
+                "unet_config": json.loads(u.unet.to_json_string()),
+                "unet_extra": u.extra_config()}
+        tensors = {**_pref(self.backbone_, "F."), **_pref(self.head_, "C."), **_pref(u, "G.")}
+        tensors["stage1_labels_"] = torch.from_numpy(self.stage1_labels_)
+        tensors["kmeans_labels_"] = torch.from_numpy(self.kmeans_labels_)
+        tensors["kmeans_centers_"] = self.kmeans_centers_
+        return meta, tensors
+
+    def _set_state(self, meta, tensors):
+        from ..diffusion.unet import DiffusionUNet
+
+        for k in ("seed_", "history_", "clr_history_", "head_history_", "fit_seconds_",
+                  "stage_seconds_"):
+            setattr(self, k, meta[k])
+        self.input_shape_ = tuple(meta["input_shape_"])
+        bc = meta["backbone_config"]
+        self.backbone_ = ResNet18(bc["in_channels"], bc["width"], bc["image_size"],
+                                  tuple(bc["blocks"]))
+        self.backbone_.load_state_dict(_sub(tensors, "F."))
+        self.backbone_ = self.backbone_.to(self.device_).eval()
+        D, H = meta["head_dims"]
+        self.head_ = ClusterHead(D, int(self.n_clusters), H)
+        self.head_.load_state_dict(_sub(tensors, "C."))
+        self.head_ = self.head_.to(self.device_).eval()
+        cfg = {k: v for k, v in meta["unet_config"].items() if not k.startswith("_")}
+        unet = DiffusionUNet.from_config(cfg, meta["unet_extra"])
+        unet.load_state_dict(_sub(tensors, "G."))
+        self.generator_unet_ = unet.to(self.device_).eval()
+        self.stage1_labels_ = tensors["stage1_labels_"].numpy()
+        self.kmeans_labels_ = tensors["kmeans_labels_"].numpy()
+        self.kmeans_centers_ = tensors["kmeans_centers_"]

@@ -1,0 +1,250 @@
+"""ClusterDDPM: loss terms, the KL identity, the E-step, a short real fit, persistence, divergence."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from diffclust import ClusterDDPM, evaluate, load_pretrained
+from diffclust.methods.clusterddpm import (
+    DivergenceError,
+    fit_diag_gmm,
+    gmm_log_posterior,
+    prior_matching_terms,
+)
+
+TINY = dict(unet_preset="tiny", latent_dim=4, n_timesteps=50, pretrain_epochs=1, n_em_iters=1,
+            batch_size=32, gmm_n_init=1, verbose=False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # the test machine is shared: oversubscribed OpenMP threads make these fits 10× slower
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def usps3(shared_data):
+    d = np.load(shared_data / "usps.npz")
+    rng = np.random.default_rng(0)
+    keep = np.concatenate([rng.choice(np.flatnonzero(d["y"] == c), 60, replace=False)
+                           for c in (0, 1, 7)])
+    return d["x"][keep], d["y"][keep]
+
+
+@pytest.fixture(scope="module")
+def fitted(usps3):
+    X, _ = usps3
+    return ClusterDDPM(3, random_state=0, **TINY).fit(X[::2])
+
+
+def _mixture(K=3, J=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.rand(K, generator=g) + 0.2
+    return (w / w.sum(), 2 * torch.randn(K, J, generator=g),
+            0.3 + torch.rand(K, J, generator=g))
+
+
+def test_loss_terms_shapes_finite_and_gradients(usps3):
+    X, _ = usps3
+    m = ClusterDDPM(3, random_state=0, **TINY)
+    Xv = m._validate_input(X[:8], fitting=True)
+    m._setup_runtime()
+    m.n_pixels_ = int(np.prod(Xv.shape[1:]))
+    m.unet_, m.encoder_ = m._build(Xv)
+    from diffclust.diffusion.schedules import NoiseSchedule
+
+    m.sched_ = NoiseSchedule(**m._schedule_config())
+    m.gmm_weights_, m.gmm_means_, m.gmm_vars_ = _mixture(3, 4)
+    x0 = torch.from_numpy(Xv)
+    loss, logs = m._losses(x0, prior=True, g=m.generator_)
+    assert set(logs) == {"rec", "kl", "kl_c", "kl_z", "entropy"}
+    for k, v in logs.items():
+        assert v.shape == () and torch.isfinite(v), k
+    assert logs["kl_c"] >= 0 and logs["rec"] > 0
+    assert torch.allclose(loss, logs["rec"] + m.lam * logs["kl"])
+    assert torch.allclose(logs["kl"], logs["kl_c"] + logs["kl_z"] + logs["entropy"], atol=1e-4)
+    loss.backward()
+    for net in (m.unet_, m.encoder_):
+        grads = [p.grad for p in net.parameters() if p.grad is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads)
+    # the prior term alone reaches the encoder (through z and w), not the U-Net
+    m.unet_.zero_grad(), m.encoder_.zero_grad()
+    _, logs = m._losses(x0, prior=True, g=m.generator_)
+    logs["kl"].backward()
+    assert m.encoder_.fc_mu.weight.grad.abs().sum() > 0
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in m.unet_.parameters())
+    pre, plog = m._losses(x0, prior=False, g=m.generator_)
+    assert set(plog) == {"rec"} and torch.isfinite(pre) and 0 < float(pre.detach()) < 10  # mean MSE
+    terms = prior_matching_terms(torch.randn(5, 4), torch.randn(5, 4), torch.randn(5, 4),
+                                 *_mixture(3, 4))
+    assert all(terms[k].shape == (5,) for k in ("kl_c", "kl_z", "entropy", "total"))
+    assert terms["w"].shape == (5, 3) and torch.allclose(terms["w"].sum(1), torch.ones(5))
+
+
+def test_prior_term_equals_monte_carlo_kl():
+    """total = KL(q(z|x) q(c|x) ‖ p(z, c)) = E_{z~q, c~w}[log q(z) + log w_c − log π_c
+    − log N(z; μ_c, σ_c²)], estimated with 400k draws per row."""
+    torch.manual_seed(0)
+    pi, means, var = _mixture(3, 4, seed=1)
+    B, J, S = 4, 4, 400_000
+    mu, logvar = torch.randn(B, J), 0.5 * torch.randn(B, J) - 0.5
+    w = torch.softmax(torch.randn(B, 3), 1)
+    terms = prior_matching_terms(mu, logvar, None, pi, means, var, w=w)
+    d = torch.distributions
+    for i in range(B):
+        q = d.Independent(d.Normal(mu[i].double(), (0.5 * logvar[i]).exp().double()), 1)
+        z = q.sample((S,))
+        log_pz_c = torch.stack([d.Independent(d.Normal(means[c].double(),
+                                                       var[c].double().sqrt()), 1).log_prob(z)
+                                for c in range(3)], 1)  # (S, K)
+        per_c = (q.log_prob(z)[:, None] - log_pz_c).mean(0)  # E_q[log q(z) − log p(z|c)]
+        mc = float((w[i].double() * (per_c + torch.log(w[i].double() / pi.double()))).sum())
+        assert math.isclose(float(terms["total"][i]), mc, rel_tol=2e-3, abs_tol=2e-2), i
+    # default w is the posterior p(c | z) at the given z
+    z = torch.randn(B, J)
+    post = gmm_log_posterior(z, pi, means, var).exp()
+    t1 = prior_matching_terms(mu, logvar, z, pi, means, var)
+    t2 = prior_matching_terms(mu, logvar, None, pi, means, var, w=post)
+    assert torch.allclose(t1["total"], t2["total"], atol=1e-5)
+    # one component, w = 1: the standard Gaussian KL
+    t3 = prior_matching_terms(mu, logvar, z, torch.ones(1), torch.zeros(1, J), torch.ones(1, J))
+    kl = 0.5 * (mu**2 + logvar.exp() - 1 - logvar).sum(1)
+    assert torch.allclose(t3["total"], kl, atol=1e-5) and torch.allclose(t3["kl_c"],
+                                                                         torch.zeros(B))
+
+
+def _match(true_means, est_means):
+    d = ((true_means[:, None] - est_means[None]) ** 2).sum(-1)
+    return d.argmin(1)
+
+
+def test_e_step_recovers_synthetic_mixture():
+    rng = np.random.default_rng(0)
+    K, J, n = 3, 5, 6000
+    pi = np.array([0.5, 0.3, 0.2])
+    means = rng.normal(0, 8, (K, J))
+    sd = rng.uniform(0.5, 1.5, (K, J))
+    c = rng.choice(K, n, p=pi)
+    Z = means[c] + sd[c] * rng.standard_normal((n, J))
+    (w, m, v), _ = fit_diag_gmm(Z, K, reg_covar=1e-6, n_init=2, seed=0)
+    assert isinstance(w, torch.Tensor) and m.shape == (K, J) and v.shape == (K, J)
+    perm = _match(means, m.numpy())
+    assert sorted(perm.tolist()) == [0, 1, 2]
+    np.testing.assert_allclose(w.numpy()[perm], pi, atol=0.03)
+    se = sd / np.sqrt(n * pi)[:, None]  # standard error of each mean
+    assert (np.abs(m.numpy()[perm] - means) < 4 * se).all()
+    np.testing.assert_allclose(v.numpy()[perm], sd**2, rtol=0.15)
+    # warm start from the previous mixture stays there (and converges at once)
+    (_, m2, _), info2 = fit_diag_gmm(Z, K, init=(w, m, v), reg_covar=1e-6)
+    assert torch.allclose(m2, m, atol=1e-2) and info2["n_iter"] <= 3
+
+
+def test_short_fit_beats_chance(usps3):
+    X, y = usps3
+    m = ClusterDDPM(3, random_state=0, unet_preset="tiny", latent_dim=8, n_timesteps=100,
+                    pretrain_epochs=6, n_em_iters=2, batch_size=32, pretrain_lr=2e-3,
+                    verbose=False)
+    m.fit(X)
+    acc = evaluate(y, m.labels_)["acc"]
+    assert acc >= 0.75, acc  # chance is 1/3
+    assert [h["phase"] for h in m.history_].count("em") == 2
+    assert np.array_equal(m.predict(X), m.labels_)
+
+
+def test_api_shapes_and_reproducible(fitted, usps3):
+    X, _ = usps3
+    Xf = X[::2]
+    p = fitted.predict_proba(X)
+    assert p.shape == (len(X), 3) and np.allclose(p.sum(1), 1)
+    Z = fitted.transform(X)
+    assert Z.shape == (len(X), 4) and np.isfinite(Z).all()
+    assert fitted.gmm_means_.shape == (3, 4) and torch.allclose(fitted.gmm_weights_.sum(),
+                                                                torch.tensor(1.0))
+    imgs, c = fitted.sample(6, cluster=2)
+    assert imgs.shape == (6, 1, 16, 16) and (c == 2).all() and np.isfinite(imgs).all()
+    assert imgs.min() >= -1 and imgs.max() <= 1
+    again = ClusterDDPM(3, random_state=0, **TINY).fit(Xf)
+    np.testing.assert_array_equal(again.labels_, fitted.labels_)
+    np.testing.assert_allclose(again.transform(X), Z, atol=1e-5)
+
+
+def test_save_load_round_trip(fitted, usps3, tmp_path):
+    X, _ = usps3
+    fitted.save_pretrained(tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg["class"] == "ClusterDDPM"
+    from safetensors.torch import load_file
+
+    t = load_file(str(tmp_path / "m" / "model.safetensors"))
+    assert {"gmm_weights", "gmm_means", "gmm_vars"} <= set(t)
+    m2 = load_pretrained(tmp_path / "m")
+    assert isinstance(m2, ClusterDDPM)
+    np.testing.assert_allclose(m2.predict_proba(X), fitted.predict_proba(X), atol=1e-6)
+    np.testing.assert_allclose(m2.transform(X), fitted.transform(X), atol=1e-6)
+    np.testing.assert_array_equal(m2.labels_, fitted.labels_)
+    a, _ = fitted.sample(3, cluster=1, random_state=5)
+    b, _ = m2.sample(3, cluster=1, random_state=5)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    ClusterDDPM.from_pretrained(tmp_path / "m")
+
+
+def test_divergence_raises(usps3):
+    X, _ = usps3
+    with pytest.raises(DivergenceError, match="diverged"):
+        ClusterDDPM(3, random_state=0, **{**TINY, "pretrain_epochs": 2, "lr": 50.0}).fit(X[:64])
+    # an exploding loss in the EM phase (λ far too large) is caught too, never labels
+    m = ClusterDDPM(3, random_state=0, **{**TINY, "lam": 1e9, "n_em_iters": 3,
+                                          "divergence_factor": 10.0})
+    m._check_params()
+    state = {"ref": None}
+    m._check_loss(torch.tensor(5.0), "em", 1, state)
+    with pytest.raises(DivergenceError, match="exploded"):
+        m._check_loss(torch.tensor(51.0), "em", 1, state)
+    with pytest.raises(DivergenceError, match="nan"):
+        m._check_loss(torch.tensor(float("nan")), "em", 1, state)
+    assert not hasattr(m, "labels_")
+
+
+def test_bad_input(usps3):
+    X, _ = usps3
+    with pytest.raises(ValueError, match="at least 2"):
+        ClusterDDPM(1, **TINY).fit(X[:10])
+    with pytest.raises(ValueError, match="larger than the number"):
+        ClusterDDPM(20, **TINY).fit(X[:10])
+    bad = X[:10].astype(np.float32) / 255
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        ClusterDDPM(2, **TINY).fit(bad)
+    with pytest.raises(ValueError):
+        ClusterDDPM(2, **TINY).fit(np.zeros((10, 5), dtype=np.float32))
+    with pytest.raises(ValueError, match="lam"):
+        ClusterDDPM(2, **{**TINY, "lam": -1}).fit(X[:10])
+    with pytest.raises(ValueError, match="paper defaults"):
+        ClusterDDPM.for_dataset("nope", 3)
+    assert ClusterDDPM.for_dataset("coil20", 20).latent_dim == 10
+
+
+def test_cli_fit_and_sample(usps3, tmp_path):
+    from typer.testing import CliRunner
+
+    from diffclust.cli import app
+
+    X, y = usps3
+    np.savez(tmp_path / "d.npz", x=X[::3], y=y[::3])
+    params = [a for k, v in dict(TINY, latent_dim=4).items() if k != "verbose"
+              for a in ("-p", f"{k}={json.dumps(v)}")]
+    r = CliRunner().invoke(app, ["fit", str(tmp_path / "d.npz"), "--method", "clusterddpm",
+                                 "-k", "3", "-o", str(tmp_path / "run"), "-q", *params])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["sample", str(tmp_path / "run"), "--cluster", "1", "--n", "4"])
+    assert r.exit_code == 0, r.output
+    from PIL import Image
+
+    im = Image.open(tmp_path / "run" / "samples_c1.png")
+    assert im.size[0] > 16

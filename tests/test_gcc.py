@@ -1,0 +1,227 @@
+"""GCC: losses against hand-computed values, augmentations, the backbone, and a short end-to-end
+run on real USPS digits (crash in Stage II → resume without redoing Stage I)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from diffclust import GCC, load_pretrained
+from diffclust.augment import (
+    SimCLRAugment,
+    color_jitter,
+    gaussian_blur,
+    random_grayscale,
+    random_resized_crop,
+)
+from diffclust.losses import nt_xent_loss
+from diffclust.methods.gcc import (
+    category_matching_loss,
+    classwise_mmd,
+    rbf_kernel,
+    reliable_metric_loss,
+)
+from diffclust.models import ResNet18
+
+
+# ------------------------------------------------------------------ NT-Xent
+def test_nt_xent_symmetric_closed_form():
+    # views identical, two orthogonal images, τ = 1: every anchor has the positive at cos 1 and
+    # two negatives with cos 0 and (its own duplicate excluded) the positive → log(1 + 2/e)
+    z = torch.eye(2)
+    assert nt_xent_loss(z, z.clone(), 1.0).item() == pytest.approx(math.log(1 + 2 / math.e),
+                                                                  abs=1e-6)
+
+
+def test_nt_xent_matches_explicit_sum():
+    z1 = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, -2.0]])
+    z2 = torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, -1.0]])
+    tau, B = 0.5, 3
+    zs = [list(map(float, v)) for v in torch.cat([z1, z2])]
+
+    def cos(a, b):
+        return sum(x * y for x, y in zip(a, b)) / math.hypot(*a) / math.hypot(*b)
+
+    total = 0.0
+    for i in range(2 * B):
+        pos = (i + B) % (2 * B)
+        den = sum(math.exp(cos(zs[i], zs[j]) / tau) for j in range(2 * B) if j != i)
+        total += -math.log(math.exp(cos(zs[i], zs[pos]) / tau) / den)
+    assert nt_xent_loss(z1, z2, tau).item() == pytest.approx(total / (2 * B), abs=1e-5)
+    with pytest.raises(ValueError):
+        nt_xent_loss(z1, z2[:2])
+
+
+# ------------------------------------------------------------------ augmentations
+@pytest.mark.parametrize("shape", [(6, 1, 16, 16), (5, 3, 32, 32)])
+def test_augment_shape_range_randomness(shape):
+    x = torch.rand(shape) * 2 - 1
+    aug = SimCLRAugment.for_images(shape[1], shape[2])
+    g = torch.Generator().manual_seed(0)
+    a, b = aug(x, g), aug(x, g)
+    assert a.shape == x.shape and a.dtype == x.dtype
+    assert a.min() >= -1 - 1e-5 and a.max() <= 1 + 1e-5
+    assert not torch.allclose(a, b)  # two calls give two different views
+    assert not torch.allclose(a[0], a[1] if shape[0] > 1 else a[0] * 0)
+    a2 = aug(x, torch.Generator().manual_seed(0))  # same generator state → same views
+    assert torch.equal(a, a2)
+
+
+def test_augment_parts():
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(4, 3, 12, 12) * 2 - 1
+    same = random_resized_crop(x, g, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    torch.testing.assert_close(same, x, atol=1e-5, rtol=0)
+    flipped = random_resized_crop(x, g, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=1.0)
+    torch.testing.assert_close(flipped, x.flip(-1), atol=1e-5, rtol=0)
+    const = torch.full((3, 1, 9, 9), 0.3)
+    torch.testing.assert_close(gaussian_blur(const, g, p=1.0), const, atol=1e-5, rtol=0)
+    blurred = gaussian_blur(x, g, sigma=(1.5, 1.5), p=1.0)
+    assert blurred.std() < x.std()  # smoothing lowers the pixel variance
+    gray = random_grayscale(x, g, p=1.0)
+    assert torch.allclose(gray[:, 0], gray[:, 1]) and torch.allclose(gray[:, 1], gray[:, 2])
+    assert color_jitter(x, g, p=0.0).sub(x).abs().max() < 1e-5  # p = 0 → identity
+    with pytest.raises(ValueError):
+        random_resized_crop(torch.zeros(3, 8, 8), g)
+
+
+def test_resnet_shapes():
+    for side, c in ((16, 1), (28, 1), (32, 3)):
+        net = ResNet18(c, 8, side)
+        assert net(torch.zeros(2, c, side, side)).shape == (2, 64)
+    with torch.device("meta"):  # width 64 is ResNet-18 (11.2 M parameters)
+        big = ResNet18(3, 64, 32)
+    assert sum(p.numel() for p in big.parameters()) == pytest.approx(11.17e6, rel=0.01)
+
+
+# ------------------------------------------------------------------ Stage-II losses
+def test_classwise_mmd_zero_for_identical_and_positive_otherwise():
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(40, 8, generator=g)
+    y = torch.arange(40) % 4
+    assert classwise_mmd(f, y, f.clone(), y.clone(), 4).abs().item() < 1e-5
+    shifted = f + torch.randn(40, 8, generator=g) * 0.5 + 1.0
+    assert classwise_mmd(f, y, shifted, y, 4).item() > 1e-2
+    # same features, labels permuted across clusters → class-wise MMD sees mismatched sets
+    assert classwise_mmd(f, y, f, (y + 1) % 4, 4).item() > 1e-2
+    # a cluster present on one side only is skipped (the loss stays 0)
+    assert classwise_mmd(f, y, f[y != 3], y[y != 3], 4).abs().item() < 1e-5
+    # gradients reach the generated features
+    fg = shifted.clone().requires_grad_(True)
+    classwise_mmd(f, y, fg, y, 4).backward()
+    assert fg.grad.abs().sum() > 0
+    k = rbf_kernel(f[:3], f[:3])
+    torch.testing.assert_close(torch.diagonal(k), torch.full((3,), 5.0))  # 5 bandwidths
+
+
+def test_category_matching_sign_conventions():
+    e = torch.eye(3)
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    clustered = e[y]  # same label identical, different labels orthogonal
+    assert category_matching_loss(clustered, y).item() == pytest.approx(-1.0, abs=1e-6)
+    # same-label pairs orthogonal, cross-label pairs identical → positive
+    bad_f = torch.stack([e[0], e[1], e[0], e[1], e[0], e[1]])
+    bad_y = torch.tensor([0, 0, 1, 1, 2, 2])
+    assert category_matching_loss(bad_f, bad_y).item() > 0
+    # minimising it pulls same-label features together
+    f = torch.randn(6, 3, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    opt = torch.optim.SGD([f], lr=0.5)
+    first = category_matching_loss(f, y).item()
+    for _ in range(50):
+        opt.zero_grad()
+        category_matching_loss(f, y).backward()
+        opt.step()
+    assert category_matching_loss(f, y).item() < first - 0.3
+
+
+def test_reliable_metric_loss():
+    dominant = torch.tensor([[5.0, 1.0, 0.0], [0.0, 4.0, -1.0]])
+    assert reliable_metric_loss(dominant, torch.tensor([0, 1])).item() == 0.0
+    assert reliable_metric_loss(dominant, torch.tensor([0, 1]), on="logits").item() == 0.0
+    s = torch.tensor([[1.0, 3.0, 2.0]])
+    assert reliable_metric_loss(s, torch.tensor([0]), on="logits").item() == pytest.approx(5.0)
+    p = torch.softmax(s, 1)[0]
+    want = (p[1] - p[0]) ** 2 + (p[2] - p[0]) ** 2
+    assert reliable_metric_loss(s, torch.tensor([0])).item() == pytest.approx(want.item())
+    with pytest.raises(ValueError):
+        reliable_metric_loss(s, torch.tensor([0]), on="probs")
+
+
+# ------------------------------------------------------------------ end to end
+TINY = dict(backbone_width=8, clr_epochs=1, clr_batch_size=64, head_epochs=20, head_lr=1e-3,
+            unet_preset="tiny", n_timesteps=50, ddpm_epochs=1, ddpm_batch_size=64, n_rounds=1,
+            calib_epochs=1, gen_epochs=1, batch_size=64, n_generate=32, sample_steps=3,
+            kmeans_n_init=1, embed_batch_size=64, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def digits(shared_data):
+    d = np.load(shared_data / "usps.npz")
+    keep = np.flatnonzero(d["y"] < 3)[:64]
+    return d["x"][keep], d["y"][keep]
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+def test_gcc_end_to_end_resume_and_round_trip(digits, tmp_path, monkeypatch):
+    X, _ = digits
+    ref = GCC(3, random_state=0, **TINY).fit(X)
+    assert ref.labels_.shape == (len(X),)
+    p = ref.predict_proba(X)
+    assert p.shape == (len(X), 3) and np.allclose(p.sum(1), 1, atol=1e-5)
+    np.testing.assert_array_equal(ref.predict(X), ref.labels_)
+    assert ref.transform(X).shape == (len(X), 64)
+    assert len(ref.history_) == 1 and ref.history_[0]["calib_steps"] > 0
+    assert {"l_d", "l_cwm", "l_ml"} <= set(ref.history_[0])
+    head1, km1 = ref.predict_stage1(X)
+    np.testing.assert_array_equal(head1, ref.stage1_labels_)
+    np.testing.assert_array_equal(km1, ref.kmeans_labels_)
+    assert ref.generate(2).shape == (6, 1, 16, 16)
+
+    # a crash in Stage II: the refit resumes after Stage I and ends where an uninterrupted run does
+    ckdir = tmp_path / "ck"
+
+    def boom(self, X, ck):
+        raise _Crash
+
+    with monkeypatch.context() as mp:
+        mp.setattr(GCC, "_stage_calibrate", boom)
+        with pytest.raises(_Crash):
+            GCC(3, random_state=0, checkpoint_dir=ckdir, **TINY).fit(X)
+    assert (ckdir / "stage1_contrastive.json").exists() and (ckdir / "stage1_head.json").exists()
+    calls = []
+    orig = GCC._stage_head
+
+    def spy(self, X, ck):
+        calls.append(ck.load("stage1_head") is not None)
+        return orig(self, X, ck)
+
+    monkeypatch.setattr(GCC, "_stage_head", spy)
+    m = GCC(3, random_state=0, checkpoint_dir=ckdir, **TINY).fit(X)
+    assert m.resumed_from_ == "contrastive epoch 1" and calls == [True]
+    np.testing.assert_array_equal(m.stage1_labels_, ref.stage1_labels_)
+    np.testing.assert_allclose(m.predict_proba(X), p, atol=1e-4)
+    # checkpoints of other Stage-I settings are refused
+    with pytest.raises(ValueError, match="other data or settings"):
+        GCC(3, random_state=0, checkpoint_dir=ckdir, **dict(TINY, clr_lr=2e-3)).fit(X)
+
+    for fitted in (ref, m):  # m has a Path checkpoint_dir in its params
+        fitted.save_pretrained(tmp_path / "m")
+        m2 = load_pretrained(tmp_path / "m")
+        assert isinstance(m2, GCC)
+        np.testing.assert_allclose(m2.predict_proba(X), p, atol=1e-4)
+        np.testing.assert_array_equal(m2.labels_, ref.labels_)
+
+
+def test_gcc_rejects_bad_input():
+    with pytest.raises(ValueError):
+        GCC(2, **TINY).fit(np.zeros((10, 5), dtype=np.float32))  # feature vectors
+    with pytest.raises(ValueError, match="square"):
+        GCC(2, **TINY).fit(np.zeros((10, 8, 12), dtype=np.uint8))
+    with pytest.raises(ValueError, match="ml_on"):
+        GCC(2, **dict(TINY, ml_on="x")).fit(np.zeros((10, 8, 8), dtype=np.uint8))
+    with pytest.raises(ValueError):
+        GCC(5, **TINY).fit(np.zeros((6, 8, 8), dtype=np.uint8))
