@@ -34,3 +34,120 @@ def test_diec_fits_predicts_and_round_trips(images, tmp_path):
 def test_diec_rejects_feature_vectors():
     with pytest.raises(ValueError):
         DiEC(2, **TINY).fit(np.zeros((10, 5), dtype=np.float32))
+
+
+# ----------------------------------------------------------------------------- building blocks
+def test_bottleneck_matches_the_mid_block_and_leaves_no_hooks():
+    import torch
+
+    from diffclust.diffusion.unet import bottleneck_features, make_unet
+
+    torch.manual_seed(0)
+    unet = make_unet(16, 1, "tiny").eval()
+    x_t = unet.pad(torch.randn(3, 1, 16, 16))
+    t = torch.tensor([5, 100, 900])
+    seen = {}
+    h = unet.unet.mid_block.register_forward_hook(lambda m, i, o: seen.__setitem__("mid", o))
+    with torch.no_grad():
+        unet(x_t, t)
+    h.remove()
+    with torch.no_grad():
+        mid = bottleneck_features(unet, x_t, t)
+        up = bottleneck_features(unet, x_t, t, block="up.0")
+    C_mid = unet.unet.config.block_out_channels[-1]
+    assert mid.shape == (3, C_mid, 8, 8) == seen["mid"].shape
+    torch.testing.assert_close(mid, seen["mid"])
+    assert up.ndim == 4 and up.shape[0] == 3
+    for m in unet.modules():  # the up-block hook is gone after use
+        assert not m._forward_hooks
+
+
+def test_ots_golden_section_finds_the_peak_with_few_evaluations():
+    from diffclust.selection.ots import full_scan, golden_section_argmax
+
+    calls = []
+
+    def score(t):  # unimodal with its peak at t = 337
+        calls.append(t)
+        return -abs(t - 337) ** 1.3 + 0.01 * t
+
+    cands = np.arange(1, 1000)
+    fast = golden_section_argmax(score, cands, tol=8, grid=8, n_final=5)
+    n_fast = len(calls)
+    full = full_scan(score, cands)
+    assert fast.t_star == full.t_star == 337
+    assert n_fast <= 30 < len(cands)  # O(log T) evaluations, not T
+    assert fast.n_evals == n_fast and set(fast.scores) == set(calls[:n_fast])
+
+
+def test_dec_target_rows_sum_to_one_and_sharpen():
+    import torch
+
+    from diffclust.losses import dec_soft_assignment, dec_target_distribution
+
+    g = torch.Generator().manual_seed(0)
+    q = dec_soft_assignment(torch.randn(200, 5, generator=g), torch.randn(4, 5, generator=g))
+    p = dec_target_distribution(q)
+    torch.testing.assert_close(p.sum(1), torch.ones(200))
+    ent = lambda a: -(a * a.clamp_min(1e-12).log()).sum(1)  # noqa: E731
+    assert ent(p).mean() < ent(q).mean() - 0.05  # sharper on average (f_k reweights rows)
+    # with equal cluster frequencies f_k every row is sharpened: p_i ∝ q_i²
+    qb = torch.cat([q, q.roll(1, 1), q.roll(2, 1), q.roll(3, 1)])  # all f_k equal
+    pb = dec_target_distribution(qb)
+    torch.testing.assert_close(pb, qb**2 / (qb**2).sum(1, keepdim=True))
+    assert (ent(pb) <= ent(qb) + 1e-6).all()
+
+
+def test_graph_loss_zero_for_identical_neighbours_positive_otherwise():
+    import torch
+
+    from diffclust.methods.diec import graph_affinities, graph_loss
+
+    Q = torch.softmax(torch.randn(6, 3, generator=torch.Generator().manual_seed(1)), 1)
+    same = torch.tensor([[0, 0], [1, 1], [2, 2], [3, 3], [4, 4], [5, 5]])
+    S, d = graph_affinities(Q, same, beta=0.1, gamma=0.01)
+    torch.testing.assert_close(S.sum(1), torch.ones(6))
+    assert float(graph_loss(Q, Q[same], S)) == 0.0
+    other = torch.tensor([[1, 2], [2, 3], [3, 4], [4, 5], [5, 0], [0, 1]])
+    S2, _ = graph_affinities(Q, other, beta=0.1, gamma=0.01)
+    assert float(graph_loss(Q, Q[other], S2)) > 0
+
+
+def test_pretrain_resume_equals_uninterrupted(tmp_path):
+    import torch
+
+    from diffclust.diffusion.pretrain import pretrain_ddpm
+
+    X = (np.random.default_rng(0).random((40, 16, 16)) * 255).astype(np.uint8)
+    kw = dict(preset="tiny", n_steps=6, batch_size=16, n_timesteps=50, checkpoint_every=2,
+              n_samples=0, seed=3, verbose=False, precision="fp32")
+    full = pretrain_ddpm(X, tmp_path / "full", **kw)
+
+    def crash(step, loss):
+        if step == 3:
+            raise KeyboardInterrupt("simulated crash")
+
+    with pytest.raises(KeyboardInterrupt):
+        pretrain_ddpm(X, tmp_path / "resumed", callback=crash, **kw)
+    resumed = pretrain_ddpm(X, tmp_path / "resumed", **kw)
+    assert resumed.steps == full.steps == 6
+    for (k, a), b in zip(full.unet.state_dict().items(), resumed.unet.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)
+    fresh = pretrain_ddpm(X, tmp_path / "other", **dict(kw, seed=4))
+    diff = [float((a - b).abs().max()) for a, b in zip(full.unet.state_dict().values(),
+                                                       fresh.unet.state_dict().values())]
+    assert max(diff) > 0  # another seed gives other weights: the comparison can fail
+
+
+def test_diec_short_fit_beats_chance_on_usps(shared_data):
+    """Three USPS digits, a tiny U-Net pretrained for a few hundred steps: DiEC's labels must be
+    clearly better than chance (1/3)."""
+    from diffclust import evaluate
+
+    d = np.load(shared_data / "usps.npz")
+    keep = np.concatenate([np.flatnonzero(d["y"] == c)[:60] for c in (0, 1, 7)])
+    X, y = d["x"][keep], d["y"][keep]
+    m = DiEC(3, random_state=0, **dict(TINY, pretrain_steps=150, n_epochs=2, ots_subset=180,
+                                       n_noise_train=2, n_noise_infer=2)).fit(X)
+    acc = evaluate(y, m.labels_)["acc"]
+    assert acc > 0.6, acc

@@ -10,7 +10,8 @@ Crash safety: every ``checkpoint_every`` steps the online weights, the EMA weigh
 optimiser moments and the random-generator state go to ``OUT/checkpoint/state-<step>.safetensors``
 and then ``OUT/checkpoint/state.json`` (written atomically) points at it; a rerun with
 ``resume=True`` continues from there and gives the same weights as an uninterrupted run (all
-randomness comes from one checkpointed ``torch.Generator``).
+randomness comes from one checkpointed ``torch.Generator``). The loop itself is
+:func:`diffclust.diffusion.trainer.train_denoiser`, shared with the EDM generators.
 
 At the end ``OUT`` holds the EMA U-Net in diffusers format (``config.json`` +
 ``diffusion_pytorch_model.safetensors`` + ``diffclust_unet.json``), so ``OUT`` can be passed to
@@ -36,16 +37,23 @@ import torch.nn.functional as F
 
 from ..data.io import atomic_write_bytes, atomic_write_text
 from ..data.validation import check_images
-from ..training.runtime import autocast, progress, resolve_device, resolve_precision
+from ..training.runtime import autocast, resolve_device, resolve_precision
 from .process import predict_x0_from_eps, q_sample
 from .samplers import ddim_sample, ddim_time_pairs
 from .schedules import NoiseSchedule
+from .trainer import (
+    CKPT_DIR,
+    EpochOrder,
+    load_checkpoint,
+    optimizer_from_tensors,
+    optimizer_to_tensors,
+    save_checkpoint,
+    train_denoiser,
+)
 from .unet import DiffusionUNet, make_unet
 
 __all__ = ["pretrain_ddpm", "sample_images", "image_grid", "save_image_grid", "PretrainResult"]
 
-CKPT_DIR = "checkpoint"
-STATE_JSON = "state.json"
 
 
 class PretrainResult:
@@ -133,81 +141,9 @@ def save_image_grid(path, images, nrow: int | None = None, upscale: int | None =
     return atomic_write_bytes(path, buf.getvalue())
 
 
-# ---------------------------------------------------------------------- checkpoints
-def _opt_to_tensors(opt) -> tuple[dict, dict]:
-    sd = opt.state_dict()
-    tensors, meta = {}, {"param_groups": sd["param_groups"], "state_keys": {}}
-    for i, st in sd["state"].items():
-        meta["state_keys"][str(i)] = list(st)
-        for k, v in st.items():
-            tensors[f"opt.{i}.{k}"] = torch.as_tensor(v)
-    return meta, tensors
-
-
-def _opt_from_tensors(opt, meta, tensors):
-    state = {int(i): {k: tensors[f"opt.{i}.{k}"] for k in keys}
-             for i, keys in meta["state_keys"].items()}
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
-def _save_checkpoint(ckdir: Path, step, model, ema, opt, gen, info: dict):
-    from safetensors.torch import save
-
-    ckdir.mkdir(parents=True, exist_ok=True)
-    opt_meta, tensors = _opt_to_tensors(opt)
-    tensors.update({f"model.{k}": v for k, v in model.state_dict().items()})
-    tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
-    tensors["rng.generator"] = gen.get_state()
-    tensors["rng.torch"] = torch.get_rng_state()
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    name = f"state-{step:08d}.safetensors"
-    atomic_write_bytes(ckdir / name, save(tensors))
-    atomic_write_text(ckdir / STATE_JSON, json.dumps(dict(info, step=step, weights=name,
-                                                          optimizer=opt_meta), indent=1))
-    for old in ckdir.glob("state-*.safetensors"):  # keep only the one state.json points at
-        if old.name != name:
-            old.unlink(missing_ok=True)
-
-
-def _load_checkpoint(ckdir: Path):
-    from safetensors.torch import load_file
-
-    js = ckdir / STATE_JSON
-    if not js.exists():
-        return None
-    info = json.loads(js.read_text())
-    w = ckdir / info["weights"]
-    if not w.exists():
-        raise ValueError(f"{js} points at {w.name}, which is missing; delete {ckdir} to "
-                         f"start over")
-    return info, load_file(str(w))
-
-
-# ---------------------------------------------------------------------- training
-class _EpochOrder:
-    """Batch ``s`` = items ``[sB, (s+1)B)`` of the endless stream perm_0 ‖ perm_1 ‖ …, where
-    perm_e is a permutation seeded by ``(seed, e)``: a pure function of the step, so resuming
-    needs no extra state."""
-
-    def __init__(self, n, batch, seed):
-        self.n, self.bs, self.seed, self._cache = n, batch, int(seed), {}
-
-    def perm(self, e):
-        if e not in self._cache:
-            if len(self._cache) > 2:
-                self._cache.clear()
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + e)
-            self._cache[e] = torch.randperm(self.n, generator=g)
-        return self._cache[e]
-
-    def batch(self, step):
-        pos = torch.arange(step * self.bs, (step + 1) * self.bs)
-        ep, off = pos // self.n, pos % self.n
-        out = torch.empty(self.bs, dtype=torch.long)
-        for e in ep.unique().tolist():
-            m = ep == e
-            out[m] = self.perm(e)[off[m]]
-        return out
+# names kept for callers written against the first version of this module
+_opt_to_tensors, _opt_from_tensors = optimizer_to_tensors, optimizer_from_tensors
+_save_checkpoint, _load_checkpoint, _EpochOrder = save_checkpoint, load_checkpoint, EpochOrder
 
 
 def _prepare_images(images):
@@ -270,97 +206,34 @@ def pretrain_ddpm(images, out_dir=None, *, unet: DiffusionUNet | None = None,
     B = int(min(batch_size, N))
     if n_steps < 1 or B < 1:
         raise ValueError(f"n_steps and batch_size must be ≥ 1 (got {n_steps}, {batch_size})")
-    unet = unet.to(dev).train()
-    from ..training.optim import EMA
-
-    ema = EMA(unet, ema_decay)
+    unet = unet.to(dev)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=weight_decay)
-    gen = torch.Generator().manual_seed(int(seed))
     settings = dict(preset=preset, n_steps=n_steps, batch_size=B, lr=lr,
                     warmup_steps=warmup_steps, ema_decay=ema_decay, schedule=sched.to_config(),
                     seed=seed, n_images=N, image_shape=[C, H, H], conditional=y is not None,
                     p_uncond=p_uncond)
-    step, history, seconds_before = 0, [], 0.0
-    if out is not None and resume:
-        ck = _load_checkpoint(ckdir)
-        if ck is not None:
-            info, tens = ck
-            for k in ("batch_size", "seed", "n_images", "image_shape", "schedule"):
-                if info["settings"].get(k) != settings[k]:
-                    raise ValueError(f"checkpoint in {ckdir} was made with {k}="
-                                     f"{info['settings'].get(k)!r}, this run has "
-                                     f"{settings[k]!r}; use resume=False (or another out_dir)")
-            unet.load_state_dict({k[6:]: v for k, v in tens.items() if k.startswith("model.")})
-            ema.module.load_state_dict({k[4:]: v for k, v in tens.items() if k.startswith("ema.")})
-            _opt_from_tensors(opt, info["optimizer"], tens)
-            gen.set_state(tens["rng.generator"])
-            torch.set_rng_state(tens["rng.torch"])
-            step, history = int(info["step"]), list(info["history"])
-            seconds_before = float(info["seconds"])
-    Xt = torch.from_numpy(X)
-    order = _EpochOrder(N, B, seed)
-    t0 = time.perf_counter()
 
-    def elapsed():
-        return seconds_before + time.perf_counter() - t0
+    def ddpm_loss(x0, cl, gen):
+        """E_{t,ε} ‖ε − ε_θ(sqrt(ᾱ_t) x_0 + sqrt(1 − ᾱ_t) ε, t)‖², t uniform (one per image)."""
+        t = torch.randint(0, sched.T, (len(x0),), generator=gen).to(dev)
+        eps = torch.randn(x0.shape, generator=gen).to(dev)
+        with autocast(dev, amp):
+            pred = unet(q_sample(sched, x0, t, noise=eps), t, class_labels=cl)
+        return F.mse_loss(pred.float(), eps)
 
-    def checkpoint():
-        if ckdir is not None and checkpoint_every:
-            _save_checkpoint(ckdir, step, unet, ema.module, opt, gen,
-                             {"settings": settings, "history": history, "seconds": elapsed(),
-                              "unet_config": dict(unet.unet.config),
-                              "unet_extra": unet.extra_config()})
-
-    bar = progress(range(step, n_steps), total=n_steps, initial=step, desc="DDPM pretrain",
-                   verbose=verbose)
-    run_loss, n_run, log_every = 0.0, 0, max(1, min(100, n_steps // 50))
-    stopped_early = False
-    try:
-        for _ in bar:
-            idx = order.batch(step)
-            x0 = unet.pad(Xt[idx].to(dev))
-            t = torch.randint(0, sched.T, (B,), generator=gen).to(dev)
-            eps = torch.randn(x0.shape, generator=gen).to(dev)
-            x_t = q_sample(sched, x0, t, noise=eps)
-            cl = None
-            if y is not None:
-                cl = y[idx].clone()
-                drop = torch.rand(B, generator=gen) < p_uncond
-                cl[drop] = unet.null_class
-                cl = cl.to(dev)
-            for g in opt.param_groups:
-                g["lr"] = lr * min(1.0, (step + 1) / max(1, warmup_steps))
-            with autocast(dev, amp):
-                pred = unet(x_t, t, class_labels=cl)
-            loss = F.mse_loss(pred.float(), eps)
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"DDPM loss became {loss.item()} at step {step}; lower "
-                                         f"lr (now {lr}) or use precision='fp32'")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip_grad:
-                torch.nn.utils.clip_grad_norm_(unet.parameters(), clip_grad)
-            opt.step()
-            ema.update(unet, min(ema_decay, (1 + step) / (10 + step)))
-            step += 1
-            run_loss += loss.item()
-            n_run += 1
-            if step % log_every == 0 or step == n_steps:
-                history.append({"step": step, "loss": run_loss / n_run, "seconds": elapsed()})
-                bar.set_postfix(loss=f"{run_loss / n_run:.4f}")
-                run_loss, n_run = 0.0, 0
-            if callback is not None:
-                callback(step, loss.item())
-            if checkpoint_every and step % checkpoint_every == 0 and step < n_steps:
-                checkpoint()
-            if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
-                stopped_early = step < n_steps
-                break
-    finally:
-        bar.close()
-    seconds = elapsed()
-    checkpoint()
-    model = ema.module.eval()
+    res = train_denoiser(
+        unet, torch.from_numpy(X), ddpm_loss, opt, n_steps=n_steps, batch_size=B, lr=lr,
+        seed=seed, settings=settings, labels=y, p_uncond=p_uncond if y is not None else 0.0,
+        warmup_steps=warmup_steps, ema_decay=ema_decay, clip_grad=clip_grad,
+        ckdir=ckdir if out is not None else None,
+        checkpoint_every=checkpoint_every if out is not None else 0, resume=resume,
+        check_keys=("batch_size", "seed", "n_images", "image_shape", "schedule"),
+        max_seconds=max_seconds, device=dev, desc="DDPM pretrain", verbose=verbose,
+        on_step=None if callback is None else (lambda s, loss, _ema: callback(s, loss)),
+        checkpoint_info=lambda: {"unet_config": dict(unet.unet.config),
+                                 "unet_extra": unet.extra_config()})
+    step, history, seconds, stopped_early = res.step, res.history, res.seconds, res.stopped_early
+    model = res.ema.eval()
     if out is not None:
         model.save_pretrained(out)
         summary = dict(settings, steps_done=step, train_seconds=seconds,

@@ -33,7 +33,6 @@ Decisions marked [PROP] (the paper does not fix them for this setting):
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -41,15 +40,10 @@ import numpy as np
 import torch
 
 from ..data.io import atomic_write_text
-from ..diffusion.pretrain import (
-    _EpochOrder,
-    _load_checkpoint,
-    _prepare_images,
-    _save_checkpoint,
-    save_image_grid,
-)
+from ..diffusion.pretrain import _prepare_images, save_image_grid
+from ..diffusion.trainer import CKPT_DIR, train_denoiser
 from ..diffusion.unet import DiffusionUNet, make_unet
-from ..training.runtime import progress, resolve_device, resolve_precision
+from ..training.runtime import resolve_device, resolve_precision
 from .edm import EDM_DEFAULTS, EDMDenoiser, edm_loss, heun_sample
 
 __all__ = [
@@ -65,7 +59,6 @@ __all__ = [
 FORMAT = "diffclust-cedm-1"
 JSON_NAME = "generator.json"
 UNET_DIR = "unet"
-CKPT_DIR = "checkpoint"
 
 
 # ---------------------------------------------------------------------- cluster ids and q(c)
@@ -378,102 +371,35 @@ def train_generator(images, cluster_ids=None, *, clusterer=None, freq=None, out_
     B = int(min(batch_size, N))
     out = Path(out_dir) if out_dir is not None else None
     ckdir = out / CKPT_DIR if out is not None else None
-    unet = unet.to(dev).train()
-    from ..training.optim import EMA
-
-    ema = EMA(unet, ema_decay)
+    unet = unet.to(dev)
     opt = torch.optim.Adam(unet.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
-    gen = torch.Generator().manual_seed(int(seed))
     settings = dict(preset=preset, n_steps=n_steps, batch_size=B, lr=lr,
                     warmup_steps=warmup_steps, ema_decay=ema_decay, clip_grad=clip_grad,
                     p_uncond=p_uncond, edm=edm, seed=seed, n_images=N, image_shape=[C, H, H],
                     n_classes=n_classes)
-    step, history, seconds_before = 0, [], 0.0
-    if ckdir is not None and resume:
-        ck = _load_checkpoint(ckdir)
-        if ck is not None:
-            info, tens = ck
-            for k in ("batch_size", "seed", "n_images", "image_shape", "n_classes", "edm",
-                      "p_uncond"):
-                if info["settings"].get(k) != settings[k]:
-                    raise ValueError(f"checkpoint in {ckdir} was made with {k}="
-                                     f"{info['settings'].get(k)!r}, this run has "
-                                     f"{settings[k]!r}; use resume=False (or another out_dir)")
-            unet.load_state_dict({k[6:]: v for k, v in tens.items() if k.startswith("model.")})
-            ema.module.load_state_dict({k[4:]: v for k, v in tens.items() if k.startswith("ema.")})
-            from ..diffusion.pretrain import _opt_from_tensors
-
-            _opt_from_tensors(opt, info["optimizer"], tens)
-            gen.set_state(tens["rng.generator"])
-            torch.set_rng_state(tens["rng.torch"])
-            step, history = int(info["step"]), list(info["history"])
-            seconds_before = float(info["seconds"])
-    Xt = torch.from_numpy(X)
-    yt = None if ids is None else torch.from_numpy(ids)
     den = EDMDenoiser(unet, sigma_data, amp=amp)
-    order = _EpochOrder(N, B, seed)
-    t0 = time.perf_counter()
     info = {"train": settings}
 
-    def elapsed():
-        return seconds_before + time.perf_counter() - t0
+    def on_step(step, loss, ema_module):
+        if callback is not None and callback_every and (step % callback_every == 0
+                                                        or step == n_steps):
+            callback(step, loss, ClusterGenerator(ema_module, q, edm, info))
 
-    def bundle():
-        return ClusterGenerator(ema.module, q, edm, info)
-
-    def checkpoint():
-        if ckdir is not None and checkpoint_every:
-            _save_checkpoint(ckdir, step, unet, ema.module, opt, gen,
-                             {"settings": settings, "history": history, "seconds": elapsed()})
-
-    bar = progress(range(step, n_steps), total=n_steps, initial=step,
-                   desc="C-EDM train" if ids is not None else "EDM train", verbose=verbose)
-    run_loss, n_run, log_every = 0.0, 0, max(1, min(100, n_steps // 50))
-    stopped_early = False
-    try:
-        for _ in bar:
-            idx = order.batch(step)
-            x0 = unet.pad(Xt[idx].to(dev))
-            cl = None
-            if yt is not None:
-                cl = yt[idx].clone()
-                if p_uncond > 0:
-                    cl[torch.rand(B, generator=gen) < p_uncond] = unet.null_class
-                cl = cl.to(dev)
-            for g in opt.param_groups:
-                g["lr"] = lr * min(1.0, (step + 1) / max(1, warmup_steps))
-            loss = edm_loss(den, x0, cl, gen, P_mean, P_std)
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"EDM loss became {loss.item()} at step {step}; lower "
-                                         f"lr (now {lr}) or use precision='fp32'")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip_grad:
-                torch.nn.utils.clip_grad_norm_(unet.parameters(), clip_grad)
-            opt.step()
-            ema.update(unet, min(ema_decay, (1 + step) / (10 + step)))
-            step += 1
-            run_loss += loss.item()
-            n_run += 1
-            if step % log_every == 0 or step == n_steps:
-                history.append({"step": step, "loss": run_loss / n_run, "seconds": elapsed()})
-                bar.set_postfix(loss=f"{run_loss / n_run:.4f}")
-                run_loss, n_run = 0.0, 0
-            if callback is not None and callback_every and (step % callback_every == 0
-                                                            or step == n_steps):
-                callback(step, loss.item(), bundle())
-            if checkpoint_every and step % checkpoint_every == 0 and step < n_steps:
-                checkpoint()
-            if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
-                stopped_early = step < n_steps
-                break
-    finally:
-        bar.close()
-    seconds = elapsed()
-    checkpoint()
+    res = train_denoiser(
+        unet, torch.from_numpy(X), lambda x0, cl, gen: edm_loss(den, x0, cl, gen, P_mean, P_std),
+        opt, n_steps=n_steps, batch_size=B, lr=lr, seed=seed, settings=settings,
+        labels=None if ids is None else torch.from_numpy(ids), p_uncond=p_uncond,
+        warmup_steps=warmup_steps, ema_decay=ema_decay, clip_grad=clip_grad, ckdir=ckdir,
+        checkpoint_every=checkpoint_every if ckdir is not None else 0, resume=resume,
+        check_keys=("batch_size", "seed", "n_images", "image_shape", "n_classes", "edm",
+                    "p_uncond"),
+        max_seconds=max_seconds, device=dev,
+        desc="C-EDM train" if ids is not None else "EDM train", verbose=verbose,
+        on_step=on_step)
+    step, history, seconds, stopped_early = res.step, res.history, res.seconds, res.stopped_early
     info.update(steps_done=step, train_seconds=seconds, stopped_early=stopped_early,
                 history=history, device=str(dev), precision=str(amp))
-    model = bundle()
+    model = ClusterGenerator(res.ema, q, edm, info)
     model.unet.eval()
     if out is not None:
         if n_samples:

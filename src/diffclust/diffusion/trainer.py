@@ -1,0 +1,233 @@
+"""The one training loop of the image diffusion models (DDPM pretraining, EDM generators).
+
+:func:`train_denoiser` runs ``n_steps`` optimiser steps of any denoising loss on an image array
+and owns everything around the loss that the callers share: the epoch order, label dropout to
+the null id (classifier-free guidance), the learning-rate warm-up, the finiteness check,
+gradient clipping, the EMA copy (decay warmed up as ``min(decay, (1 + s)/(10 + s))``), the loss
+history, the progress bar, a time limit and crash-safe checkpoints that resume bit-for-bit.
+
+Crash safety: every ``checkpoint_every`` steps the online weights, the EMA weights, the
+optimiser moments and the random-generator state go to ``ckdir/state-<step>.safetensors`` and
+then ``ckdir/state.json`` (written atomically) points at it; a rerun with ``resume=True``
+continues from there and gives the same weights as an uninterrupted run: all randomness comes
+from one checkpointed ``torch.Generator`` and the batch order is a pure function of the step
+(:class:`EpochOrder`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..data.io import atomic_write_bytes, atomic_write_text
+from ..training.optim import EMA
+from ..training.runtime import progress
+
+__all__ = ["train_denoiser", "TrainLoopResult", "EpochOrder", "save_checkpoint",
+           "load_checkpoint", "optimizer_to_tensors", "optimizer_from_tensors", "CKPT_DIR"]
+
+CKPT_DIR = "checkpoint"
+STATE_JSON = "state.json"
+
+
+# ---------------------------------------------------------------------- checkpoints
+def optimizer_to_tensors(opt) -> tuple[dict, dict]:
+    """An optimiser's state as (JSON-able meta, flat dict of tensors) for safetensors."""
+    sd = opt.state_dict()
+    tensors, meta = {}, {"param_groups": sd["param_groups"], "state_keys": {}}
+    for i, st in sd["state"].items():
+        meta["state_keys"][str(i)] = list(st)
+        for k, v in st.items():
+            tensors[f"opt.{i}.{k}"] = torch.as_tensor(v)
+    return meta, tensors
+
+
+def optimizer_from_tensors(opt, meta, tensors):
+    """Inverse of :func:`optimizer_to_tensors`."""
+    state = {int(i): {k: tensors[f"opt.{i}.{k}"] for k in keys}
+             for i, keys in meta["state_keys"].items()}
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_checkpoint(ckdir: Path, step, model, ema, opt, gen, info: dict):
+    """Write weights, EMA, optimiser and RNG state, then point ``state.json`` at them."""
+    from safetensors.torch import save
+
+    ckdir.mkdir(parents=True, exist_ok=True)
+    opt_meta, tensors = optimizer_to_tensors(opt)
+    tensors.update({f"model.{k}": v for k, v in model.state_dict().items()})
+    tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
+    tensors["rng.generator"] = gen.get_state()
+    tensors["rng.torch"] = torch.get_rng_state()
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    name = f"state-{step:08d}.safetensors"
+    atomic_write_bytes(ckdir / name, save(tensors))
+    atomic_write_text(ckdir / STATE_JSON, json.dumps(dict(info, step=step, weights=name,
+                                                          optimizer=opt_meta), indent=1))
+    for old in ckdir.glob("state-*.safetensors"):  # keep only the one state.json points at
+        if old.name != name:
+            old.unlink(missing_ok=True)
+
+
+def load_checkpoint(ckdir: Path):
+    """``(info, tensors)`` of the checkpoint in ``ckdir``, or ``None`` when there is none."""
+    from safetensors.torch import load_file
+
+    js = ckdir / STATE_JSON
+    if not js.exists():
+        return None
+    info = json.loads(js.read_text())
+    w = ckdir / info["weights"]
+    if not w.exists():
+        raise ValueError(f"{js} points at {w.name}, which is missing; delete {ckdir} to "
+                         f"start over")
+    return info, load_file(str(w))
+
+
+class EpochOrder:
+    """Batch ``s`` = items ``[sB, (s+1)B)`` of the endless stream perm_0 ‖ perm_1 ‖ …, where
+    perm_e is a permutation seeded by ``(seed, e)``: a pure function of the step, so resuming
+    needs no extra state."""
+
+    def __init__(self, n, batch, seed):
+        self.n, self.bs, self.seed, self._cache = n, batch, int(seed), {}
+
+    def perm(self, e):
+        if e not in self._cache:
+            if len(self._cache) > 2:
+                self._cache.clear()
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + e)
+            self._cache[e] = torch.randperm(self.n, generator=g)
+        return self._cache[e]
+
+    def batch(self, step):
+        pos = torch.arange(step * self.bs, (step + 1) * self.bs)
+        ep, off = pos // self.n, pos % self.n
+        out = torch.empty(self.bs, dtype=torch.long)
+        for e in ep.unique().tolist():
+            m = ep == e
+            out[m] = self.perm(e)[off[m]]
+        return out
+
+
+# ---------------------------------------------------------------------- the loop
+@dataclass
+class TrainLoopResult:
+    """``ema``: the EMA module (eval it for sampling); ``online``: the trained module;
+    ``step``: steps done in total; ``history``: ``[{"step", "loss", "seconds"}]``;
+    ``seconds``: training time including resumed runs; ``stopped_early``: hit ``max_seconds``."""
+
+    ema: torch.nn.Module
+    online: torch.nn.Module
+    step: int
+    history: list
+    seconds: float
+    stopped_early: bool
+
+
+def train_denoiser(unet, X: torch.Tensor, loss_fn: Callable, optimizer, *, n_steps: int,
+                   batch_size: int, lr: float, seed: int, settings: dict,
+                   labels: torch.Tensor | None = None, p_uncond: float = 0.0,
+                   warmup_steps: int = 0, ema_decay: float = 0.999,
+                   clip_grad: float | None = 1.0, ckdir: Path | None = None,
+                   checkpoint_every: int = 0, resume: bool = True, check_keys=(),
+                   max_seconds: float | None = None, device=None, desc: str = "train",
+                   verbose: bool = True, on_step: Callable | None = None,
+                   checkpoint_info: Callable[[], dict] | None = None) -> TrainLoopResult:
+    """Train ``unet`` on the images ``X`` (``(N, C, H, W)`` in [−1, 1], CPU) for ``n_steps``.
+
+    ``loss_fn(x0, class_labels, generator)`` returns the scalar loss of one batch: ``x0`` is
+    the padded batch on ``device``, ``class_labels`` the batch's ids with a ``p_uncond``
+    fraction replaced by ``unet.null_class`` (``None`` without ``labels``), ``generator`` the
+    loop's ``torch.Generator`` (draw every random number from it so that resuming is exact).
+    ``settings`` is stored in every checkpoint; resuming refuses a checkpoint whose
+    ``settings[k]`` differs for any ``k`` in ``check_keys``. ``on_step(step, loss, ema)`` runs
+    after every step (an exception there stops training like a crash would).
+    ``checkpoint_info()`` adds entries to the checkpoint's JSON.
+    """
+    N = len(X)
+    B = int(min(batch_size, N))
+    unet = unet.to(device).train()
+    ema = EMA(unet, ema_decay)
+    gen = torch.Generator().manual_seed(int(seed))
+    step, history, seconds_before = 0, [], 0.0
+    if ckdir is not None and resume:
+        ck = load_checkpoint(ckdir)
+        if ck is not None:
+            info, tens = ck
+            for k in check_keys:
+                if info["settings"].get(k) != settings[k]:
+                    raise ValueError(f"checkpoint in {ckdir} was made with {k}="
+                                     f"{info['settings'].get(k)!r}, this run has "
+                                     f"{settings[k]!r}; use resume=False (or another out_dir)")
+            unet.load_state_dict({k[6:]: v for k, v in tens.items() if k.startswith("model.")})
+            ema.module.load_state_dict({k[4:]: v for k, v in tens.items() if k.startswith("ema.")})
+            optimizer_from_tensors(optimizer, info["optimizer"], tens)
+            gen.set_state(tens["rng.generator"])
+            torch.set_rng_state(tens["rng.torch"])
+            step, history = int(info["step"]), list(info["history"])
+            seconds_before = float(info["seconds"])
+    order = EpochOrder(N, B, seed)
+    t0 = time.perf_counter()
+
+    def elapsed():
+        return seconds_before + time.perf_counter() - t0
+
+    def checkpoint():
+        if ckdir is not None and checkpoint_every:
+            extra = checkpoint_info() if checkpoint_info is not None else {}
+            save_checkpoint(ckdir, step, unet, ema.module, optimizer, gen,
+                            {"settings": settings, "history": history, "seconds": elapsed(),
+                             **extra})
+
+    bar = progress(range(step, n_steps), total=n_steps, initial=step, desc=desc,
+                   verbose=verbose)
+    run_loss, n_run, log_every = 0.0, 0, max(1, min(100, n_steps // 50))
+    stopped_early = False
+    try:
+        for _ in bar:
+            idx = order.batch(step)
+            x0 = unet.pad(X[idx].to(device))
+            cl = None
+            if labels is not None:
+                cl = labels[idx].clone()
+                if p_uncond > 0:
+                    cl[torch.rand(B, generator=gen) < p_uncond] = unet.null_class
+                cl = cl.to(device)
+            for g in optimizer.param_groups:
+                g["lr"] = lr * min(1.0, (step + 1) / max(1, warmup_steps))
+            loss = loss_fn(x0, cl, gen)
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"{desc}: the loss became {loss.item()} at step {step};"
+                                         f" lower lr (now {lr}) or use precision='fp32'")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip_grad:
+                torch.nn.utils.clip_grad_norm_(unet.parameters(), clip_grad)
+            optimizer.step()
+            ema.update(unet, min(ema_decay, (1 + step) / (10 + step)))
+            step += 1
+            run_loss += loss.item()
+            n_run += 1
+            if step % log_every == 0 or step == n_steps:
+                history.append({"step": step, "loss": run_loss / n_run, "seconds": elapsed()})
+                bar.set_postfix(loss=f"{run_loss / n_run:.4f}")
+                run_loss, n_run = 0.0, 0
+            if on_step is not None:
+                on_step(step, loss.item(), ema.module)
+            if checkpoint_every and step % checkpoint_every == 0 and step < n_steps:
+                checkpoint()
+            if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
+                stopped_early = step < n_steps
+                break
+    finally:
+        bar.close()
+    seconds = elapsed()
+    checkpoint()
+    return TrainLoopResult(ema.module, unet, step, history, seconds, stopped_early)
