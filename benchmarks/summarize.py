@@ -48,6 +48,13 @@ def table(name: str, since: str | None = None) -> str:
             f"{_fmt(pred, 1.0, 1) if pred else '–'} | "
             f"{max(r['peak_mem_mb'] for r in rs):.0f} | `{cmd}` |")
     for r in other:
+        if r.get("method") == "cmax":
+            curve = ", ".join(f"{row['C']}: {row['r_C']:.3f}" for row in r["table"])
+            lines.append(f"\n- C_max on {r['dataset']} (N = {r['n']}, α = {r['alpha']}): "
+                         f"**C_max = {r['c_max']}** (converged: {r['converged']}, "
+                         f"{r['seconds']:.0f} s); r_C by C: {curve}; clusterer params "
+                         f"{r.get('params') or 'defaults'}; `{r['command']}` ({r['date']})")
+            continue
         keys = {k: v for k, v in r.items() if k not in ("command", "date")}
         lines.append(f"\n- `{r['command']}` ({r.get('date', '')}): "
                      + ", ".join(f"{k} = {round(v, 3) if isinstance(v, float) else v}"

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from diffclust import GCC, load_pretrained
 from diffclust.augment import (
@@ -115,6 +116,60 @@ def test_classwise_mmd_zero_for_identical_and_positive_otherwise():
     torch.testing.assert_close(torch.diagonal(k), torch.full((3,), 5.0))  # 5 bandwidths
 
 
+def test_classwise_mmd_mean_reduce_and_median_bandwidth():
+    g = torch.Generator().manual_seed(1)
+    f, fg = torch.randn(30, 6, generator=g), torch.randn(30, 6, generator=g) + 0.7
+    y = torch.arange(30) % 3
+    yg = y.clone()
+    yg[yg == 2] = 1  # cluster 2 only on the real side → 2 clusters present
+    total = classwise_mmd(f, y, fg, yg, 3)
+    mean = classwise_mmd(f, y, fg, yg, 3, reduce="mean")
+    assert mean.item() == pytest.approx(total.item() / 2, rel=1e-5)
+    with pytest.raises(ValueError):
+        classwise_mmd(f, y, fg, yg, 3, reduce="max")
+    # the median bandwidth of K(a, a) uses the distinct pairs of a (no duplicated copy of a)
+    a = torch.randn(7, 4, generator=g)
+    m = torch.pdist(a).median()
+    torch.testing.assert_close(rbf_kernel(a, a, (1.0,)), torch.exp(-torch.cdist(a, a) ** 2 /
+                                                                    (2 * m ** 2)))
+
+
+def test_classwise_mmd_alone_erases_clusters_and_anchor_keeps_them():
+    """The failure documented in GCC: when the generated samples carry no class information
+    (a poor generator), minimising L_d through F alone pulls each real cluster onto the same
+    class-less distribution, so the real clusters merge; the cross-entropy anchor on the real
+    pseudo-labels keeps them apart."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(120) % 3
+    xr = torch.randn(120, 10, generator=g) + 3 * torch.eye(10)[y]
+    xg = torch.randn(120, 10, generator=g)  # "generated" images without class information
+    W0 = torch.eye(10) + 0.1 * torch.randn(10, 10, generator=g)
+
+    def run(anchor):
+        W = W0.clone().requires_grad_(True)
+        head = torch.nn.Linear(10, 3)
+        torch.nn.init.zeros_(head.weight), torch.nn.init.zeros_(head.bias)
+        opt = torch.optim.Adam([W, *head.parameters()], lr=1e-2)
+        for _ in range(100):
+            fr, fg = torch.relu(xr @ W), torch.relu(xg @ W)
+            loss = classwise_mmd(fr, y, fg, y, 3)
+            if anchor:
+                loss = loss + F.cross_entropy(head(fr), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            z = F.normalize(torch.relu(xr @ W), dim=1)
+            return torch.pdist(torch.stack([z[y == k].mean(0) for k in range(3)])).mean().item()
+
+    with torch.no_grad():
+        z = F.normalize(torch.relu(xr @ W0), dim=1)
+        before = torch.pdist(torch.stack([z[y == k].mean(0) for k in range(3)])).mean().item()
+    free, anchored = run(anchor=False), run(anchor=True)
+    assert free < 0.35 * before
+    assert anchored > 2 * free
+
+
 def test_category_matching_sign_conventions():
     e = torch.eye(3)
     y = torch.tensor([0, 0, 1, 1, 2, 2])
@@ -214,6 +269,31 @@ def test_gcc_end_to_end_resume_and_round_trip(digits, tmp_path, monkeypatch):
         assert isinstance(m2, GCC)
         np.testing.assert_allclose(m2.predict_proba(X), p, atol=1e-4)
         np.testing.assert_array_equal(m2.labels_, ref.labels_)
+
+
+def test_gcc_anchor_and_label_update_modes(digits):
+    X, _ = digits
+    base = dict(TINY, calib_epochs=2, gen_epochs=0)
+    off = dict(use_mmd=False, use_cwm=False, use_ml=False)
+    # the anchor alone is self-training on the frozen round labels: they barely move
+    m = GCC(3, random_state=0, **dict(base, **off, anchor_threshold=0.0, calib_lr=1e-3)).fit(X)
+    h = m.history_[0]
+    assert h["calib_steps"] == 2 and h["l_anchor"] > 0 and h["anchor_fraction"] == 1.0
+    assert (m.labels_ == m.stage1_labels_).mean() >= 0.9
+    # nothing to optimise: no calibration step
+    m0 = GCC(3, random_state=0, **dict(base, **off, anchor_weight=0.0)).fit(X)
+    assert m0.history_[0]["calib_steps"] == 0
+    # a threshold above every confidence anchors nothing
+    m1 = GCC(3, random_state=0, **dict(base, **off, anchor_threshold=0.999999)).fit(X)
+    assert m1.history_[0]["anchor_fraction"] < 1.0
+    # the paper's exact Stage II runs (labels of the moving network in every batch, summed L_d)
+    mp = GCC(3, random_state=0, **dict(base, anchor_weight=0.0, mmd_reduce="sum",
+                                       label_update="batch")).fit(X)
+    assert mp.history_[0]["l_anchor"] == 0.0 and mp.history_[0]["l_d"] > 0
+    for bad in (dict(label_update="x"), dict(mmd_reduce="x"), dict(anchor_threshold=1.0),
+                dict(anchor_weight=-1.0)):
+        with pytest.raises(ValueError):
+            GCC(3, **dict(base, **bad)).fit(X)
 
 
 def test_gcc_rejects_bad_input():
