@@ -33,16 +33,21 @@ def table(name: str, since: str | None = None) -> str:
     groups = defaultdict(list)
     other = []
     for r in recs:
-        if {"acc", "nmi", "ari"} <= r.keys():
-            groups[(r["dataset"], r["method"], r["command"])].append(r)
+        if {"acc", "nmi", "ari"} <= r.keys():  # same data, method and settings: one row
+            key = (r["dataset"], r["method"], r.get("n_steps"),
+                   json.dumps(r.get("params") or {}, sort_keys=True),
+                   r["command"].split(" --seeds")[0])
+            groups[key].append(r)
         else:
             other.append(r)
-    lines = ["| dataset | method | seeds | ACC | NMI | ARI | fit s | predict s | peak MB | command |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for (ds, meth, cmd), rs in groups.items():
+    lines = ["| dataset | method | steps | seeds | ACC | NMI | ARI | fit s | predict s | peak MB | "
+             "command |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (ds, meth, *_), rs in groups.items():
+        cmd = "` + `".join(dict.fromkeys(r["command"] for r in rs))
         pred = [r["predict_seconds"] for r in rs if r.get("predict_seconds") is not None]
         lines.append(
-            f"| {ds} | {meth} | {len(rs)} | {_fmt([r['acc'] for r in rs])} | "
+            f"| {ds} | {meth} | {rs[0].get('n_steps') or '–'} | {len(rs)} | "
+            f"{_fmt([r['acc'] for r in rs])} | "
             f"{_fmt([r['nmi'] for r in rs])} | {_fmt([r['ari'] for r in rs])} | "
             f"{_fmt([r['fit_seconds'] for r in rs], 1.0, 0)} | "
             f"{_fmt(pred, 1.0, 1) if pred else '–'} | "

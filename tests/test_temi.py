@@ -298,7 +298,7 @@ def test_temi_contract_and_determinism():
 
 def test_temi_auto_schedule():
     t = TEMI(10)
-    assert t._resolve_schedule(1250)[:2] == (512, 1000)  # 200 epochs would be 400 steps
+    assert t._resolve_schedule(1250)[:2] == (512, 3000)  # 200 epochs would be 400 steps
     assert t._resolve_schedule(50_000)[1] == math.ceil(200 * 50_000 / 512)
     assert t._resolve_schedule(1_000_000)[1] == 50_000
     B, steps, warm, freeze, window = t._resolve_schedule(100_000)
