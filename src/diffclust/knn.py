@@ -13,7 +13,7 @@ Two exact backends give the same neighbours (up to ties between equal similariti
 and one approximate backend for very large N, where any exact search costs O(N²):
 
 * ``"faiss_ivf"``: an inverted-file index (``IndexIVFFlat``) with ``nlist = 4·√N`` k-means
-  cells trained on a sample of at most 256 points per cell, searched with ``nprobe = 32`` cells
+  cells trained on a sample of at most 64 points per cell, searched with ``nprobe = 32`` cells
   per query [PROP]. Each query scans about ``32/(4√N)`` of the data, so the whole search costs
   O(N^1.5·D) instead of O(N²·D): for N = 1M it is ~250× less work than the flat index, and in
   our tests it returns ≥ 95 % of the exact neighbours on clustered data (neighbour *mining* for
@@ -90,7 +90,7 @@ def _faiss_index(X, metric, ivf, seed=0):
     quantizer = faiss.IndexFlatL2(d) if metric == "euclidean" else faiss.IndexFlatIP(d)
     index = faiss.IndexIVFFlat(quantizer, d, nlist, ftype)
     rng = np.random.default_rng(seed)
-    sample = X[np.sort(rng.choice(n, size=min(n, 256 * nlist), replace=False))]
+    sample = X[np.sort(rng.choice(n, size=min(n, 64 * nlist), replace=False))]
     index.cp.seed = int(seed)
     index.train(sample)
     index.nprobe = min(32, nlist)

@@ -65,7 +65,7 @@ def dec_target_distribution(q: torch.Tensor) -> torch.Tensor:
 
 def temi_loss(student_x, student_xp, teacher_x, teacher_xp, q_tilde, gamma: float = 0.6,
               student_temp: float = 0.1, teacher_temp: float = 0.1,
-              probs_momentum: float = 0.9):
+              probs_momentum: float = 0.9, batch_mean_fn=None):
     """Multi-head TEMI loss (Adaloglou et al. 2023; C-EDM eq. 1; METHODS.md §4.2).
 
     ``student_x``, ``student_xp``, ``teacher_x``, ``teacher_xp``: head logits ``(H, B, C)`` of
@@ -83,6 +83,11 @@ def temi_loss(student_x, student_xp, teacher_x, teacher_xp, q_tilde, gamma: floa
 
     Returns ``(head_losses (H,), q_tilde_new (H, C))``; the training loss is
     ``head_losses.mean()`` (average over heads). Computed in fp32.
+
+    ``batch_mean_fn`` (optional) maps this batch's ``(H, C)`` mean teacher probabilities to the
+    one used in step 1: under DistributedDataParallel, where each rank holds an equal slice of
+    the global batch, pass :func:`diffclust.training.distributed.all_reduce_mean` so that q̃
+    follows the *global*-batch mean and stays identical on every rank.
     """
     s1, s2 = student_x.float(), student_xp.float()
     with torch.no_grad():
@@ -90,6 +95,8 @@ def temi_loss(student_x, student_xp, teacher_x, teacher_xp, q_tilde, gamma: floa
         lt2 = torch.log_softmax(teacher_xp.float() / teacher_temp, dim=-1)
         pt1, pt2 = lt1.exp(), lt2.exp()
         batch_mean = torch.cat([pt1, pt2], dim=1).mean(dim=1)  # (H, C)
+        if batch_mean_fn is not None:
+            batch_mean = batch_mean_fn(batch_mean)
         q_new = probs_momentum * q_tilde.float() + (1.0 - probs_momentum) * batch_mean
         w = (pt1 * pt2).sum(-1).mean(0)  # (B,)
         log_q = torch.log(q_new)[:, None, :]  # (H, 1, C)

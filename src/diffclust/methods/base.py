@@ -86,6 +86,28 @@ class DiffClusterMixin(ClusterMixin, BaseEstimator):
         self.amp_dtype_ = resolve_precision(getattr(self, "precision", "auto"), self.device_)
         self.generator_ = torch.Generator(device="cpu").manual_seed(self.seed_)
 
+    def _setup_distributed(self):
+        """For trainers that support DistributedDataParallel (TEMI): join the process group
+        (:func:`~diffclust.training.distributed.ensure_distributed`: the user's, or one
+        initialised lazily under ``torchrun``), put this rank on ``cuda:LOCAL_RANK`` when
+        training on CUDA, and give every rank rank 0's seed (``random_state=None`` draws a
+        different one per process). Returns the :class:`DistInfo` (single process: world 1)."""
+        from ..training.distributed import broadcast_object, ensure_distributed
+
+        info = ensure_distributed(self.device_)
+        if info.distributed:
+            if self.device_.type == "cuda":
+                self.device_ = torch.device("cuda", info.local_rank)
+            elif info.backend == "nccl":
+                raise ValueError(f"the process group uses nccl but {type(self).__name__} was "
+                                 f"asked for device={self.device!r}; nccl needs CUDA: use "
+                                 f"device='cuda' (or a gloo group for CPU training)")
+            seed = int(broadcast_object(self.seed_))
+            if seed != self.seed_:
+                self.seed_ = seed_everything(seed)
+                self.generator_ = torch.Generator(device="cpu").manual_seed(seed)
+        return info
+
     def _ensure_runtime(self):
         if not hasattr(self, "device_"):
             self.device_ = resolve_device(getattr(self, "device", None))
@@ -106,11 +128,20 @@ class DiffClusterMixin(ClusterMixin, BaseEstimator):
 
     def save_pretrained(self, path) -> Path:
         """Write ``config.json`` (hyperparameters + fitted metadata) and ``model.safetensors``
-        (weights and fitted arrays) to the folder ``path``; no pickles."""
+        (weights and fitted arrays) to the folder ``path``; no pickles.
+
+        Under ``torch.distributed`` only rank 0 writes; the other ranks return ``path`` at once
+        (no barrier, so calling it on rank 0 alone is fine too; call
+        :func:`~diffclust.training.distributed.barrier` before another rank reads the folder).
+        """
         from safetensors.torch import save
+
+        from ..training.distributed import is_main_process
 
         check_is_fitted(self, "labels_")
         path = Path(path)
+        if not is_main_process():
+            return path
         path.mkdir(parents=True, exist_ok=True)
         meta, tensors = self._get_state()
         meta = dict(meta, labels_=None, n_features_in_=int(self.n_features_in_))

@@ -45,6 +45,28 @@ Implementation decisions (METHODS.md leaves them open or they are CPU-specific):
   epoch) for the selection, like the code's last-epoch average.
 * Inputs are used raw (``l2_norm=False``, ``embed_norm=False``, the TEMI code's defaults; both
   switchable [PROP]).
+
+Distributed training (``torchrun --nproc_per_node=W script.py``; DistributedDataParallel, gloo
+on CPU, nccl on CUDA with each rank on ``cuda:LOCAL_RANK``). ``fit`` uses the process group the
+script initialised (:func:`diffclust.training.distributed.init_distributed`) or, when the
+environment says torchrun (``WORLD_SIZE > 1``) and none is, initialises one itself and leaves it
+at exit — an unchanged ``TEMI(...).fit(X)`` script trains data-parallel. W ranks × B/W points
+give the single-process run with batch B (``batch_size``, the *global* batch; it must be
+divisible by W), up to float rounding:
+
+* every rank uses rank 0's seed, so the heads start identical (DDP also broadcasts them);
+* rank 0 mines the neighbours and broadcasts them;
+* every rank draws the whole global batch *and* its neighbour partners from the shared seeded
+  generator, in the single-process order, and keeps its contiguous slice
+  (:class:`~diffclust.training.distributed.DistributedBatchSampler`);
+* the student is wrapped in DDP: the loss is the mean over the local slice and DDP averages the
+  gradients, i.e. the gradient of the global-batch mean; the optimiser step, and hence the EMA
+  teacher update, are the same on every rank;
+* the prior q̃ is updated with the global-batch mean of the teacher probabilities
+  (``temi_loss(..., batch_mean_fn=all_reduce_mean)``), so it is identical on all ranks;
+* the per-head losses (logs, divergence check, head selection) are all-reduced;
+* every rank computes the (identical) head selection and training labels; ``save_pretrained``
+  writes on rank 0 only. The progress bar shows on rank 0 only.
 """
 
 from __future__ import annotations
@@ -59,6 +81,12 @@ from torch import nn
 
 from ..knn import knn_search
 from ..losses import temi_loss
+from ..training.distributed import (
+    DistributedBatchSampler,
+    all_reduce_mean,
+    broadcast_tensor,
+    wrap_ddp,
+)
 from ..training.optim import EMA, cosine_value, warmup_cosine
 from ..training.runtime import autocast, progress
 from .base import DiffClusterMixin
@@ -155,7 +183,8 @@ class TEMI(DiffClusterMixin):
     n_steps : int or "auto"
         Optimiser steps; "auto" = clip(200·N/B, 3000, 50000) (see the module docstring).
     batch_size : int
-        B (512; the whole data when smaller).
+        B (512; the whole data when smaller). Under torch.distributed the global batch, split
+        evenly over the ranks (must be divisible by the world size).
     lr : float
         Base learning rate (1e-4), multiplied by B/256 (``lr_scaling=True``).
     weight_decay, min_lr : float
@@ -269,6 +298,12 @@ class TEMI(DiffClusterMixin):
         self._check_params()
         n, D = X.shape
         B, steps, warm, freeze, window = self._resolve_schedule(n)
+        info = self._setup_distributed()  # world 1 unless torch.distributed / torchrun
+        W = info.world_size
+        if B % W:
+            raise ValueError(f"TEMI under torch.distributed splits the global batch over the "
+                             f"{W} processes: batch_size={B}{' (= n)' if B == n else ''} is not "
+                             f"divisible by the world size {W}; choose a multiple of {W}")
         g, dev = self.generator_, self.device_
         t0 = time.perf_counter()
 
@@ -283,50 +318,62 @@ class TEMI(DiffClusterMixin):
         # 1. neighbour mining (cosine, self excluded)
         m = min(self._n_neighbors(n), n - 1)
         if m >= 1:
-            nbrs, _ = knn_search(X, m, metric="cosine", exclude_self=True,
-                                 backend=self.knn_backend)
-            nbrs = torch.from_numpy(nbrs).to(dev)
+            if info.is_main:  # rank 0 mines, the others receive (all ranks agree exactly)
+                nbrs, _ = knn_search(X, m, metric="cosine", exclude_self=True,
+                                     backend=self.knn_backend)
+                nbrs = torch.from_numpy(nbrs).to(dev)
+            else:
+                nbrs = torch.empty(n, m, dtype=torch.int64, device=dev)
+            nbrs = broadcast_tensor(nbrs) if info.distributed else nbrs
         else:  # a single point: it is its own partner
             nbrs, m = torch.zeros(n, 1, dtype=torch.int64, device=dev), 1
         self.knn_seconds_ = time.perf_counter() - t0
 
         # 2. student, EMA teacher (same initial weights), optimiser and schedules
-        student = MultiHeadDINO(D, self.n_clusters, self.n_heads, self.hidden_dim,
-                                self.bottleneck_dim, generator=g).to(dev)
-        teacher = EMA(student, decay=self.teacher_momentum)
+        net = MultiHeadDINO(D, self.n_clusters, self.n_heads, self.hidden_dim,
+                            self.bottleneck_dim, generator=g).to(dev)
+        student = wrap_ddp(net, info)  # DDP (gradients averaged over ranks) or net itself
+        teacher = EMA(net, decay=self.teacher_momentum)
         scale = B / 256.0 if self.lr_scaling else 1.0
-        opt = torch.optim.AdamW(self._param_groups(student), lr=self.lr * scale)
+        opt = torch.optim.AdamW(self._param_groups(net), lr=self.lr * scale)
         sched = warmup_cosine(opt, steps, warm, self.min_lr / self.lr)
         H, C = self.n_heads, self.n_clusters
         q_tilde = torch.full((H, C), 1.0 / C, device=dev)
-        last_layer = student.last_layer_parameters()
+        last_layer = net.last_layer_parameters()
+        # the global-batch mean of the teacher probabilities (q̃ update): mean of the equal-sized
+        # local means over ranks; identity when alone
+        batch_mean_fn = all_reduce_mean if info.distributed else None
 
         history, run_loss, head_sum = [], 0.0, torch.zeros(H, dtype=torch.float64)
         log_every = max(steps // 50, 1)
-        perm, pos = torch.randperm(n, generator=g), 0
-        bar = progress(range(steps), desc="TEMI", verbose=self.verbose)
+        # global batches from the shared generator g (same seed on every rank), interleaved with
+        # the partner draws exactly as in one process; each rank keeps its slice of both
+        sampler = DistributedBatchSampler(n, B, info=info, generator=g)
+        local, b = sampler.local_slice(), sampler.local_batch_size
+        bar = progress(range(steps), desc="TEMI", verbose=self.verbose and info.is_main)
         for step in bar:
-            if pos + B > n:
-                perm, pos = torch.randperm(n, generator=g), 0
-            idx = perm[pos:pos + B]
-            pos += B
+            idx = sampler.next_global_batch()
             j = torch.randint(0, m, (B,), generator=g)
-            idx = idx.to(dev)
-            pair = nbrs[idx, j.to(dev)]
-            views = torch.cat([Xt[idx], Xt[pair]])  # (2B, D): x then x'
+            idx, j = idx[local].to(dev), j[local].to(dev)
+            pair = nbrs[idx, j]
+            views = torch.cat([Xt[idx], Xt[pair]])  # (2b, D): x then x' (b = B / world)
 
             with torch.no_grad(), autocast(dev, self.amp_dtype_):
                 t_logits = teacher.module(views)
             with autocast(dev, self.amp_dtype_):
                 s_logits = student(views)
             head_losses, q_tilde = temi_loss(
-                s_logits[:, :B], s_logits[:, B:], t_logits[:, :B], t_logits[:, B:], q_tilde,
+                s_logits[:, :b], s_logits[:, b:], t_logits[:, :b], t_logits[:, b:], q_tilde,
                 gamma=self.gamma, student_temp=self.student_temp,
-                teacher_temp=self.teacher_temp, probs_momentum=self.probs_momentum)
-            loss = head_losses.mean()
-            if not math.isfinite(loss.item()):
+                teacher_temp=self.teacher_temp, probs_momentum=self.probs_momentum,
+                batch_mean_fn=batch_mean_fn)
+            loss = head_losses.mean()  # local-batch mean; DDP averages its gradient over ranks
+            # global-batch head losses (for the logs and the head selection); same on all ranks
+            global_losses = all_reduce_mean(head_losses.detach())
+            loss_value = global_losses.mean().item()
+            if not math.isfinite(loss_value):
                 raise FloatingPointError(
-                    f"TEMI training diverged at step {step} (loss={loss.item()}); lower lr "
+                    f"TEMI training diverged at step {step} (loss={loss_value}); lower lr "
                     f"(now {self.lr}) or use precision='fp32'")
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -335,19 +382,20 @@ class TEMI(DiffClusterMixin):
                     p.grad = None
             opt.step()
             sched.step()
-            teacher.update(student, decay=cosine_value(step, steps, self.teacher_momentum,
-                                                       self.max_teacher_momentum))
+            teacher.update(net, decay=cosine_value(step, steps, self.teacher_momentum,
+                                                   self.max_teacher_momentum))
 
-            run_loss += loss.item() / log_every
+            run_loss += loss_value / log_every
             if step >= steps - window:
-                head_sum += head_losses.detach().double().cpu()
+                head_sum += global_losses.double().cpu()
             if (step + 1) % log_every == 0 or step + 1 == steps:
                 history.append({"step": step + 1, "lr": sched.get_last_lr()[0],
-                                "loss": run_loss, "best_head_loss": head_losses.min().item(),
+                                "loss": run_loss, "best_head_loss": global_losses.min().item(),
                                 "seconds": time.perf_counter() - t0})
                 bar.set_postfix(loss=f"{run_loss:.4f}")
                 run_loss = 0.0
         bar.close()
+        del student  # drop the DDP wrapper (and its gradient hooks) before the labelling pass
 
         # 3. head selection and assignments from the best teacher head
         self.head_losses_ = (head_sum / window).numpy()

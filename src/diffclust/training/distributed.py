@@ -37,9 +37,10 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "dist_info", "is_main_process",
-           "barrier", "wrap_ddp", "unwrap", "DistributedBatchSampler", "all_reduce_mean",
-           "all_gather_cat", "broadcast_object", "save_on_main", "main_process_first"]
+__all__ = ["DistInfo", "init_distributed", "ensure_distributed", "cleanup_distributed",
+           "dist_info", "is_main_process", "barrier", "wrap_ddp", "unwrap",
+           "DistributedBatchSampler", "all_reduce_mean", "all_gather_cat", "broadcast_object",
+           "broadcast_tensor", "save_on_main", "main_process_first"]
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,24 @@ def init_distributed(backend: str | None = None, device=None, timeout_s: float =
     return DistInfo(rank, world, local, device, backend)
 
 
+def ensure_distributed(device=None) -> DistInfo:
+    """The process group the trainers use: the one already initialised (e.g. by the user's
+    :func:`init_distributed`), else — when ``torchrun`` set ``WORLD_SIZE > 1`` — one initialised
+    here lazily (gloo for a CPU ``device``, nccl for CUDA) and left, with a barrier, at
+    interpreter exit; else single process. So an unchanged ``est.fit(X)`` script runs
+    data-parallel under ``torchrun``."""
+    if dist.is_available() and dist.is_initialized():
+        return dist_info()
+    if _env_int("WORLD_SIZE", 1) <= 1 or not dist.is_available():
+        return DistInfo()
+    import atexit
+
+    cuda = device is None or torch.device(device).type == "cuda"
+    init_distributed(device=None if cuda else device)  # CUDA: each rank on cuda:LOCAL_RANK
+    atexit.register(cleanup_distributed)
+    return dist_info()
+
+
 def cleanup_distributed():
     """Leave the process group. Every rank first meets at a barrier, so that no rank tears
     down its gloo connections while a peer still has work in flight on them (that race
@@ -148,7 +167,8 @@ class DistributedBatchSampler:
     """
 
     def __init__(self, n: int, global_batch_size: int, seed: int = 0,
-                 info: DistInfo | None = None, drop_last: bool = True):
+                 info: DistInfo | None = None, drop_last: bool = True,
+                 generator: torch.Generator | None = None):
         self.info = info or dist_info()
         W = self.info.world_size
         if global_batch_size % W:
@@ -157,7 +177,9 @@ class DistributedBatchSampler:
         if global_batch_size > n:
             raise ValueError(f"global_batch_size={global_batch_size} > n={n}")
         self.n, self.B, self.drop_last = n, global_batch_size, drop_last
-        self.g = torch.Generator().manual_seed(int(seed))
+        # ``generator`` (seeded identically on every rank) lets a trainer interleave its own
+        # draws (e.g. TEMI's neighbour partners) with the permutations; ``seed`` is then unused
+        self.g = generator if generator is not None else torch.Generator().manual_seed(int(seed))
         self.perm, self.pos = torch.randperm(n, generator=self.g), 0
 
     @property
@@ -218,6 +240,14 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def broadcast_tensor(t: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """``t`` from rank ``src`` on every rank, in place (other ranks pass a tensor of the same
+    shape and dtype, on the backend's device); returns ``t``. No-op when alone."""
+    if dist.is_available() and dist.is_initialized():
+        dist.broadcast(t, src=src)
+    return t
 
 
 def save_on_main(write, *args, **kwargs):
