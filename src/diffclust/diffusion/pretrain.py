@@ -21,6 +21,11 @@ deterministic DDIM, 50 steps) and ``pretrain.json`` (settings, loss curve, timin
 Class-conditional pretraining (``labels=...``) trains with the labels dropped to the null id with
 probability ``p_uncond`` (classifier-free guidance, METHODS.md §1.7); :func:`sample_images`
 samples with a guidance scale.
+
+Under ``torchrun`` (DistributedDataParallel, see :mod:`diffclust.diffusion.trainer`)
+``batch_size`` is the global batch; every rank trains the same weights and gets the same
+:class:`PretrainResult`, and only rank 0 writes checkpoints, the U-Net, ``samples.png`` and
+``pretrain.json`` (complete on every rank when the function returns).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import torch.nn.functional as F
 
 from ..data.io import atomic_write_bytes, atomic_write_text
 from ..data.validation import check_images
+from ..training.distributed import barrier
 from ..training.runtime import autocast, resolve_device, resolve_precision
 from .process import predict_x0_from_eps, q_sample
 from .samplers import ddim_sample, ddim_time_pairs
@@ -48,6 +54,7 @@ from .trainer import (
     optimizer_from_tensors,
     optimizer_to_tensors,
     save_checkpoint,
+    setup_distributed,
     train_denoiser,
 )
 from .unet import DiffusionUNet, make_unet
@@ -181,7 +188,7 @@ def pretrain_ddpm(images, out_dir=None, *, unet: DiffusionUNet | None = None,
     """
     X = _prepare_images(images)
     N, C, H, _ = X.shape
-    dev = resolve_device(device)
+    dist, dev = setup_distributed(resolve_device(device))  # under torchrun: this rank's device
     amp = resolve_precision(precision, dev)
     out = Path(out_dir) if out_dir is not None else None
     ckdir = out / CKPT_DIR if out is not None else None
@@ -213,12 +220,12 @@ def pretrain_ddpm(images, out_dir=None, *, unet: DiffusionUNet | None = None,
                     seed=seed, n_images=N, image_shape=[C, H, H], conditional=y is not None,
                     p_uncond=p_uncond)
 
-    def ddpm_loss(x0, cl, gen):
+    def ddpm_loss(net, x0, cl, rng):
         """E_{t,ε} ‖ε − ε_θ(sqrt(ᾱ_t) x_0 + sqrt(1 − ᾱ_t) ε, t)‖², t uniform (one per image)."""
-        t = torch.randint(0, sched.T, (len(x0),), generator=gen).to(dev)
-        eps = torch.randn(x0.shape, generator=gen).to(dev)
+        t = rng.randint(0, sched.T, (len(x0),)).to(dev)
+        eps = rng.randn(x0.shape).to(dev)
         with autocast(dev, amp):
-            pred = unet(q_sample(sched, x0, t, noise=eps), t, class_labels=cl)
+            pred = net(q_sample(sched, x0, t, noise=eps), t, class_labels=cl)
         return F.mse_loss(pred.float(), eps)
 
     res = train_denoiser(
@@ -234,7 +241,7 @@ def pretrain_ddpm(images, out_dir=None, *, unet: DiffusionUNet | None = None,
                                  "unet_extra": unet.extra_config()})
     step, history, seconds, stopped_early = res.step, res.history, res.seconds, res.stopped_early
     model = res.ema.eval()
-    if out is not None:
+    if out is not None and dist.is_main:  # under torchrun rank 0 writes, the others wait
         model.save_pretrained(out)
         summary = dict(settings, steps_done=step, train_seconds=seconds,
                        stopped_early=stopped_early, history=history, device=str(dev),
@@ -250,4 +257,6 @@ def pretrain_ddpm(images, out_dir=None, *, unet: DiffusionUNet | None = None,
             save_image_grid(out / "samples.png", imgs)
             summary["sample_seconds"] = time.perf_counter() - ts
         atomic_write_text(out / "pretrain.json", json.dumps(summary, indent=1))
+    if out is not None:
+        barrier()
     return PretrainResult(model, history, step, seconds, out, online=unet)

@@ -12,6 +12,29 @@ then ``ckdir/state.json`` (written atomically) points at it; a rerun with ``resu
 continues from there and gives the same weights as an uninterrupted run: all randomness comes
 from one checkpointed ``torch.Generator`` and the batch order is a pure function of the step
 (:class:`EpochOrder`).
+
+Distributed training (``torchrun --nproc_per_node=W script.py``; DistributedDataParallel, gloo
+on CPU, nccl on CUDA with each rank on ``cuda:LOCAL_RANK``). The loop joins the process group
+the script initialised or, under torchrun, one it initialises itself
+(:func:`~diffclust.training.distributed.ensure_distributed`), so an unchanged
+``pretrain_ddpm``/``train_generator`` script trains data-parallel. W ranks × B/W images give the
+single-process run with batch B (``batch_size`` is the *global* batch; it must be divisible by
+W), up to float rounding:
+
+* every rank draws the whole global batch (:class:`EpochOrder`), its label-dropout mask and —
+  through the :class:`BatchRandom` that ``loss_fn`` draws from — its per-image noise (t, ε, σ)
+  from the one shared seeded generator, in the single-process order, and keeps its contiguous
+  slice; so the generators stay in step and every image gets the noise it gets alone;
+* ``model`` (the U-Net, or the module around it that ``loss_fn`` calls) is wrapped in DDP for
+  the forward/backward: the loss is the mean over the local slice and DDP averages the
+  gradients, i.e. the gradient of the global-batch mean. Clipping, the optimiser step and the
+  EMA act on the unwrapped U-Net and are identical on every rank;
+* the logged loss (history, progress bar, ``on_step``, the finiteness check) is all-reduced;
+  the ``max_seconds`` stop is rank 0's decision, broadcast;
+* checkpoints are written by rank 0 only; the final one is complete (barrier) when the loop
+  returns; every rank resumes from the same checkpoint (a rank that finds another one stops
+  with an error on all ranks). ``on_step`` runs on every rank (it must not raise on one rank
+  only: the others would wait for it until the group's timeout).
 """
 
 from __future__ import annotations
@@ -26,11 +49,21 @@ from typing import Callable
 import torch
 
 from ..data.io import atomic_write_bytes, atomic_write_text
+from ..training.distributed import (
+    DistInfo,
+    all_gather_object,
+    all_reduce_mean,
+    barrier,
+    broadcast_tensor,
+    ensure_distributed,
+    wrap_ddp,
+)
 from ..training.optim import EMA
 from ..training.runtime import progress
 
-__all__ = ["train_denoiser", "TrainLoopResult", "EpochOrder", "save_checkpoint",
-           "load_checkpoint", "optimizer_to_tensors", "optimizer_from_tensors", "CKPT_DIR"]
+__all__ = ["train_denoiser", "TrainLoopResult", "EpochOrder", "BatchRandom", "save_checkpoint",
+           "load_checkpoint", "optimizer_to_tensors", "optimizer_from_tensors", "CKPT_DIR",
+           "setup_distributed"]
 
 CKPT_DIR = "checkpoint"
 STATE_JSON = "state.json"
@@ -116,6 +149,62 @@ class EpochOrder:
         return out
 
 
+# ---------------------------------------------------------------------- distributed
+def setup_distributed(device) -> tuple[DistInfo, torch.device]:
+    """Join the process group (:func:`~diffclust.training.distributed.ensure_distributed`: the
+    script's, or one initialised here under torchrun; single process otherwise) and the device
+    this rank trains on: ``cuda:LOCAL_RANK`` for a CUDA ``device`` under torch.distributed,
+    else ``device``. Callers that place modules before :func:`train_denoiser` call it first."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    info = ensure_distributed(device)
+    if info.distributed:
+        if device.type == "cuda":
+            device = torch.device("cuda", info.local_rank)
+        elif info.backend == "nccl":
+            raise ValueError("the process group uses nccl but training was asked for "
+                             f"device={str(device)!r}; nccl needs CUDA: use device='cuda' (or "
+                             "a gloo group for CPU training)")
+    return info, device
+
+
+class BatchRandom:
+    """Per-image random numbers for this rank's slice of a global batch.
+
+    ``randn``/``rand``/``randint`` take the *local* shape (first dimension = this rank's batch
+    size), draw the tensor for the whole global batch from the shared ``generator`` and return
+    this rank's rows (CPU tensors; move them to the model's device). So every rank advances the
+    generator exactly as one process does, and each image gets the numbers it would get there;
+    alone the draws are plain ``torch.randn(shape, generator=generator)`` etc. Random numbers
+    that are not per image (the same on every rank) can be drawn from ``generator`` directly.
+    """
+
+    def __init__(self, generator: torch.Generator, global_batch: int, local: slice):
+        self.generator, self.global_batch, self.local = generator, int(global_batch), local
+        self.local_batch = local.stop - local.start
+
+    def _global_shape(self, shape):
+        shape = tuple(int(d) for d in ((shape,) if isinstance(shape, int) else shape))
+        if not shape or shape[0] != self.local_batch:
+            raise ValueError(f"BatchRandom draws per image: the shape's first dimension must "
+                             f"be the local batch size {self.local_batch}, got {shape}")
+        return (self.global_batch,) + shape[1:]
+
+    def _take(self, full):
+        return full if self.local_batch == self.global_batch else full[self.local]
+
+    def randn(self, shape, dtype=torch.float32) -> torch.Tensor:
+        return self._take(torch.randn(self._global_shape(shape), generator=self.generator,
+                                      dtype=dtype))
+
+    def rand(self, shape, dtype=torch.float32) -> torch.Tensor:
+        return self._take(torch.rand(self._global_shape(shape), generator=self.generator,
+                                     dtype=dtype))
+
+    def randint(self, low: int, high: int, shape) -> torch.Tensor:
+        return self._take(torch.randint(low, high, self._global_shape(shape),
+                                        generator=self.generator))
+
+
 # ---------------------------------------------------------------------- the loop
 @dataclass
 class TrainLoopResult:
@@ -139,41 +228,67 @@ def train_denoiser(unet, X: torch.Tensor, loss_fn: Callable, optimizer, *, n_ste
                    checkpoint_every: int = 0, resume: bool = True, check_keys=(),
                    max_seconds: float | None = None, device=None, desc: str = "train",
                    verbose: bool = True, on_step: Callable | None = None,
-                   checkpoint_info: Callable[[], dict] | None = None) -> TrainLoopResult:
+                   checkpoint_info: Callable[[], dict] | None = None,
+                   model: torch.nn.Module | None = None) -> TrainLoopResult:
     """Train ``unet`` on the images ``X`` (``(N, C, H, W)`` in [−1, 1], CPU) for ``n_steps``.
 
-    ``loss_fn(x0, class_labels, generator)`` returns the scalar loss of one batch: ``x0`` is
-    the padded batch on ``device``, ``class_labels`` the batch's ids with a ``p_uncond``
-    fraction replaced by ``unet.null_class`` (``None`` without ``labels``), ``generator`` the
-    loop's ``torch.Generator`` (draw every random number from it so that resuming is exact).
+    ``loss_fn(net, x0, class_labels, rng)`` returns the scalar loss (mean over the batch) of
+    this rank's share of one batch: ``net`` is the module to run the forward pass through
+    (``model``, default ``unet``; wrapped in DistributedDataParallel under torch.distributed —
+    call it, not ``unet``, so that the gradients are averaged over ranks), ``x0`` the padded
+    batch on ``device``, ``class_labels`` the batch's ids with a ``p_uncond`` fraction replaced
+    by ``unet.null_class`` (``None`` without ``labels``), ``rng`` a :class:`BatchRandom` over
+    the loop's ``torch.Generator`` (draw every random number from it so that resuming is exact
+    and distributed runs match one process). ``model`` may be a module around ``unet`` (e.g.
+    a preconditioning wrapper) whose parameters are ``unet``'s.
+    ``batch_size`` is the global batch (divisible by the world size under torch.distributed).
     ``settings`` is stored in every checkpoint; resuming refuses a checkpoint whose
     ``settings[k]`` differs for any ``k`` in ``check_keys``. ``on_step(step, loss, ema)`` runs
-    after every step (an exception there stops training like a crash would).
-    ``checkpoint_info()`` adds entries to the checkpoint's JSON.
+    after every step on every rank with the global-batch loss (an exception there stops
+    training like a crash would). ``checkpoint_info()`` adds entries to the checkpoint's JSON.
     """
+    info, device = setup_distributed(device)
+    W = info.world_size
     N = len(X)
     B = int(min(batch_size, N))
+    if B % W:
+        raise ValueError(f"{desc}: under torch.distributed batch_size is the global batch, split "
+                         f"evenly over the ranks: batch_size={B} is not divisible by the world "
+                         f"size {W}; choose a multiple of {W}")
+    b = B // W
+    local = slice(info.rank * b, (info.rank + 1) * b)
     unet = unet.to(device).train()
+    model = unet if model is None else model.to(device).train()
     ema = EMA(unet, ema_decay)
     gen = torch.Generator().manual_seed(int(seed))
     step, history, seconds_before = 0, [], 0.0
-    if ckdir is not None and resume:
-        ck = load_checkpoint(ckdir)
-        if ck is not None:
-            info, tens = ck
-            for k in check_keys:
-                if info["settings"].get(k) != settings[k]:
-                    raise ValueError(f"checkpoint in {ckdir} was made with {k}="
-                                     f"{info['settings'].get(k)!r}, this run has "
-                                     f"{settings[k]!r}; use resume=False (or another out_dir)")
-            unet.load_state_dict({k[6:]: v for k, v in tens.items() if k.startswith("model.")})
-            ema.module.load_state_dict({k[4:]: v for k, v in tens.items() if k.startswith("ema.")})
-            optimizer_from_tensors(optimizer, info["optimizer"], tens)
-            gen.set_state(tens["rng.generator"])
-            torch.set_rng_state(tens["rng.torch"])
-            step, history = int(info["step"]), list(info["history"])
-            seconds_before = float(info["seconds"])
+    ck = load_checkpoint(ckdir) if ckdir is not None and resume else None
+    if info.distributed:  # every rank must resume from the same checkpoint (or none)
+        found = all_gather_object(None if ck is None else int(ck[0]["step"]))
+        if len(set(found)) > 1:
+            raise ValueError(f"{desc}: the ranks found different checkpoints in {ckdir} "
+                             f"(steps {found}, None = none); every rank must see the same "
+                             f"files (a shared out_dir)")
+    if ck is not None:
+        ck_info, tens = ck
+        for k in check_keys:
+            if ck_info["settings"].get(k) != settings[k]:
+                raise ValueError(f"checkpoint in {ckdir} was made with {k}="
+                                 f"{ck_info['settings'].get(k)!r}, this run has "
+                                 f"{settings[k]!r}; use resume=False (or another out_dir)")
+        unet.load_state_dict({k[6:]: v for k, v in tens.items() if k.startswith("model.")})
+        ema.module.load_state_dict({k[4:]: v for k, v in tens.items() if k.startswith("ema.")})
+        optimizer_from_tensors(optimizer, ck_info["optimizer"], tens)
+        gen.set_state(tens["rng.generator"])
+        torch.set_rng_state(tens["rng.torch"])
+        step, history = int(ck_info["step"]), list(ck_info["history"])
+        seconds_before = float(ck_info["seconds"])
+    # DDP broadcasts rank 0's weights; the EMA starts from (or was resumed to) the same ones
+    net = wrap_ddp(model, info)
+    if info.distributed and ck is None:
+        ema.module.load_state_dict(unet.state_dict())
     order = EpochOrder(N, B, seed)
+    rng = BatchRandom(gen, B, local)
     t0 = time.perf_counter()
 
     def elapsed():
@@ -182,52 +297,60 @@ def train_denoiser(unet, X: torch.Tensor, loss_fn: Callable, optimizer, *, n_ste
     def checkpoint():
         if ckdir is not None and checkpoint_every:
             extra = checkpoint_info() if checkpoint_info is not None else {}
-            save_checkpoint(ckdir, step, unet, ema.module, optimizer, gen,
-                            {"settings": settings, "history": history, "seconds": elapsed(),
-                             **extra})
+            if info.is_main:
+                save_checkpoint(ckdir, step, unet, ema.module, optimizer, gen,
+                                {"settings": settings, "history": history,
+                                 "seconds": elapsed(), **extra})
 
     bar = progress(range(step, n_steps), total=n_steps, initial=step, desc=desc,
-                   verbose=verbose)
+                   verbose=verbose and info.is_main)
     run_loss, n_run, log_every = 0.0, 0, max(1, min(100, n_steps // 50))
     stopped_early = False
     try:
         for _ in bar:
-            idx = order.batch(step)
-            x0 = unet.pad(X[idx].to(device))
+            idx = order.batch(step)  # the global batch; this rank keeps rows [local]
             cl = None
             if labels is not None:
                 cl = labels[idx].clone()
                 if p_uncond > 0:
                     cl[torch.rand(B, generator=gen) < p_uncond] = unet.null_class
-                cl = cl.to(device)
+                cl = cl[local].to(device)
+            x0 = unet.pad(X[idx[local]].to(device))
             for g in optimizer.param_groups:
                 g["lr"] = lr * min(1.0, (step + 1) / max(1, warmup_steps))
-            loss = loss_fn(x0, cl, gen)
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"{desc}: the loss became {loss.item()} at step {step};"
+            loss = loss_fn(net, x0, cl, rng)
+            loss_value = float(all_reduce_mean(loss.detach()).item())  # global-batch loss
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"{desc}: the loss became {loss_value} at step {step};"
                                          f" lower lr (now {lr}) or use precision='fp32'")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # DDP: gradients averaged over the ranks
             if clip_grad:
                 torch.nn.utils.clip_grad_norm_(unet.parameters(), clip_grad)
             optimizer.step()
             ema.update(unet, min(ema_decay, (1 + step) / (10 + step)))
             step += 1
-            run_loss += loss.item()
+            run_loss += loss_value
             n_run += 1
             if step % log_every == 0 or step == n_steps:
                 history.append({"step": step, "loss": run_loss / n_run, "seconds": elapsed()})
                 bar.set_postfix(loss=f"{run_loss / n_run:.4f}")
                 run_loss, n_run = 0.0, 0
             if on_step is not None:
-                on_step(step, loss.item(), ema.module)
+                on_step(step, loss_value, ema.module)
             if checkpoint_every and step % checkpoint_every == 0 and step < n_steps:
                 checkpoint()
-            if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
-                stopped_early = step < n_steps
-                break
+            if max_seconds is not None:
+                stop = time.perf_counter() - t0 > max_seconds
+                if info.distributed:  # rank 0 decides, so that all ranks stop together
+                    flag = torch.tensor([float(stop)], device=info.device)
+                    stop = bool(broadcast_tensor(flag).item())
+                if stop:
+                    stopped_early = step < n_steps
+                    break
     finally:
         bar.close()
     seconds = elapsed()
     checkpoint()
+    barrier()  # the final checkpoint is on disk for every rank
     return TrainLoopResult(ema.module, unet, step, history, seconds, stopped_early)

@@ -41,10 +41,12 @@ import torch
 
 from ..data.io import atomic_write_text
 from ..diffusion.pretrain import _prepare_images, save_image_grid
-from ..diffusion.trainer import CKPT_DIR, train_denoiser
+from ..diffusion.trainer import CKPT_DIR, setup_distributed, train_denoiser
 from ..diffusion.unet import DiffusionUNet, make_unet
+from ..diffusion.weighting import edm_weight
+from ..training.distributed import barrier
 from ..training.runtime import resolve_device, resolve_precision
-from .edm import EDM_DEFAULTS, EDMDenoiser, edm_loss, heun_sample
+from .edm import EDM_DEFAULTS, EDMDenoiser, heun_sample
 
 __all__ = [
     "ClusterGenerator",
@@ -345,6 +347,10 @@ def train_generator(images, cluster_ids=None, *, clusterer=None, freq=None, out_
         steps (and after the last), where ``generator`` is a :class:`ClusterGenerator` on the
         current EMA weights (e.g. to measure a Fréchet distance during training); it must not
         modify the weights. Sampling in the callback does not touch the training randomness.
+
+    Under ``torchrun`` (DistributedDataParallel, see :mod:`diffclust.diffusion.trainer`)
+    ``batch_size`` is the global batch, every rank trains the same weights, ``callback`` runs
+    on every rank, and only rank 0 writes ``out_dir`` (complete on every rank on return).
     """
     X = _prepare_images(images)
     N, C, H, _ = X.shape
@@ -354,7 +360,7 @@ def train_generator(images, cluster_ids=None, *, clusterer=None, freq=None, out_
         raise ValueError(f"p_uncond must be in [0, 1), got {p_uncond}")
     if n_steps < 1 or batch_size < 1:
         raise ValueError(f"n_steps and batch_size must be ≥ 1 (got {n_steps}, {batch_size})")
-    dev = resolve_device(device)
+    dist, dev = setup_distributed(resolve_device(device))  # under torchrun: this rank's device
     amp = resolve_precision(precision, dev)
     edm = dict(EDM_DEFAULTS, sigma_data=float(sigma_data), P_mean=float(P_mean),
                P_std=float(P_std), n_steps=int(sample_steps))
@@ -385,9 +391,18 @@ def train_generator(images, cluster_ids=None, *, clusterer=None, freq=None, out_
                                                         or step == n_steps):
             callback(step, loss, ClusterGenerator(ema_module, q, edm, info))
 
+    def loss_fn(net, x0, cl, rng):
+        """:func:`~.edm.edm_loss` through ``net`` (``den``, DDP-wrapped under torchrun), its
+        per-image σ and noise drawn from ``rng`` (the same numbers, in the same order)."""
+        B, view = len(x0), (len(x0),) + (1,) * (x0.ndim - 1)
+        sigma = (rng.randn((B,)).to(x0.device) * P_std + P_mean).exp()
+        n = rng.randn(x0.shape).to(x0.device) * sigma.view(view)
+        D = net(x0 + n, sigma, cl)
+        return (edm_weight(sigma, den.sigma_data) * ((D - x0) ** 2).flatten(1).mean(1)).mean()
+
     res = train_denoiser(
-        unet, torch.from_numpy(X), lambda x0, cl, gen: edm_loss(den, x0, cl, gen, P_mean, P_std),
-        opt, n_steps=n_steps, batch_size=B, lr=lr, seed=seed, settings=settings,
+        unet, torch.from_numpy(X), loss_fn, opt, model=den, n_steps=n_steps, batch_size=B,
+        lr=lr, seed=seed, settings=settings,
         labels=None if ids is None else torch.from_numpy(ids), p_uncond=p_uncond,
         warmup_steps=warmup_steps, ema_decay=ema_decay, clip_grad=clip_grad, ckdir=ckdir,
         checkpoint_every=checkpoint_every if ckdir is not None else 0, resume=resume,
@@ -401,7 +416,7 @@ def train_generator(images, cluster_ids=None, *, clusterer=None, freq=None, out_
                 history=history, device=str(dev), precision=str(amp))
     model = ClusterGenerator(res.ema, q, edm, info)
     model.unet.eval()
-    if out is not None:
+    if out is not None and dist.is_main:  # under torchrun rank 0 writes, the others wait
         if n_samples:
             ts = time.perf_counter()
             imgs = sample(model, n_samples, seed=int(seed) + 12345, device=dev,
@@ -409,4 +424,6 @@ def train_generator(images, cluster_ids=None, *, clusterer=None, freq=None, out_
             save_image_grid(out / "samples.png", imgs)
             info["sample_seconds"] = time.perf_counter() - ts
         model.save(out)
+    if out is not None:
+        barrier()
     return GeneratorResult(model, history, step, seconds, out)

@@ -40,7 +40,7 @@ import torch.distributed as dist
 __all__ = ["DistInfo", "init_distributed", "ensure_distributed", "cleanup_distributed",
            "dist_info", "is_main_process", "barrier", "wrap_ddp", "unwrap",
            "DistributedBatchSampler", "all_reduce_mean", "all_gather_cat", "broadcast_object",
-           "broadcast_tensor", "save_on_main", "main_process_first"]
+           "broadcast_tensor", "save_on_main", "main_process_first", "all_gather_object"]
 
 
 @dataclass(frozen=True)
@@ -240,6 +240,16 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def all_gather_object(obj) -> list:
+    """``[obj of rank 0, obj of rank 1, …]`` on every rank (picklable objects; ``[obj]`` when
+    alone), e.g. to check that the ranks agree before they go on."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def broadcast_tensor(t: torch.Tensor, src: int = 0) -> torch.Tensor:
