@@ -117,18 +117,28 @@ def sample_training_sigmas(n: int, P_mean: float = -1.2, P_std: float = 1.2, gen
 
 
 def edm_loss(denoiser: EDMDenoiser, x0: torch.Tensor, class_labels=None, generator=None,
-             P_mean: float = -1.2, P_std: float = 1.2, reduction: str = "mean"):
+             P_mean: float = -1.2, P_std: float = 1.2, reduction: str = "mean",
+             sigma_data: float | None = None):
     """EDM loss ``λ(σ) ‖D(x0 + n; σ, c) − x0‖²``, ``n ~ N(0, σ² I)``, ``ln σ ~ N(P_mean, P_std²)``.
 
-    Noise comes from ``generator`` (a CPU generator is fine for CUDA models). ``reduction``:
-    ``"mean"`` (over pixels and batch) or ``"none"`` (per-sample mean over pixels).
+    Noise comes from ``generator``: a ``torch.Generator`` (a CPU generator is fine for CUDA
+    models) or an object with ``randn(shape)`` such as the training loop's per-rank
+    :class:`~diffclust.diffusion.trainer.BatchRandom`; σ is drawn first, then n. ``denoiser``
+    may be wrapped (e.g. by DDP); then pass ``sigma_data``. ``reduction``: ``"mean"`` (over
+    pixels and batch) or ``"none"`` (per-sample mean over pixels).
     """
     B = x0.shape[0]
-    sigma = sample_training_sigmas(B, P_mean, P_std, generator, x0.device)
-    n = randn(x0.shape, generator, x0.device) * sigma.view((B,) + (1,) * (x0.ndim - 1))
+    if hasattr(generator, "randn"):
+        def draw(shape):
+            return generator.randn(shape).to(x0.device)
+    else:
+        def draw(shape):
+            return randn(shape, generator, x0.device)
+    sigma = (draw((B,)) * P_std + P_mean).exp()
+    n = draw(x0.shape) * sigma.view((B,) + (1,) * (x0.ndim - 1))
     D = denoiser(x0 + n, sigma, class_labels)
-    w = edm_weight(sigma, denoiser.sigma_data)
-    per = w * ((D - x0) ** 2).flatten(1).mean(1)
+    sd = denoiser.sigma_data if sigma_data is None else sigma_data
+    per = edm_weight(sigma, sd) * ((D - x0) ** 2).flatten(1).mean(1)
     if reduction == "none":
         return per
     if reduction != "mean":

@@ -43,10 +43,9 @@ from ..data.io import atomic_write_text
 from ..diffusion.pretrain import _prepare_images, save_image_grid
 from ..diffusion.trainer import CKPT_DIR, setup_distributed, train_denoiser
 from ..diffusion.unet import DiffusionUNet, make_unet
-from ..diffusion.weighting import edm_weight
 from ..training.distributed import barrier
 from ..training.runtime import resolve_device, resolve_precision
-from .edm import EDM_DEFAULTS, EDMDenoiser, heun_sample
+from .edm import EDM_DEFAULTS, EDMDenoiser, edm_loss, heun_sample
 
 __all__ = [
     "ClusterGenerator",
@@ -391,14 +390,8 @@ def train_generator(images, cluster_ids=None, *, clusterer=None, freq=None, out_
                                                         or step == n_steps):
             callback(step, loss, ClusterGenerator(ema_module, q, edm, info))
 
-    def loss_fn(net, x0, cl, rng):
-        """:func:`~.edm.edm_loss` through ``net`` (``den``, DDP-wrapped under torchrun), its
-        per-image σ and noise drawn from ``rng`` (the same numbers, in the same order)."""
-        B, view = len(x0), (len(x0),) + (1,) * (x0.ndim - 1)
-        sigma = (rng.randn((B,)).to(x0.device) * P_std + P_mean).exp()
-        n = rng.randn(x0.shape).to(x0.device) * sigma.view(view)
-        D = net(x0 + n, sigma, cl)
-        return (edm_weight(sigma, den.sigma_data) * ((D - x0) ** 2).flatten(1).mean(1)).mean()
+    def loss_fn(net, x0, cl, rng):  # net: ``den``, DDP-wrapped under torchrun
+        return edm_loss(net, x0, cl, rng, P_mean, P_std, sigma_data=den.sigma_data)
 
     res = train_denoiser(
         unet, torch.from_numpy(X), loss_fn, opt, model=den, n_steps=n_steps, batch_size=B,
