@@ -156,3 +156,185 @@ def test_temi_batch_must_divide_world_size():
     est._setup_distributed = lambda: DistInfo(rank=0, world_size=3)  # as if 3 ranks
     with pytest.raises(ValueError, match="not divisible by the world size 3"):
         est.fit(X)
+
+
+# ------------------------------------------------------- DDPM pretraining (train_denoiser) under DDP
+PRETRAIN_WORKER = Path(__file__).with_name("_ddp_pretrain.py")
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without "
+                    "torch.distributed")
+def test_pretrain_ddpm_two_process_gloo_matches_single_process(tmp_path):
+    """pretrain_ddpm (tiny conditional U-Net, 32 images, global batch 8, 2 steps then resumed
+    to 4) under torchrun (2 gloo ranks × 4 images) = one process × 8 images."""
+    _run([sys.executable, str(PRETRAIN_WORKER), str(tmp_path / "single")], tmp_path)
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+          "--nproc_per_node=2", str(PRETRAIN_WORKER), str(tmp_path / "ddp")], tmp_path)
+    one = json.loads((tmp_path / "single" / "result.json").read_text())
+    two = json.loads((tmp_path / "ddp" / "result.json").read_text())
+    assert one["world_size"] == 1 and two["world_size"] == 2 and two["backend"] == "gloo"
+    assert two["first_steps"] == 2 and two["steps"] == one["steps"] == 4  # resumed at step 2
+    # every file (checkpoints, U-Net, samples.png, pretrain.json) written once, by rank 0
+    log = (tmp_path / "ddp" / "writes.log").read_text()
+    assert log == (tmp_path / "single" / "writes.log").read_text()
+    assert {line.split()[1] for line in log.splitlines()} == {"0"}
+    assert {"pretrain.json", "samples.png", "diffclust_unet.json"} <= set(log.split())
+    assert json.loads((tmp_path / "ddp" / "model" / "pretrain.json").read_text())[
+        "steps_done"] == 4
+    # the ranks ended with identical online and EMA weights
+    assert two["rank_spread"] == 0.0 and two["ema_rank_spread"] == 0.0
+    # same batches, label dropout and noise as one process: the losses agree to float rounding
+    torch.testing.assert_close(torch.tensor(two["losses"]), torch.tensor(one["losses"]),
+                               rtol=1e-5, atol=1e-6)
+    # weights: Adam's normalised step turns rounding in near-cancelling gradient entries into
+    # O(lr) differences on a few entries; all else agrees (a rank drawing the wrong noise rows
+    # changes ~all entries by ~1e-3: median diff 8e-4, 98 % of entries above 1e-5)
+    a, b = load_file(tmp_path / "single" / "model" / "diffusion_pytorch_model.safetensors"), \
+        load_file(tmp_path / "ddp" / "model" / "diffusion_pytorch_model.safetensors")
+    pairs = [(torch.tensor(one["online"]), torch.tensor(two["online"]))]
+    pairs.append((torch.cat([a[k].flatten() for k in a]), torch.cat([b[k].flatten() for k in a])))
+    for x, z in pairs:
+        d = (x - z).abs()
+        assert d.median() < 1e-6 and (d > 1e-5).float().mean() < 0.05 and d.max() < 2e-3
+        assert (x - z).norm() < 1e-3 * x.norm()
+
+
+def test_train_denoiser_batch_must_divide_world_size(monkeypatch):
+    from diffclust.diffusion import trainer
+    from diffclust.diffusion.pretrain import pretrain_ddpm
+
+    monkeypatch.setattr(trainer, "ensure_distributed", lambda device=None: DistInfo(0, 3))
+    X = torch.rand(16, 1, 8, 8) * 2 - 1
+    with pytest.raises(ValueError, match="batch_size=8 is not divisible by the world size 3"):
+        pretrain_ddpm(X, None, preset="tiny", n_steps=1, batch_size=8, device="cpu",
+                      verbose=False)
+
+
+# ----------------------------------------------------------------------------- CLUDI under DDP
+CLUDI_WORKER = Path(__file__).with_name("_ddp_cludi.py")
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without "
+                    "torch.distributed")
+def test_cludi_two_process_gloo_matches_single_process(tmp_path):
+    """CLUDI.fit under torchrun (2 gloo ranks × 12 points) = one process × 24 points: the same
+    synced gradients (dropout 0.15 included), losses and predictions, up to float rounding."""
+    import numpy as np
+    from sklearn.metrics import normalized_mutual_info_score
+
+    from diffclust import load_pretrained
+
+    sys.path.insert(0, str(CLUDI_WORKER.parent))
+    try:
+        from _ddp_cludi import blobs
+    finally:
+        sys.path.remove(str(CLUDI_WORKER.parent))
+
+    _run([sys.executable, str(CLUDI_WORKER), str(tmp_path / "single")], tmp_path)
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+          "--nproc_per_node=2", str(CLUDI_WORKER), str(tmp_path / "ddp")], tmp_path)
+    one = json.loads((tmp_path / "single" / "result.json").read_text())
+    two = json.loads((tmp_path / "ddp" / "result.json").read_text())
+    assert one["world_size"] == 1 and two["world_size"] == 2 and two["backend"] == "gloo"
+    # save_pretrained was called on both ranks but wrote once, on rank 0
+    assert (tmp_path / "ddp" / "writes.log").read_text() == "rank 0\n"
+    X, y = blobs()
+    for name in ("shared", "ema"):
+        a, b = one[name], two[name]
+        # the ranks ended with the same weights and predictions
+        assert b["rank_spread"] == 0.0 and b["proba_rank_spread"] == 0.0, name
+        # first step: DDP's averaged gradient is the single-process global-batch gradient
+        # (a missing all-gather, a wrong loss scale or rank-dependent noise/dropout masks
+        # give differences of the order of the gradients themselves)
+        scale = max(max(abs(v) for v in g) for g in a["grads"])
+        assert len(a["grads"]) == len(b["grads"])
+        for i, (ga, gb) in enumerate(zip(a["grads"], b["grads"])):
+            torch.testing.assert_close(torch.tensor(gb), torch.tensor(ga), rtol=1e-4,
+                                       atol=1e-4 * scale, msg=f"{name}: gradient {i}")
+        # ten steps: same losses and predictions. The weights agree only loosely: AdamW turns
+        # the rounding noise of (near-)zero gradients (e.g. the classifier bias, ~1e-7) into
+        # updates of ~lr, which do not change the outputs.
+        torch.testing.assert_close(torch.tensor(b["history"]), torch.tensor(a["history"]),
+                                   rtol=1e-4, atol=1e-6, msg=f"{name}: losses")
+        torch.testing.assert_close(torch.tensor(b["proba"]), torch.tensor(a["proba"]),
+                                   rtol=1e-3, atol=1e-3, msg=f"{name}: predictions")
+        wa, wb = torch.tensor(a["weights"]), torch.tensor(b["weights"])
+        assert float((wb - wa).norm() / wa.norm()) < 2e-2, name
+    model = load_pretrained(tmp_path / "ddp" / "model")
+    torch.testing.assert_close(torch.from_numpy(model.predict_proba(X)),
+                               torch.tensor(two["shared"]["proba"], dtype=torch.float64))
+    # 120 steps under DDP: the ranks stay identical and it trains
+    long = two["long"]
+    assert long["rank_spread"] == 0.0 and long["proba_rank_spread"] == 0.0
+    losses = np.array(long["history"])[:, 0]
+    assert losses[-10:].mean() < 0.6 * losses[:10].mean(), losses
+    assert normalized_mutual_info_score(y, np.argmax(long["proba"], 1)) > 0.5
+
+
+def test_cludi_global_draws_and_dropout_split_like_one_process():
+    """Two ranks' noise (shared generator) and dropout masks (default generator, same seed)
+    are the halves of the single process's draws, bit for bit, on CPU."""
+    from torch import nn
+
+    from diffclust.methods.cludi import _GlobalBatchDropout, _Rows
+
+    alone = _Rows()
+    for draw in ("randn", "rand"):
+        ref = getattr(alone, draw)((3, 10, 4), torch.Generator().manual_seed(5), "cpu")
+        parts = [getattr(_Rows(10, r, 2), draw)((3, 5, 4), torch.Generator().manual_seed(5),
+                                                "cpu") for r in range(2)]
+        assert torch.equal(torch.cat(parts, dim=1), ref)
+    with pytest.raises(RuntimeError, match="local rows"):
+        _Rows(10, 0, 2).randn((3, 10, 4), torch.Generator(), "cpu")
+    x = torch.randn(3, 10, 6)
+    torch.manual_seed(1)
+    ref = nn.Dropout(0.3).train()(x)
+    parts = []
+    for r in range(2):
+        torch.manual_seed(1)
+        parts.append(_GlobalBatchDropout(0.3, r, 2).train()(x[:, 5 * r:5 * r + 5]))
+    assert torch.equal(torch.cat(parts, dim=1), ref)
+    assert torch.equal(_GlobalBatchDropout(0.3, 1, 2).eval()(x), x)
+
+
+def test_self_classifier_gather_fn_gives_the_global_loss_and_gradient():
+    """Each 'rank' gathers the other's logits (detached here, autograd-aware under DDP): every
+    rank gets the full-batch loss, and the ranks' gradients on their own rows together are the
+    full-batch gradient (what the all-gather's backward and DDP's averaging reproduce)."""
+    from diffclust.losses import self_classifier_pair_matrix
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 12, 4, generator=g), torch.randn(3, 12, 4, generator=g)
+    a.requires_grad_(True)
+    A, Bm = self_classifier_pair_matrix(a, b)
+    (A.sum() + Bm.sum()).backward()
+    full_grad = a.grad.clone()
+    halves, grads = (slice(0, 6), slice(6, 12)), []
+    for r, rows in enumerate(halves):
+        local_a = a.detach()[:, rows].clone().requires_grad_(True)
+
+        def gather(t, r=r, local_a=local_a):  # this rank's rows (with grad) among the others
+            full = (a if t is local_a else b).detach()
+            return torch.cat([t if i == r else full[:, h] for i, h in enumerate(halves)], -2)
+
+        Ar, Br = self_classifier_pair_matrix(local_a, b[:, rows], gather_fn=gather)
+        torch.testing.assert_close(Ar, A.detach())
+        torch.testing.assert_close(Br, Bm.detach())
+        (Ar.sum() + Br.sum()).backward()
+        grads.append(local_a.grad)
+    torch.testing.assert_close(torch.cat(grads, dim=1), full_grad)
+    # without the gather each half normalises over its own rows only: not the global loss
+    assert not torch.allclose(self_classifier_pair_matrix(a[:, :6], b[:, :6])[0], A)
+
+
+def test_cludi_batch_must_divide_world_size():
+    import numpy as np
+
+    from diffclust import CLUDI
+
+    X = np.random.default_rng(0).standard_normal((60, 4)).astype(np.float32)
+    est = CLUDI(3, embedding_dim=4, n_chains=1, teacher_steps=1, n_steps=1, batch_size=32,
+                device="cpu", verbose=False, random_state=0)
+    est._setup_distributed = lambda: DistInfo(rank=0, world_size=3)  # as if 3 ranks
+    with pytest.raises(ValueError, match="not divisible by the world size 3"):
+        est.fit(X)

@@ -30,12 +30,22 @@ def self_classifier_parts(logits: torch.Tensor, tau_row: float = 0.1, tau_col: f
     return q, log_p
 
 
-def self_classifier_pair_matrix(logits_a, logits_b, tau_row=0.1, tau_col=0.05, eps=1e-8):
+def self_classifier_pair_matrix(logits_a, logits_b, tau_row=0.1, tau_col=0.05, eps=1e-8,
+                                gather_fn=None):
     """All chain pairs at once: ``A[i, j] = CE(a_i → b_j) = −(1/B) Σ_b Σ_k q_a[i] ℓ_b[j]``.
 
     ``logits_a``: (S_a, B, K), ``logits_b``: (S_b, B, K). Returns ``(A, Bm)`` with
     ``Bm[i, j] = CE(b_j → a_i)``, both (S_a, S_b).
+
+    ``gather_fn`` (optional) maps this process's ``(S, b, K)`` logits to those of the *global*
+    batch ``(S, B, K)`` before anything else: the column softmax and the batch normalisation
+    need every row. Under DistributedDataParallel pass
+    ``lambda t: diffclust.training.distributed.all_gather_cat(t, dim=-2)`` (differentiable:
+    each rank's gradient reaches its own rows, summed over the ranks' identical losses, so DDP's
+    gradient averaging gives the global-batch gradient); every rank then gets the same (A, Bm).
     """
+    if gather_fn is not None:
+        logits_a, logits_b = gather_fn(logits_a), gather_fn(logits_b)
     q_a, l_a = self_classifier_parts(logits_a, tau_row, tau_col, eps)
     q_b, l_b = self_classifier_parts(logits_b, tau_row, tau_col, eps)
     B = logits_a.shape[-2]
@@ -44,9 +54,12 @@ def self_classifier_pair_matrix(logits_a, logits_b, tau_row=0.1, tau_col=0.05, e
     return A, Bm
 
 
-def self_classifier_loss(logits_a, logits_b, tau_row=0.1, tau_col=0.05, eps=1e-8):
-    """Symmetric Self-Classifier CE, ½[CE(a→b) + CE(b→a)] (CLUDI eq. 24) for (B, K) logits."""
-    A, Bm = self_classifier_pair_matrix(logits_a[None], logits_b[None], tau_row, tau_col, eps)
+def self_classifier_loss(logits_a, logits_b, tau_row=0.1, tau_col=0.05, eps=1e-8,
+                         gather_fn=None):
+    """Symmetric Self-Classifier CE, ½[CE(a→b) + CE(b→a)] (CLUDI eq. 24) for (B, K) logits.
+    ``gather_fn``: see :func:`self_classifier_pair_matrix` (it receives (1, b, K) tensors)."""
+    A, Bm = self_classifier_pair_matrix(logits_a[None], logits_b[None], tau_row, tau_col, eps,
+                                        gather_fn=gather_fn)
     return 0.5 * (A[0, 0] + Bm[0, 0])
 
 

@@ -39,6 +39,38 @@ Decisions where METHODS.md leaves a choice (all switchable):
   ImageNet-scale data.
 * ``embedding_dim="auto"`` is 64 for K ≤ 50 and 128 above (the paper uses a larger d for
   K ≥ 100; the value is lost).
+
+Distributed training (``torchrun --nproc_per_node=W script.py``; DistributedDataParallel, gloo
+on CPU, nccl on CUDA with each rank on ``cuda:LOCAL_RANK``), as for TEMI: ``fit`` uses the
+process group the script initialised or, under torchrun (``WORLD_SIZE > 1``), initialises one
+itself, so an unchanged ``CLUDI(...).fit(X)`` script trains data-parallel. ``batch_size`` is
+the *global* batch B (it must be divisible by W); each rank holds a contiguous slice of B/W
+points of every global batch, and W ranks reproduce the single-process run with batch B:
+
+* every rank uses rank 0's seed, so the networks start identical (DDP also broadcasts them)
+  and the shared generator draws the same numbers on every rank;
+* every random tensor of a step is drawn for the *global* batch, in the single-process order,
+  and sliced to the rank's rows (:class:`_Rows`): the batch indices
+  (:class:`~diffclust.training.distributed.DistributedBatchSampler`), the teacher's z_T and
+  its DDIM noise, the augmentation directions and dropout masks, the forward-diffusion noise ε;
+  per-chain draws (augmentation strengths, timesteps t) and the self-conditioning coin are the
+  same on every rank anyway;
+* the dropout masks of the student's denoiser (torch's default generator, seeded alike on every
+  rank) are drawn for the global batch too (:class:`_GlobalBatchDropout` replaces
+  ``nn.Dropout`` while training distributed). On CPU the masks are then bit-identical to the
+  single process; on CUDA they are as well in distribution and, with the same fused kernel and
+  element count, in practice (the product is rounded differently: float tolerance);
+* the whole step (teacher pass, through which gradients may flow, and student pass) is the
+  forward of one module wrapped in DDP; the embedding MSE is the mean over the local rows, and
+  the Self-Classifier CE is computed on the all-gathered global-batch logits
+  (``self_classifier_pair_matrix(..., gather_fn=all_gather_cat)``, differentiable): every rank
+  computes the same global CE, the gather's backward sums the ranks' (identical) gradients onto
+  each rank's rows (×W) and DDP's average divides by W, so the update is the gradient of the
+  single-process loss on the global batch, up to float rounding;
+* per-parameter clipping, the optimiser and the EMA teacher then act on identical gradients and
+  weights on every rank; the logged losses (and the divergence check) use the global values;
+* every rank computes the (identical) training labels; ``save_pretrained`` writes on rank 0
+  only; the progress bar shows on rank 0 only.
 """
 
 from __future__ import annotations
@@ -52,16 +84,96 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..diffusion.mlp import VectorDenoiser
-from ..diffusion.process import q_sample
-from ..diffusion.samplers import ddim_sample, ddim_time_pairs
+from ..diffusion.process import _bcast, predict_eps_from_x0, q_sample
+from ..diffusion.samplers import ddim_time_pairs
 from ..diffusion.schedules import NoiseSchedule
 from ..diffusion.weighting import min_snr_weight
 from ..losses import self_classifier_pair_matrix
+from ..training.distributed import (
+    DistributedBatchSampler,
+    all_gather_cat,
+    all_reduce_mean,
+    wrap_ddp,
+)
 from ..training.optim import EMA, clip_per_parameter, param_groups, warmup_cosine
 from ..training.runtime import autocast, progress
 from .base import DiffClusterMixin
 
 __all__ = ["CLUDI", "CLUDINet"]
+
+
+class _Rows:
+    """Which rows ``[lo, lo + b)`` of a global batch of ``B = W·b`` rows this rank holds.
+
+    :meth:`randn` / :meth:`rand` draw a random tensor for the whole global batch (the batch
+    dimension ``dim`` of ``shape`` holds the local b and is widened to B) from the shared
+    generator — exactly the single-process draw — and return this rank's rows. Alone (W = 1) the
+    draw is returned unchanged, so single-process results are bit-identical to a plain draw.
+    """
+
+    def __init__(self, global_batch=None, rank=0, world_size=1):
+        self.world, self.B = int(world_size), global_batch
+        self.b = None if global_batch is None else global_batch // self.world
+        self.lo = 0 if self.b is None else rank * self.b
+
+    def _draw(self, fn, shape, g, dev, dim, dtype):
+        if self.world == 1:
+            return fn(tuple(shape), generator=g, dtype=dtype).to(dev)
+        if shape[dim] != self.b:
+            raise RuntimeError(f"expected {self.b} local rows in dim {dim}, got shape {shape}")
+        full = list(shape)
+        full[dim] = self.B
+        return fn(tuple(full), generator=g, dtype=dtype).narrow(dim, self.lo, self.b).to(dev)
+
+    def randn(self, shape, g, dev, dim=1, dtype=torch.float32):
+        return self._draw(torch.randn, shape, g, dev, dim, dtype)
+
+    def rand(self, shape, g, dev, dim=1, dtype=torch.float32):
+        return self._draw(torch.rand, shape, g, dev, dim, dtype)
+
+
+_ALONE = _Rows()
+
+
+class _GlobalBatchDropout(nn.Dropout):
+    """``nn.Dropout`` whose mask (torch's default generator, seeded alike on every rank) is drawn
+    for the global batch — the batch in dimension −2, W·b rows — and sliced to this rank's b
+    rows, so that W ranks drop exactly what one process with the whole batch drops."""
+
+    def __init__(self, p, rank, world_size):
+        super().__init__(p)
+        self.rank, self.world_size = rank, world_size
+
+    def forward(self, x):
+        if not self.training or self.p == 0 or self.world_size == 1:
+            return super().forward(x)
+        b = x.shape[-2]
+        shape = (*x.shape[:-2], b * self.world_size, x.shape[-1])
+        # dropout of ones = the mask scaled by 1/(1 − p), drawn like F.dropout of a global batch
+        mask = F.dropout(torch.ones(shape, dtype=x.dtype, device=x.device), self.p, True)
+        return x * mask.narrow(-2, self.rank * b, b)
+
+
+def _swap_dropout(module: nn.Module, make):
+    """Replace every ``nn.Dropout`` below ``module`` by ``make(child)`` (in place)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.Dropout):
+            setattr(module, name, make(child))
+        else:
+            _swap_dropout(child, make)
+
+
+class _TrainStep(nn.Module):
+    """One CLUDI training step as a module's forward, so that DistributedDataParallel sees the
+    whole step (the teacher pass, through which gradients may flow, and the student pass)."""
+
+    def __init__(self, est, net):
+        super().__init__()
+        self.net = net
+        self._est = est  # a plain attribute (the estimator is not a module)
+
+    def forward(self, x, teacher_net, g, rows, gather):
+        return self._est._train_step(self.net, teacher_net, x, g, rows=rows, gather=gather)
 
 
 class CLUDINet(nn.Module):
@@ -102,6 +214,9 @@ class CLUDI(DiffClusterMixin):
         S, training chains per point (8). ``teacher_steps``: DDIM steps of the teacher (25).
     eval_chains, eval_steps : int
         Chains averaged and DDIM steps at prediction (8, 50).
+    batch_size : int
+        B (256; the whole data when smaller). Under torch.distributed the global batch, split
+        evenly over the ranks (must be divisible by the world size).
     """
 
     def __init__(self, n_clusters=10, *, embedding_dim="auto", noise_scale=49.0,
@@ -194,26 +309,52 @@ class CLUDI(DiffClusterMixin):
                           f"batch_size", stacklevel=3)
 
     # ------------------------------------------------------------------ pieces of a step
-    def _augment(self, x, S, g):
+    def _augment(self, x, S, g, rows=_ALONE):
         """x̃: per chain, a unit-norm Gaussian direction scaled by U[a, b], then coordinate
-        dropout at rate U[r0, r1] without rescaling (METHODS.md §2.4.2)."""
+        dropout at rate U[r0, r1] without rescaling (METHODS.md §2.4.2). ``rows``: this rank's
+        rows of the global batch (the per-point draws are made for the global batch)."""
         dev = x.device
         xs = x.expand(S, *x.shape)
 
         def noise(v):
             a = torch.empty(S, 1, 1).uniform_(*self.aug_noise, generator=g).to(dev)
-            n = F.normalize(torch.randn(v.shape, generator=g).to(dev), dim=-1)
+            n = F.normalize(rows.randn(v.shape, g, dev), dim=-1)
             return v + a * n
 
         def drop(v):
             r = torch.empty(S, 1, 1).uniform_(*self.aug_drop, generator=g).to(dev)
-            keep = torch.rand(v.shape, generator=g).to(dev) >= r
+            keep = rows.rand(v.shape, g, dev) >= r
             return v * keep
 
         return drop(noise(xs)) if self.aug_order == "noise_then_drop" else noise(drop(xs))
 
-    def _sample_embeddings(self, net, x, S, n_steps, g, noise_scale, grad_last=False):
-        """Reverse diffusion of S chains for every row of ``x`` → final ẑ_0 (S, B, d)."""
+    def _ddim(self, model_x0, z, pairs, g, noise_scale, rows):
+        """Self-conditioned DDIM(η = 1) with x̂_0 clipped to [−1, 1] (``samplers.ddim_sample``
+        with ``clip=1, self_condition=True``, same operations), the noise ξ of every step drawn
+        through ``rows`` (global batch, sliced). Returns ``(z, x̂_0)`` (x̂_0 None without
+        steps)."""
+        sched, dev = self.sched_, z.device
+        z_sc, x0 = torch.zeros_like(z), None
+        for t, t_next in pairs:
+            x0 = model_x0(z, t, z_sc).clamp(-1.0, 1.0)
+            z_sc = x0
+            if t_next < 0:  # the clean end: ddim_step returns x̂_0
+                z = x0
+                continue
+            tt, tn = torch.as_tensor(t, device=dev), torch.as_tensor(t_next, device=dev)
+            eps = predict_eps_from_x0(sched, z, tt, x0)
+            ab, ab_next = sched.alpha_bar_at(tt), sched.alpha_bar_at(tn)
+            sigma = 1.0 * ((1 - ab / ab_next) * (1 - ab_next) / (1 - ab)).clamp_min(0).sqrt()
+            dir_coef = (1 - ab_next - sigma**2).clamp_min(0).sqrt()
+            z_new = _bcast(ab_next.sqrt(), z) * x0 + _bcast(dir_coef, z) * eps
+            xi = rows.randn(z.shape, g, dev, dtype=z.dtype)
+            z = z_new + _bcast(sigma, z) * noise_scale * xi
+        return z, x0
+
+    def _sample_embeddings(self, net, x, S, n_steps, g, noise_scale, grad_last=False,
+                           rows=_ALONE):
+        """Reverse diffusion of S chains for every row of ``x`` → final ẑ_0 (S, B, d).
+        ``rows``: this rank's rows of the global batch (the noise is drawn for all of them)."""
         den = net.denoiser
         h_cond = den.prepare(x)
         dev = x.device
@@ -224,22 +365,20 @@ class CLUDI(DiffClusterMixin):
                 cache[t] = den.time_bias(torch.tensor([t], device=dev))
             return den.step(z, h_cond, cache[t], z_sc).float()
 
-        z_T = noise_scale * torch.randn(S, len(x), net.z_dim, generator=g).to(dev)
+        z_T = noise_scale * rows.randn((S, len(x), net.z_dim), g, dev)
         pairs = ddim_time_pairs(self.n_timesteps, n_steps)
         if not grad_last:
-            _, z0 = ddim_sample(model_x0, self.sched_, (S, len(x), net.z_dim), time_pairs=pairs,
-                                eta=1.0, noise_scale=noise_scale, clip=1.0, self_condition=True,
-                                generator=g, x_T=z_T)
-            return z0
+            return self._ddim(model_x0, z_T, pairs, g, noise_scale, rows)[1]
         # truncated back-propagation: every step but the last without a graph
         with torch.no_grad():
-            z_t, z_sc = ddim_sample(model_x0, self.sched_, (S, len(x), net.z_dim),
-                                    time_pairs=pairs[:-1], eta=1.0, noise_scale=noise_scale,
-                                    clip=1.0, self_condition=True, generator=g, x_T=z_T)
+            z_t, z_sc = self._ddim(model_x0, z_T, pairs[:-1], g, noise_scale, rows)
         z_sc = torch.zeros_like(z_t) if z_sc is None else z_sc
         return model_x0(z_t, pairs[-1][0], z_sc).clamp(-1.0, 1.0)
 
-    def _train_step(self, net, teacher_net, x, g):
+    def _train_step(self, net, teacher_net, x, g, rows=_ALONE, gather=None):
+        """Loss of one step on the batch ``x`` (this rank's rows ``rows`` of the global batch;
+        ``gather``: all-gather of per-rank logits along the batch, for the Self-Classifier CE).
+        Returns ``(loss, parts)``, ``parts`` the global-batch loss values (floats)."""
         S, dev = self.n_chains, x.device
         x = F.normalize(x, dim=-1)  # §2.4.1: the augmentation acts on unit-norm features
         # --- teacher (eval mode: no dropout), detached unless teacher_grad ---
@@ -247,7 +386,8 @@ class CLUDI(DiffClusterMixin):
         mode = self._teacher_grad_mode()
         with torch.set_grad_enabled(mode != "none"), autocast(dev, self.amp_dtype_):
             z0_T = self._sample_embeddings(teacher_net, x, S, self.teacher_steps, g,
-                                           self.decoding_noise_scale, grad_last=mode == "last")
+                                           self.decoding_noise_scale, grad_last=mode == "last",
+                                           rows=rows)
             logits_T = teacher_net.classifier(z0_T).float()
         p_T = torch.softmax(logits_T / self.tau, dim=-1)
         z_tgt = net.reembed(p_T)
@@ -255,9 +395,9 @@ class CLUDI(DiffClusterMixin):
             logits_T, z_tgt = logits_T.detach(), z_tgt.detach()
         # --- student ---
         net.train()
-        x_aug = self._augment(x, S, g)
+        x_aug = self._augment(x, S, g, rows)
         t = torch.randint(0, self.n_timesteps, (S,), generator=g).to(dev)
-        eps = torch.randn(z_tgt.shape, generator=g).to(dev)
+        eps = rows.randn(z_tgt.shape, g, dev)
         z_t = q_sample(self.sched_, z_tgt, t, noise=eps, noise_scale=self.noise_scale)
         den = net.denoiser
         use_sc = torch.rand((), generator=g).item() < self.self_condition_prob
@@ -273,12 +413,18 @@ class CLUDI(DiffClusterMixin):
         # --- losses (fp32) ---
         w = min_snr_weight(self.sched_.snr(t), self.min_snr_gamma, "x0") / self.noise_scale
         l_emb_chain = ((z_S - z_tgt) ** 2).mean(dim=(1, 2))
-        l_emb = (w * l_emb_chain).mean()
-        A, Bm = self_classifier_pair_matrix(logits_T, logits_S, self.tau_row, self.tau_col)
+        l_emb = (w * l_emb_chain).mean()  # local rows: DDP averages it to the global mean
+        # the CE on the global batch (identical on every rank; see the module docstring)
+        A, Bm = self_classifier_pair_matrix(logits_T, logits_S, self.tau_row, self.tau_col,
+                                            gather_fn=gather)
         w_pair = w[:, None].expand_as(A) if self.code_faithful_weighting else w[None, :].expand_as(A)
         l_ce = 0.5 * ((w_pair * A).mean() + (w[None, :] * Bm).mean())
         loss = l_emb + self.ce_weight * l_ce
-        return loss, {"l_emb": l_emb.item(), "l_ce": l_ce.item(), "loss": loss.item()}
+        if rows.world == 1:
+            return loss, {"l_emb": l_emb.item(), "l_ce": l_ce.item(), "loss": loss.item()}
+        l_emb_g = all_reduce_mean(l_emb.detach())
+        loss_g = l_emb_g + self.ce_weight * l_ce.detach()
+        return loss, {"l_emb": l_emb_g.item(), "l_ce": l_ce.item(), "loss": loss_g.item()}
 
     # ------------------------------------------------------------------ fit / predict
     def _build(self, D):
@@ -294,24 +440,35 @@ class CLUDI(DiffClusterMixin):
         self._check_params(n)
         self._make_schedule()
         B, steps, warm = self._resolve_steps(n)
+        info = self._setup_distributed()  # world 1 unless torch.distributed / torchrun
+        W = info.world_size
+        if B % W:
+            raise ValueError(f"CLUDI under torch.distributed splits the global batch over the "
+                             f"{W} processes: batch_size={B}{' (= n)' if B == n else ''} is not "
+                             f"divisible by the world size {W}; choose a multiple of {W}")
         g = self.generator_
         net = self._build(D)
+        if info.distributed:  # dropout masks drawn for the global batch, then sliced
+            _swap_dropout(net, lambda m: _GlobalBatchDropout(m.p, info.rank, W))
         ema = EMA(net, self.ema_decay) if self.teacher == "ema" else None
         opt = torch.optim.AdamW(param_groups(net, self.weight_decay), lr=self.lr,
                                 betas=(0.9, 0.98))
         sched = warmup_cosine(opt, steps, warm, self.min_lr / self.lr)
         Xt = torch.from_numpy(X).to(self.device_)
         history, t0 = [], time.perf_counter()
-        perm, pos = torch.randperm(n, generator=g), 0
-        bar = progress(range(steps), desc="CLUDI", verbose=self.verbose)
+        # global batches from the shared generator g (same seed on every rank), drawn exactly
+        # as one process draws them; each rank keeps its contiguous slice
+        sampler = DistributedBatchSampler(n, B, info=info, generator=g)
+        local = sampler.local_slice()
+        rows = _Rows(B, info.rank, W) if info.distributed else _ALONE
+        gather = (lambda t: all_gather_cat(t, dim=-2)) if info.distributed else None
+        step_fn = wrap_ddp(_TrainStep(self, net), info)  # DDP over the whole step, or as is
+        bar = progress(range(steps), desc="CLUDI", verbose=self.verbose and info.is_main)
         run = {"loss": 0.0, "l_emb": 0.0, "l_ce": 0.0}
         log_every = max(steps // 50, 1)
         for step in bar:
-            if pos + B > n:
-                perm, pos = torch.randperm(n, generator=g), 0
-            idx = perm[pos:pos + B].to(self.device_)
-            pos += B
-            loss, parts = self._train_step(net, ema.module if ema else net, Xt[idx], g)
+            idx = sampler.next_global_batch()[local].to(self.device_)
+            loss, parts = step_fn(Xt[idx], ema.module if ema else net, g, rows, gather)
             if not math.isfinite(parts["loss"]):
                 raise FloatingPointError(
                     f"CLUDI training diverged at step {step} (loss={parts['loss']}); lower lr "
@@ -334,7 +491,11 @@ class CLUDI(DiffClusterMixin):
                 bar.set_postfix(loss=f"{run['loss']:.4f}", ce=f"{run['l_ce']:.3f}")
                 run = dict.fromkeys(run, 0.0)
         bar.close()
-        self.net_ = (ema.module if ema is not None else net).eval()
+        del step_fn  # drop the DDP wrapper (and its gradient hooks) before the labelling pass
+        final = ema.module if ema is not None else net
+        if info.distributed:  # back to plain dropout (inactive in eval mode anyway)
+            _swap_dropout(final, lambda m: nn.Dropout(m.p))
+        self.net_ = final.eval()
         self.history_ = history
         self.n_steps_ = steps
         self.fit_seconds_ = time.perf_counter() - t0
