@@ -43,6 +43,7 @@ def table(name: str, since: str | None = None) -> str:
     lines = ["| dataset | method | steps | seeds | ACC | NMI | ARI | fit s | predict s | peak MB | "
              "command |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (ds, meth, *_), rs in groups.items():
+        rs = list({r.get("seed"): r for r in rs}.values())  # a rerun of a seed replaces it
         cmd = "` + `".join(dict.fromkeys(r["command"] for r in rs))
         pred = [r["predict_seconds"] for r in rs if r.get("predict_seconds") is not None]
         lines.append(
