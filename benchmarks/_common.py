@@ -26,6 +26,23 @@ DATA_HOME = os.environ.get("DIFFCLUST_DATA") or str(
     Path(__file__).resolve().parents[1].parent / "shared" / "data")
 
 
+def parse_params(pairs) -> dict:
+    """``["lr=1e-3", "n_heads=4", "preset=small"]`` → ``{"lr": 0.001, "n_heads": 4, "preset":
+    "small"}``: values are read as Python literals (numbers, tuples, booleans), else strings."""
+    import ast
+
+    out = {}
+    for kv in pairs or []:
+        if "=" not in kv:
+            raise SystemExit(f"--param expects KEY=VALUE, got {kv!r}")
+        k, v = kv.split("=", 1)
+        try:
+            out[k] = ast.literal_eval(v)
+        except (ValueError, SyntaxError):
+            out[k] = v
+    return out
+
+
 def command_line() -> str:
     return "python " + " ".join(shlex.quote(a) for a in sys.argv)
 

@@ -17,7 +17,8 @@ import time
 import numpy as np
 import torch
 
-from _common import DATA_HOME, Timer, append_results, command_line, record, summarize
+from _common import (DATA_HOME, Timer, append_results, command_line, parse_params, record,
+                     summarize)
 from diffclust import CLUDI, KMeansClusterer, evaluate, load_dataset
 
 
@@ -88,13 +89,7 @@ def main():
     ap.add_argument("--throughput", action="store_true")
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args()
-    extra = {}
-    for kv in args.param:
-        k, v = kv.split("=", 1)
-        try:
-            extra[k] = eval(v, {})  # numbers, tuples, booleans from the command line
-        except Exception:
-            extra[k] = v
+    extra = parse_params(args.param)
     if args.throughput:
         res = throughput(**extra)
         print(res)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import RESULTS, Timer, append_results, record
+from _common import RESULTS, Timer, append_results, parse_params, record
 from diffclust import DiEC, KMeansClusterer, evaluate, load_dataset
 from diffclust.diffusion.pretrain import pretrain_ddpm
 
@@ -53,13 +53,7 @@ def main():
     ap.add_argument("--param", nargs="*", default=[], help="extra DiEC params KEY=VALUE")
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args()
-    extra = {}
-    for kv in args.param:
-        k, v = kv.split("=", 1)
-        try:
-            extra[k] = eval(v, {})
-        except Exception:
-            extra[k] = v
+    extra = parse_params(args.param)
     X, y = load_images(args.dataset, args.n)
     k = len(np.unique(y))
     name = args.dataset + (f"-n{len(X)}" if args.n else "")

@@ -30,7 +30,7 @@ import argparse
 
 import numpy as np
 import torch
-from _common import DATA_HOME, Timer, append_results, record, summarize
+from _common import DATA_HOME, Timer, append_results, parse_params, record, summarize
 
 from diffclust import GCC, KMeansClusterer, evaluate, load_dataset
 
@@ -92,13 +92,7 @@ def main():
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    extra = {}
-    for kv in args.param:
-        k, v = kv.split("=", 1)
-        try:
-            extra[k] = eval(v, {})
-        except Exception:
-            extra[k] = v
+    extra = parse_params(args.param)
     if args.cifar:
         X, y = load_dataset("cifar10_lossless_train4000", data_home=DATA_HOME, return_X_y=True)
         Xte, yte = load_dataset("cifar10_jpeg_test", data_home=DATA_HOME, return_X_y=True)

@@ -17,20 +17,10 @@ import time
 
 import numpy as np
 
-from _common import RESULTS, Timer, append_results, command_line, record, summarize
+from _common import (RESULTS, Timer, append_results, command_line, parse_params, record,
+                     summarize)
 from cludi import load
 from diffclust import TEMI, KMeansClusterer, estimate_cmax, evaluate
-
-
-def parse_params(pairs):
-    out = {}
-    for kv in pairs:
-        k, v = kv.split("=", 1)
-        try:
-            out[k] = eval(v, {})  # numbers, tuples, booleans from the command line
-        except Exception:
-            out[k] = v
-    return out
 
 
 def run_cmax(X, name, args, extra):
