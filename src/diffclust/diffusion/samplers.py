@@ -32,12 +32,14 @@ def ddim_time_pairs(T: int, n_steps: int) -> list[tuple[int, int]]:
 
 
 def ddim_step(sched: NoiseSchedule, x_t, x0_hat, t, t_next, eta: float = 1.0,
-              noise_scale: float = 1.0, generator=None):
+              noise_scale: float = 1.0, generator=None, noise_fn: Callable | None = None):
     """One DDIM(η) step from t to t' < t given x̂_0 (CLUDI eq. 7–9).
 
     ``σ = η sqrt((1 − ᾱ_t/ᾱ_t')(1 − ᾱ_t')/(1 − ᾱ_t))``;
     ``x_t' = sqrt(ᾱ_t') x̂_0 + sqrt(1 − ᾱ_t' − σ²) ε̂ + σ F ξ``. With ``t' < 0`` returns x̂_0.
-    ``t``/``t_next`` are ints or tensors broadcastable to the leading dims of ``x_t``.
+    ``t``/``t_next`` are ints or tensors broadcastable to the leading dims of ``x_t``. ξ comes
+    from ``generator``, or from ``noise_fn(shape, device, dtype)`` when given (e.g. noise drawn
+    for a global batch and sliced per rank under DDP).
     """
     t = torch.as_tensor(t, device=x_t.device)
     t_next = torch.as_tensor(t_next, device=x_t.device)
@@ -49,7 +51,8 @@ def ddim_step(sched: NoiseSchedule, x_t, x0_hat, t, t_next, eta: float = 1.0,
     dir_coef = (1 - ab_next - sigma**2).clamp_min(0).sqrt()
     x = _bcast(ab_next.sqrt(), x_t) * x0_hat + _bcast(dir_coef, x_t) * eps
     if eta > 0:
-        xi = randn(x_t.shape, generator, x_t.device, x_t.dtype)
+        xi = (noise_fn(x_t.shape, x_t.device, x_t.dtype) if noise_fn is not None
+              else randn(x_t.shape, generator, x_t.device, x_t.dtype))
         x = x + _bcast(sigma, x_t) * noise_scale * xi
     return x
 
@@ -57,12 +60,14 @@ def ddim_step(sched: NoiseSchedule, x_t, x0_hat, t, t_next, eta: float = 1.0,
 def ddim_sample(model_x0: Callable, sched: NoiseSchedule, shape: Sequence[int], n_steps: int = 50,
                 eta: float = 1.0, noise_scale: float | None = None, clip: float | None = 1.0,
                 self_condition: bool = False, generator=None, device=None, dtype=torch.float32,
-                time_pairs: Sequence[tuple[int, int]] | None = None, x_T=None, progress=None):
+                time_pairs: Sequence[tuple[int, int]] | None = None, x_T=None, progress=None,
+                noise_fn: Callable | None = None):
     """DDIM(η) sampling with an x0-predicting ``model_x0(x_t, t, x_sc)``.
 
     Starts from ``x_T ~ N(0, F² I)``; ``time_pairs`` overrides the grid (any decreasing pairs,
     the sampler may stop at an arbitrary t' ≥ 0 and then returns x_t', not x̂_0). ``clip``
-    clamps x̂_0 at every step as CLUDI does (``None`` disables it). Returns ``(x, x0_hat)``.
+    clamps x̂_0 at every step as CLUDI does (``None`` disables it); ``noise_fn`` replaces the
+    step noise source (see :func:`ddim_step`). Returns ``(x, x0_hat)``.
     """
     F = sched.noise_scale if noise_scale is None else noise_scale
     pairs = list(time_pairs) if time_pairs is not None else ddim_time_pairs(sched.T, n_steps)
@@ -75,7 +80,8 @@ def ddim_sample(model_x0: Callable, sched: NoiseSchedule, shape: Sequence[int], 
             x0_hat = x0_hat.clamp(-clip, clip)
         if self_condition:
             x_sc = x0_hat
-        x = ddim_step(sched, x, x0_hat, t, t_next, eta=eta, noise_scale=F, generator=generator)
+        x = ddim_step(sched, x, x0_hat, t, t_next, eta=eta, noise_scale=F, generator=generator,
+                      noise_fn=noise_fn)
         if progress is not None:
             progress.update(1)
     return x, x0_hat

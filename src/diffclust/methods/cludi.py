@@ -84,8 +84,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..diffusion.mlp import VectorDenoiser
-from ..diffusion.process import _bcast, predict_eps_from_x0, q_sample
-from ..diffusion.samplers import ddim_time_pairs
+from ..diffusion.process import q_sample
+from ..diffusion.samplers import ddim_sample, ddim_time_pairs
 from ..diffusion.schedules import NoiseSchedule
 from ..diffusion.weighting import min_snr_weight
 from ..losses import self_classifier_pair_matrix
@@ -329,27 +329,11 @@ class CLUDI(DiffClusterMixin):
         return drop(noise(xs)) if self.aug_order == "noise_then_drop" else noise(drop(xs))
 
     def _ddim(self, model_x0, z, pairs, g, noise_scale, rows):
-        """Self-conditioned DDIM(η = 1) with x̂_0 clipped to [−1, 1] (``samplers.ddim_sample``
-        with ``clip=1, self_condition=True``, same operations), the noise ξ of every step drawn
-        through ``rows`` (global batch, sliced). Returns ``(z, x̂_0)`` (x̂_0 None without
-        steps)."""
-        sched, dev = self.sched_, z.device
-        z_sc, x0 = torch.zeros_like(z), None
-        for t, t_next in pairs:
-            x0 = model_x0(z, t, z_sc).clamp(-1.0, 1.0)
-            z_sc = x0
-            if t_next < 0:  # the clean end: ddim_step returns x̂_0
-                z = x0
-                continue
-            tt, tn = torch.as_tensor(t, device=dev), torch.as_tensor(t_next, device=dev)
-            eps = predict_eps_from_x0(sched, z, tt, x0)
-            ab, ab_next = sched.alpha_bar_at(tt), sched.alpha_bar_at(tn)
-            sigma = 1.0 * ((1 - ab / ab_next) * (1 - ab_next) / (1 - ab)).clamp_min(0).sqrt()
-            dir_coef = (1 - ab_next - sigma**2).clamp_min(0).sqrt()
-            z_new = _bcast(ab_next.sqrt(), z) * x0 + _bcast(dir_coef, z) * eps
-            xi = rows.randn(z.shape, g, dev, dtype=z.dtype)
-            z = z_new + _bcast(sigma, z) * noise_scale * xi
-        return z, x0
+        """Self-conditioned DDIM(η = 1) with x̂_0 clipped to [−1, 1] from ``z``, the noise ξ of
+        every step drawn through ``rows`` (global batch, sliced). Returns ``(z, x̂_0)``."""
+        return ddim_sample(model_x0, self.sched_, z.shape, eta=1.0, noise_scale=noise_scale,
+                           clip=1.0, self_condition=True, time_pairs=pairs, x_T=z,
+                           noise_fn=lambda shape, dev, dt: rows.randn(shape, g, dev, dtype=dt))
 
     def _sample_embeddings(self, net, x, S, n_steps, g, noise_scale, grad_last=False,
                            rows=_ALONE):
