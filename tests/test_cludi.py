@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffclust import CLUDI, KMeansClusterer, evaluate, load_dataset, load_pretrained
+from diffclust import CLUDI, load_pretrained
 from diffclust.diffusion import VectorDenoiser
 from diffclust.losses import self_classifier_loss, self_classifier_pair_matrix
 

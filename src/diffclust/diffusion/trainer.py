@@ -51,6 +51,7 @@ import torch
 from ..data.io import atomic_write_bytes, atomic_write_text
 from ..training.distributed import (
     DistInfo,
+    GlobalBatchRandom,
     all_gather_object,
     all_reduce_mean,
     barrier,
@@ -167,42 +168,12 @@ def setup_distributed(device) -> tuple[DistInfo, torch.device]:
     return info, device
 
 
-class BatchRandom:
-    """Per-image random numbers for this rank's slice of a global batch.
-
-    ``randn``/``rand``/``randint`` take the *local* shape (first dimension = this rank's batch
-    size), draw the tensor for the whole global batch from the shared ``generator`` and return
-    this rank's rows (CPU tensors; move them to the model's device). So every rank advances the
-    generator exactly as one process does, and each image gets the numbers it would get there;
-    alone the draws are plain ``torch.randn(shape, generator=generator)`` etc. Random numbers
-    that are not per image (the same on every rank) can be drawn from ``generator`` directly.
-    """
-
-    def __init__(self, generator: torch.Generator, global_batch: int, local: slice):
-        self.generator, self.global_batch, self.local = generator, int(global_batch), local
-        self.local_batch = local.stop - local.start
-
-    def _global_shape(self, shape):
-        shape = tuple(int(d) for d in ((shape,) if isinstance(shape, int) else shape))
-        if not shape or shape[0] != self.local_batch:
-            raise ValueError(f"BatchRandom draws per image: the shape's first dimension must "
-                             f"be the local batch size {self.local_batch}, got {shape}")
-        return (self.global_batch,) + shape[1:]
-
-    def _take(self, full):
-        return full if self.local_batch == self.global_batch else full[self.local]
-
-    def randn(self, shape, dtype=torch.float32) -> torch.Tensor:
-        return self._take(torch.randn(self._global_shape(shape), generator=self.generator,
-                                      dtype=dtype))
-
-    def rand(self, shape, dtype=torch.float32) -> torch.Tensor:
-        return self._take(torch.rand(self._global_shape(shape), generator=self.generator,
-                                     dtype=dtype))
-
-    def randint(self, low: int, high: int, shape) -> torch.Tensor:
-        return self._take(torch.randint(low, high, self._global_shape(shape),
-                                        generator=self.generator))
+def BatchRandom(generator: torch.Generator, global_batch: int, local: slice):
+    """The per-image random source ``loss_fn`` draws from: a
+    :class:`~diffclust.training.distributed.GlobalBatchRandom` over the batch dimension 0 bound
+    to the loop's generator (``randn(shape)``, ``rand(shape)``, ``randint(low, high, shape)``
+    with the *local* shape; CPU tensors)."""
+    return GlobalBatchRandom(global_batch, local, generator=generator, dim=0)
 
 
 # ---------------------------------------------------------------------- the loop

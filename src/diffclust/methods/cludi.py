@@ -50,7 +50,7 @@ points of every global batch, and W ranks reproduce the single-process run with 
 * every rank uses rank 0's seed, so the networks start identical (DDP also broadcasts them)
   and the shared generator draws the same numbers on every rank;
 * every random tensor of a step is drawn for the *global* batch, in the single-process order,
-  and sliced to the rank's rows (:class:`_Rows`): the batch indices
+  and sliced to the rank's rows (:class:`~diffclust.training.distributed.GlobalBatchRandom`): the batch indices
   (:class:`~diffclust.training.distributed.DistributedBatchSampler`), the teacher's z_T and
   its DDIM noise, the augmentation directions and dropout masks, the forward-diffusion noise ε;
   per-chain draws (augmentation strengths, timesteps t) and the self-conditioning coin are the
@@ -91,6 +91,7 @@ from ..diffusion.weighting import min_snr_weight
 from ..losses import self_classifier_pair_matrix
 from ..training.distributed import (
     DistributedBatchSampler,
+    GlobalBatchRandom,
     all_gather_cat,
     all_reduce_mean,
     wrap_ddp,
@@ -102,37 +103,16 @@ from .base import DiffClusterMixin
 __all__ = ["CLUDI", "CLUDINet"]
 
 
-class _Rows:
-    """Which rows ``[lo, lo + b)`` of a global batch of ``B = W·b`` rows this rank holds.
-
-    :meth:`randn` / :meth:`rand` draw a random tensor for the whole global batch (the batch
-    dimension ``dim`` of ``shape`` holds the local b and is widened to B) from the shared
-    generator — exactly the single-process draw — and return this rank's rows. Alone (W = 1) the
-    draw is returned unchanged, so single-process results are bit-identical to a plain draw.
-    """
-
-    def __init__(self, global_batch=None, rank=0, world_size=1):
-        self.world, self.B = int(world_size), global_batch
-        self.b = None if global_batch is None else global_batch // self.world
-        self.lo = 0 if self.b is None else rank * self.b
-
-    def _draw(self, fn, shape, g, dev, dim, dtype):
-        if self.world == 1:
-            return fn(tuple(shape), generator=g, dtype=dtype).to(dev)
-        if shape[dim] != self.b:
-            raise RuntimeError(f"expected {self.b} local rows in dim {dim}, got shape {shape}")
-        full = list(shape)
-        full[dim] = self.B
-        return fn(tuple(full), generator=g, dtype=dtype).narrow(dim, self.lo, self.b).to(dev)
-
-    def randn(self, shape, g, dev, dim=1, dtype=torch.float32):
-        return self._draw(torch.randn, shape, g, dev, dim, dtype)
-
-    def rand(self, shape, g, dev, dim=1, dtype=torch.float32):
-        return self._draw(torch.rand, shape, g, dev, dim, dtype)
+def _rows(global_batch=None, rank=0, world_size=1) -> GlobalBatchRandom:
+    """This rank's rows ``[r·b, (r + 1)·b)`` of a global batch of ``B = W·b`` points; CLUDI's
+    per-point tensors are ``(chains, batch, dim)``, so the batch is dimension 1."""
+    if global_batch is None or world_size == 1:
+        return GlobalBatchRandom(dim=1)
+    b = int(global_batch) // int(world_size)
+    return GlobalBatchRandom(global_batch, slice(rank * b, (rank + 1) * b), dim=1)
 
 
-_ALONE = _Rows()
+_ALONE = _rows()
 
 
 class _GlobalBatchDropout(nn.Dropout):
@@ -404,7 +384,7 @@ class CLUDI(DiffClusterMixin):
         w_pair = w[:, None].expand_as(A) if self.code_faithful_weighting else w[None, :].expand_as(A)
         l_ce = 0.5 * ((w_pair * A).mean() + (w[None, :] * Bm).mean())
         loss = l_emb + self.ce_weight * l_ce
-        if rows.world == 1:
+        if not rows.distributed:
             return loss, {"l_emb": l_emb.item(), "l_ce": l_ce.item(), "loss": loss.item()}
         l_emb_g = all_reduce_mean(l_emb.detach())
         loss_g = l_emb_g + self.ce_weight * l_ce.detach()
@@ -444,7 +424,7 @@ class CLUDI(DiffClusterMixin):
         # as one process draws them; each rank keeps its contiguous slice
         sampler = DistributedBatchSampler(n, B, info=info, generator=g)
         local = sampler.local_slice()
-        rows = _Rows(B, info.rank, W) if info.distributed else _ALONE
+        rows = _rows(B, info.rank, W) if info.distributed else _ALONE
         gather = (lambda t: all_gather_cat(t, dim=-2)) if info.distributed else None
         step_fn = wrap_ddp(_TrainStep(self, net), info)  # DDP over the whole step, or as is
         bar = progress(range(steps), desc="CLUDI", verbose=self.verbose and info.is_main)

@@ -37,7 +37,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "ensure_distributed", "cleanup_distributed",
+__all__ = ["GlobalBatchRandom", "DistInfo", "init_distributed", "ensure_distributed",
+           "cleanup_distributed",
            "dist_info", "is_main_process", "barrier", "wrap_ddp", "unwrap",
            "DistributedBatchSampler", "all_reduce_mean", "all_gather_cat", "broadcast_object",
            "broadcast_tensor", "save_on_main", "main_process_first", "all_gather_object"]
@@ -278,3 +279,57 @@ def main_process_first():
     finally:
         if is_main_process():
             barrier()
+
+
+class GlobalBatchRandom:
+    """Random tensors for this rank's rows of a global batch, drawn as one process would.
+
+    Every rank holds the same seeded generator; a draw of local shape ``(…, b, …)`` (the batch
+    in dimension ``dim``) is made for the whole global batch ``(…, B, …)`` and this rank's rows
+    ``local`` are returned, so each sample gets the numbers it gets in a single process with
+    batch B and the generator advances identically everywhere. Without ``global_batch`` (or when
+    ``local`` covers it all) the draw is a plain ``torch.randn(shape, generator=g)``, so
+    single-process results are unchanged. ``generator`` and ``dim`` set defaults that each call
+    may override; ``device`` moves the result (default: stay on the CPU).
+    """
+
+    def __init__(self, global_batch: int | None = None, local: slice | None = None,
+                 generator: torch.Generator | None = None, dim: int = 0):
+        self.global_batch = None if global_batch is None else int(global_batch)
+        if local is None and self.global_batch is not None:
+            local = slice(0, self.global_batch)
+        self.local, self.generator, self.dim = local, generator, int(dim)
+
+    @property
+    def local_batch(self) -> int | None:
+        return None if self.local is None else self.local.stop - self.local.start
+
+    @property
+    def distributed(self) -> bool:
+        return self.local is not None and self.local_batch != self.global_batch
+
+    def _draw(self, fn, args, shape, generator, device, dim, dtype):
+        g = self.generator if generator is None else generator
+        dim = self.dim if dim is None else dim
+        shape = tuple(int(d) for d in ((shape,) if isinstance(shape, int) else shape))
+        if self.local is not None and (len(shape) <= dim or shape[dim] != self.local_batch):
+            raise ValueError(f"per-sample draws need the local batch size {self.local_batch} in "
+                             f"dimension {dim} of the shape, got {shape}")
+        if self.distributed:
+            full = list(shape)
+            full[dim] = self.global_batch
+            out = fn(*args, tuple(full), generator=g, dtype=dtype).narrow(
+                dim, self.local.start, self.local_batch)
+        else:
+            out = fn(*args, shape, generator=g, dtype=dtype)
+        return out if device is None else out.to(device)
+
+    def randn(self, shape, generator=None, device=None, dim=None, dtype=torch.float32):
+        return self._draw(torch.randn, (), shape, generator, device, dim, dtype)
+
+    def rand(self, shape, generator=None, device=None, dim=None, dtype=torch.float32):
+        return self._draw(torch.rand, (), shape, generator, device, dim, dtype)
+
+    def randint(self, low: int, high: int, shape, generator=None, device=None, dim=None,
+                dtype=torch.int64):
+        return self._draw(torch.randint, (low, high), shape, generator, device, dim, dtype)
