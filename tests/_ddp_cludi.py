@@ -28,6 +28,7 @@ import diffclust.methods.cludi as cludi_module
 from diffclust import CLUDI
 from diffclust.methods import base
 from diffclust.training.distributed import all_gather_cat, barrier, cleanup_distributed, dist_info
+from _ddp_common import run_worker
 
 CONFIG = {"embedding_dim": 8, "n_chains": 2, "teacher_steps": 3, "eval_steps": 3,
           "eval_chains": 2, "n_steps": 10, "batch_size": 24, "lr": 1e-2, "warmup_steps": 3,
@@ -94,10 +95,4 @@ def main(out: Path):
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
-    # Skip the interpreter's finalisation: with torch 2.13 + gloo, a rank sometimes aborts
-    # there ("terminate called without an active exception", ~1 run in 10 on a loaded 2-core
-    # machine, also with tests/_ddp_train.py) after all work is done and the group destroyed.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    run_worker(main)

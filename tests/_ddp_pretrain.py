@@ -9,7 +9,6 @@ rank to show that only rank 0 wrote.
 """
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch
 from diffclust.data import io
 from diffclust.diffusion import pretrain, trainer
 from diffclust.training.distributed import all_gather_cat, cleanup_distributed, dist_info
+from _ddp_common import run_worker
 
 CONFIG = {"preset": "tiny", "batch_size": 8, "lr": 1e-3, "warmup_steps": 2, "n_timesteps": 50,
           "p_uncond": 0.25, "checkpoint_every": 1, "n_samples": 4, "sample_steps": 3,
@@ -71,8 +71,4 @@ def main(out: Path):
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
-    # skip the interpreter's finalisation (gloo abort at exit, see tests/_ddp_temi.py)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    run_worker(main)

@@ -7,7 +7,6 @@ Every rank calls ``save_pretrained``; writes are logged per rank to show only ra
 """
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 from diffclust import TEMI
 from diffclust.methods import base
 from diffclust.training.distributed import all_gather_cat, barrier, cleanup_distributed, dist_info
+from _ddp_common import run_worker
 
 # a fast teacher (momentum 0.9) and a high lr so that 40 steps cluster the blobs (NMI 1) and
 # the two heads end far apart (the selected head is not a near tie)
@@ -69,10 +69,4 @@ def main(out: Path):
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
-    # Skip the interpreter's finalisation: with torch 2.13 + gloo, a rank sometimes aborts
-    # there ("terminate called without an active exception", ~1 run in 10 on a loaded 2-core
-    # machine, also with tests/_ddp_train.py) after all work is done and the group destroyed.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    run_worker(main)

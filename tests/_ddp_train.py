@@ -5,8 +5,6 @@ train on the same global batches and must end with the same weights. Only rank 0
 """
 
 import json
-import os
-import sys
 from pathlib import Path
 
 import torch
@@ -16,6 +14,7 @@ from diffclust.training import EMA
 from diffclust.training.distributed import (DistributedBatchSampler, all_gather_cat,
                                             cleanup_distributed, init_distributed, save_on_main,
                                             unwrap, wrap_ddp)
+from _ddp_common import run_worker
 
 STEPS, N, B = 30, 64, 16
 
@@ -64,10 +63,4 @@ def main(out: Path):
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
-    # Skip the interpreter's finalisation: with torch 2.13 + gloo a rank sometimes aborts there
-    # ("terminate called without an active exception") on a loaded 2-core machine, after all
-    # work is done and the process group destroyed (see tests/_ddp_temi.py).
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    run_worker(main)
