@@ -8,7 +8,8 @@ Two exact backends give the same neighbours (up to ties between equal similariti
 * ``"torch"``: the queries are processed in chunks of rows, each chunk scored against all N
   points with one matrix product (fp32) and reduced with ``topk`` — memory is
   O(chunk · N), never N × N;
-* ``"faiss"``: a flat (brute-force, exact) faiss index, when ``faiss`` is installed.
+* ``"faiss"``: a flat (brute-force, exact) faiss index, when ``faiss`` is installed (on the
+  GPUs when the faiss build has GPU support and sees one — faiss-gpu; not tested here).
 
 and one approximate backend for very large N, where any exact search costs O(N²):
 
@@ -97,9 +98,19 @@ def _faiss_index(X, metric, ivf, seed=0):
     return index
 
 
+def _to_gpu(index):
+    """The index on all GPUs when this faiss build has GPU support and sees a GPU (faiss-gpu);
+    unchanged otherwise (faiss-cpu)."""
+    import faiss
+
+    if hasattr(faiss, "index_cpu_to_all_gpus") and getattr(faiss, "get_num_gpus", lambda: 0)() > 0:
+        return faiss.index_cpu_to_all_gpus(index)
+    return index
+
+
 def _faiss_search(X, k, metric, exclude_self, ivf=False):
     n, d = X.shape
-    index = _faiss_index(X, metric, ivf)
+    index = _to_gpu(_faiss_index(X, metric, ivf))
     index.add(X)
     kk = min(k + 1, n) if exclude_self else k
     sim, idx = index.search(X, kk)
