@@ -21,13 +21,13 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import diffclust.methods.cludi as cludi_module
 from diffclust import CLUDI
 from diffclust.methods import base
 from diffclust.training.distributed import all_gather_cat, barrier, cleanup_distributed, dist_info
+from _ddp_common import blobs as _blobs
 from _ddp_common import run_worker
 
 CONFIG = {"embedding_dim": 8, "n_chains": 2, "teacher_steps": 3, "eval_steps": 3,
@@ -38,11 +38,11 @@ VARIANTS = {"shared": {},
             "long": {"n_steps": 120, "warmup_steps": 10}}
 
 
-def blobs(n=96, d=8, k=3, seed=0):
-    rng = np.random.default_rng(seed)
-    centers = 4.0 * rng.standard_normal((k, d))
-    y = np.arange(n) % k
-    return (centers[y] + rng.standard_normal((n, d))).astype(np.float32), y
+N_POINTS = 96
+
+
+def blobs():
+    return _blobs(N_POINTS)
 
 
 def main(out: Path):

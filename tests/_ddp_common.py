@@ -1,8 +1,18 @@
-"""Shared tail of the DDP test workers (``tests/_ddp_*.py``)."""
+"""Shared pieces of the DDP test workers (``tests/_ddp_*.py``): their data and their exit."""
 
 import os
 import sys
 from pathlib import Path
+
+import numpy as np
+
+
+def blobs(n, d=8, k=3, seed=0):
+    """``(X, y)``: n points of k well-separated Gaussian blobs in d dimensions."""
+    rng = np.random.default_rng(seed)
+    centers = 4.0 * rng.standard_normal((k, d))
+    y = np.arange(n) % k
+    return (centers[y] + rng.standard_normal((n, d))).astype(np.float32), y
 
 
 def run_worker(main):

@@ -10,12 +10,12 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from diffclust import TEMI
 from diffclust.methods import base
 from diffclust.training.distributed import all_gather_cat, barrier, cleanup_distributed, dist_info
+from _ddp_common import blobs as _blobs
 from _ddp_common import run_worker
 
 # a fast teacher (momentum 0.9) and a high lr so that 40 steps cluster the blobs (NMI 1) and
@@ -25,11 +25,11 @@ CONFIG = {"n_heads": 2, "hidden_dim": 32, "bottleneck_dim": 16, "n_steps": 40, "
           "random_state": 0, "verbose": False}
 
 
-def blobs(n=120, d=8, k=3, seed=0):
-    rng = np.random.default_rng(seed)
-    centers = 4.0 * rng.standard_normal((k, d))
-    y = np.arange(n) % k
-    return (centers[y] + rng.standard_normal((n, d))).astype(np.float32), y
+N_POINTS = 120
+
+
+def blobs():
+    return _blobs(N_POINTS)
 
 
 def main(out: Path):

@@ -24,14 +24,19 @@ def _run(cmd, tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
 
+def _single_and_ddp(worker, tmp_path):
+    """Run ``worker`` alone and under a 2-process torchrun; their ``result.json`` dicts."""
+    _run([sys.executable, str(worker), str(tmp_path / "single")], tmp_path)
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+          "--nproc_per_node=2", str(worker), str(tmp_path / "ddp")], tmp_path)
+    return tuple(json.loads((tmp_path / d / "result.json").read_text())
+                 for d in ("single", "ddp"))
+
+
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without "
                     "torch.distributed")
 def test_two_process_gloo_matches_single_process(tmp_path):
-    _run([sys.executable, str(WORKER), str(tmp_path / "single")], tmp_path)
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
-          "--nproc_per_node=2", str(WORKER), str(tmp_path / "ddp")], tmp_path)
-    one = json.loads((tmp_path / "single" / "result.json").read_text())
-    two = json.loads((tmp_path / "ddp" / "result.json").read_text())
+    one, two = _single_and_ddp(WORKER, tmp_path)
     assert one["world_size"] == 1 and two["world_size"] == 2 and two["backend"] == "gloo"
     # written once, by rank 0
     assert (tmp_path / "ddp" / "writes.log").read_text() == "rank 0\n"
@@ -93,11 +98,7 @@ def test_temi_two_process_gloo_matches_single_process(tmp_path):
     finally:
         sys.path.remove(str(TEMI_WORKER.parent))
 
-    _run([sys.executable, str(TEMI_WORKER), str(tmp_path / "single")], tmp_path)
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
-          "--nproc_per_node=2", str(TEMI_WORKER), str(tmp_path / "ddp")], tmp_path)
-    one = json.loads((tmp_path / "single" / "result.json").read_text())
-    two = json.loads((tmp_path / "ddp" / "result.json").read_text())
+    one, two = _single_and_ddp(TEMI_WORKER, tmp_path)
     assert one["world_size"] == 1 and two["world_size"] == 2 and two["backend"] == "gloo"
     # save_pretrained was called on both ranks but wrote once, on rank 0
     assert (tmp_path / "ddp" / "writes.log").read_text() == "rank 0\n"
@@ -167,11 +168,7 @@ PRETRAIN_WORKER = Path(__file__).with_name("_ddp_pretrain.py")
 def test_pretrain_ddpm_two_process_gloo_matches_single_process(tmp_path):
     """pretrain_ddpm (tiny conditional U-Net, 32 images, global batch 8, 2 steps then resumed
     to 4) under torchrun (2 gloo ranks × 4 images) = one process × 8 images."""
-    _run([sys.executable, str(PRETRAIN_WORKER), str(tmp_path / "single")], tmp_path)
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
-          "--nproc_per_node=2", str(PRETRAIN_WORKER), str(tmp_path / "ddp")], tmp_path)
-    one = json.loads((tmp_path / "single" / "result.json").read_text())
-    two = json.loads((tmp_path / "ddp" / "result.json").read_text())
+    one, two = _single_and_ddp(PRETRAIN_WORKER, tmp_path)
     assert one["world_size"] == 1 and two["world_size"] == 2 and two["backend"] == "gloo"
     assert two["first_steps"] == 2 and two["steps"] == one["steps"] == 4  # resumed at step 2
     # every file (checkpoints, U-Net, samples.png, pretrain.json) written once, by rank 0
@@ -230,11 +227,7 @@ def test_cludi_two_process_gloo_matches_single_process(tmp_path):
     finally:
         sys.path.remove(str(CLUDI_WORKER.parent))
 
-    _run([sys.executable, str(CLUDI_WORKER), str(tmp_path / "single")], tmp_path)
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
-          "--nproc_per_node=2", str(CLUDI_WORKER), str(tmp_path / "ddp")], tmp_path)
-    one = json.loads((tmp_path / "single" / "result.json").read_text())
-    two = json.loads((tmp_path / "ddp" / "result.json").read_text())
+    one, two = _single_and_ddp(CLUDI_WORKER, tmp_path)
     assert one["world_size"] == 1 and two["world_size"] == 2 and two["backend"] == "gloo"
     # save_pretrained was called on both ranks but wrote once, on rank 0
     assert (tmp_path / "ddp" / "writes.log").read_text() == "rank 0\n"
