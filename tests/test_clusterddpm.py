@@ -11,6 +11,7 @@ from diffclust import ClusterDDPM, evaluate, load_pretrained
 from diffclust.methods.clusterddpm import (
     DivergenceError,
     fit_diag_gmm,
+    fit_gmm,
     gmm_log_posterior,
     prior_matching_terms,
 )
@@ -60,7 +61,8 @@ def test_loss_terms_shapes_finite_and_gradients(usps3):
     from diffclust.diffusion.schedules import NoiseSchedule
 
     m.sched_ = NoiseSchedule(**m._schedule_config())
-    m.gmm_weights_, m.gmm_means_, m.gmm_vars_ = _mixture(3, 4)
+    m.covariance_type = "diag"
+    m.gmm_weights_, m.gmm_means_, m.gmm_covariances_ = _mixture(3, 4)
     x0 = torch.from_numpy(Xv)
     loss, logs = m._losses(x0, prior=True, g=m.generator_)
     assert set(logs) == {"rec", "kl", "kl_c", "kl_z", "entropy"}
@@ -119,6 +121,56 @@ def test_prior_term_equals_monte_carlo_kl():
                                                                          torch.zeros(B))
 
 
+def _tied_mixture(K=3, J=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.rand(K, generator=g) + 0.2
+    A = torch.randn(J, J, generator=g)
+    return w / w.sum(), 2 * torch.randn(K, J, generator=g), A @ A.T / J + 0.3 * torch.eye(J)
+
+
+def test_tied_prior_term_equals_monte_carlo_kl():
+    """The tied-covariance closed form = the Monte-Carlo KL with z | c ~ N(μ_c, Σ)."""
+    torch.manual_seed(0)
+    pi, means, cov = _tied_mixture(3, 4, seed=1)
+    B, J, S = 4, 4, 400_000
+    mu, logvar = torch.randn(B, J), 0.5 * torch.randn(B, J) - 0.5
+    w = torch.softmax(torch.randn(B, 3), 1)
+    terms = prior_matching_terms(mu, logvar, None, pi, means, cov, w=w, covariance_type="tied")
+    d = torch.distributions
+    for i in range(B):
+        q = d.Independent(d.Normal(mu[i].double(), (0.5 * logvar[i]).exp().double()), 1)
+        z = q.sample((S,))
+        log_pz_c = torch.stack([d.MultivariateNormal(means[c].double(), cov.double()).log_prob(z)
+                                for c in range(3)], 1)
+        per_c = (q.log_prob(z)[:, None] - log_pz_c).mean(0)
+        mc = float((w[i].double() * (per_c + torch.log(w[i].double() / pi.double()))).sum())
+        assert math.isclose(float(terms["total"][i]), mc, rel_tol=2e-3, abs_tol=2e-2), i
+    # a tied Σ = diag(v) gives the diagonal formulas with σ_c² = v for every c
+    v = 0.5 + torch.rand(J)
+    z = torch.randn(B, J)
+    t_tied = prior_matching_terms(mu, logvar, z, pi, means, torch.diag(v), covariance_type="tied")
+    t_diag = prior_matching_terms(mu, logvar, z, pi, means, v.expand(3, J))
+    for k in ("kl_c", "kl_z", "total", "w"):
+        assert torch.allclose(t_tied[k], t_diag[k], atol=1e-4), k
+
+
+def test_tied_posterior_matches_sklearn():
+    from sklearn.mixture import GaussianMixture
+
+    rng = np.random.default_rng(0)
+    Z = np.concatenate([rng.normal(m, 1.0, (200, 3)) for m in (-2, 0, 2)])
+    Z[:, 1] += 0.8 * Z[:, 0]  # correlated dimensions
+    gm = GaussianMixture(3, covariance_type="tied", random_state=0).fit(Z)
+    lp = gmm_log_posterior(torch.as_tensor(Z, dtype=torch.float32),
+                           *(torch.as_tensor(a, dtype=torch.float32)
+                             for a in (gm.weights_, gm.means_, gm.covariances_)),
+                           covariance_type="tied")
+    np.testing.assert_allclose(lp.exp().numpy(), gm.predict_proba(Z), atol=1e-4)
+    with pytest.raises(ValueError, match="covariance_type"):
+        gmm_log_posterior(torch.zeros(2, 3), *(torch.ones(3), torch.zeros(3, 3), torch.eye(3)),
+                          covariance_type="full")
+
+
 def _match(true_means, est_means):
     d = ((true_means[:, None] - est_means[None]) ** 2).sum(-1)
     return d.argmin(1)
@@ -143,6 +195,26 @@ def test_e_step_recovers_synthetic_mixture():
     # warm start from the previous mixture stays there (and converges at once)
     (_, m2, _), info2 = fit_diag_gmm(Z, K, init=(w, m, v), reg_covar=1e-6)
     assert torch.allclose(m2, m, atol=1e-2) and info2["n_iter"] <= 3
+
+
+def test_e_step_recovers_tied_mixture():
+    rng = np.random.default_rng(1)
+    K, J, n = 3, 4, 6000
+    pi = np.array([0.4, 0.35, 0.25])
+    means = rng.normal(0, 6, (K, J))
+    A = rng.normal(size=(J, J))
+    cov = A @ A.T / J + 0.2 * np.eye(J)
+    c = rng.choice(K, n, p=pi)
+    Z = means[c] + rng.multivariate_normal(np.zeros(J), cov, n)
+    (w, m, S), _ = fit_gmm(Z, K, "tied", reg_covar=1e-6, n_init=2, seed=0)
+    assert m.shape == (K, J) and S.shape == (J, J)
+    perm = _match(means, m.numpy())
+    assert sorted(perm.tolist()) == [0, 1, 2]
+    np.testing.assert_allclose(w.numpy()[perm], pi, atol=0.03)
+    np.testing.assert_allclose(S.numpy(), cov, atol=0.1)
+    (_, m2, S2), info = fit_gmm(Z, K, "tied", init=(w, m, S), reg_covar=1e-6)
+    assert torch.allclose(m2, m, atol=1e-2) and torch.allclose(S2, S, atol=1e-2)
+    assert info["n_iter"] <= 3
 
 
 def test_short_fit_beats_chance(usps3):
@@ -182,7 +254,7 @@ def test_save_load_round_trip(fitted, usps3, tmp_path):
     from safetensors.torch import load_file
 
     t = load_file(str(tmp_path / "m" / "model.safetensors"))
-    assert {"gmm_weights", "gmm_means", "gmm_vars"} <= set(t)
+    assert {"gmm_weights", "gmm_means", "gmm_covariances"} <= set(t)
     m2 = load_pretrained(tmp_path / "m")
     assert isinstance(m2, ClusterDDPM)
     np.testing.assert_allclose(m2.predict_proba(X), fitted.predict_proba(X), atol=1e-6)
