@@ -118,7 +118,8 @@ def main():
             labels = m.predict(X)
         res = evaluate(y, m.labels_)
         n_ep = m.pretrain_epochs + m.n_em_iters * m.m_step_epochs
-        extra = {"params": {**params, "latent_dim": m.latent_dim, "lam": m.lam},
+        extra = {"params": {**params, "latent_dim": m.latent_dim, "lam": m.lam,
+                            "covariance_type": m.covariance_type},
                  "seconds_per_epoch": round(tf.seconds / max(n_ep, 1), 2),
                  "predict_agrees_with_labels": float((labels == m.labels_).mean()),
                  "last_label_change": m.history_[-1].get("label_change") if m.history_ else None}
