@@ -100,7 +100,8 @@ def main():
     X, y = load(args.dataset, args.n, args.size)
     k = len(np.unique(y))
     full = len(load_dataset(args.dataset, data_home=DATA_HOME).y)
-    name = args.dataset + (f"-n{len(X)}" if len(X) < full else "")
+    name = (args.dataset + (f"{args.size}px" if args.size else "")
+            + (f"-n{len(X)}" if len(X) < full else ""))
     P = X.reshape(len(X), -1).astype(np.float32) / 255.0
     print(f"{name}: X {X.shape}, K={k}, params {params}", flush=True)
     recs = []
@@ -117,7 +118,7 @@ def main():
         with Timer() as tp:
             labels = m.predict(X)
         res = evaluate(y, m.labels_)
-        n_ep = m.pretrain_epochs + m.n_em_iters * m.m_step_epochs
+        n_ep = m.n_pretrain_epochs_ + m.n_em_iters * m.m_step_epochs
         extra = {"params": {**params, "latent_dim": m.latent_dim, "lam": m.lam,
                             "covariance_type": m.covariance_type},
                  "seconds_per_epoch": round(tf.seconds / max(n_ep, 1), 2),

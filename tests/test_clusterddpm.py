@@ -321,3 +321,17 @@ def test_cli_fit_and_sample(usps3, tmp_path):
 
     im = Image.open(tmp_path / "run" / "samples_c1.png")
     assert im.size[0] > 16
+
+
+def test_auto_pretrain_epochs_floor():
+    from diffclust.methods.clusterddpm import MIN_PRETRAIN_UPDATES
+
+    m = ClusterDDPM(3, batch_size=128)
+    assert m.pretrain_epochs == "auto"
+    # small data: enough epochs for the update floor; large data: the code's 10 epochs
+    assert m._n_pretrain_epochs(2000) == math.ceil(MIN_PRETRAIN_UPDATES / 16)
+    assert m._n_pretrain_epochs(70_000) == 10
+    assert ClusterDDPM(3, pretrain_epochs=4)._n_pretrain_epochs(2000) == 4
+    for bad in (-1, "ten", True):
+        with pytest.raises(ValueError, match="pretrain_epochs"):
+            ClusterDDPM(3, pretrain_epochs=bad)._check_params()
