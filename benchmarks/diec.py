@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from _common import RESULTS, Timer, append_results, parse_params, record
-from diffclust import DiEC, KMeansClusterer, evaluate, load_dataset
+from diffclust import DiEC, KMeansClusterer, evaluate
 from diffclust.diffusion.pretrain import pretrain_ddpm
 
 MODELS = Path(__file__).resolve().parent / "models"

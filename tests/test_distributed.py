@@ -146,7 +146,7 @@ def test_temi_loss_global_batch_mean_hook():
                               q_full, atol=1e-4)
 
 
-def test_temi_batch_must_divide_world_size():
+def test_temi_batch_must_divide_world_size(monkeypatch):
     import numpy as np
 
     from diffclust import TEMI
@@ -154,7 +154,10 @@ def test_temi_batch_must_divide_world_size():
     X = np.random.default_rng(0).standard_normal((60, 4)).astype(np.float32)
     est = TEMI(3, n_heads=1, hidden_dim=8, bottleneck_dim=4, n_steps=1, batch_size=32,
                device="cpu", verbose=False, random_state=0)
-    est._setup_distributed = lambda: DistInfo(rank=0, world_size=3)  # as if 3 ranks
+    from diffclust.training import distributed
+
+    monkeypatch.setattr(distributed, "ensure_distributed",
+                        lambda device=None: DistInfo(rank=0, world_size=3))  # as if 3 ranks
     with pytest.raises(ValueError, match="not divisible by the world size 3"):
         est.fit(X)
 
@@ -320,7 +323,7 @@ def test_self_classifier_gather_fn_gives_the_global_loss_and_gradient():
     assert not torch.allclose(self_classifier_pair_matrix(a[:, :6], b[:, :6])[0], A)
 
 
-def test_cludi_batch_must_divide_world_size():
+def test_cludi_batch_must_divide_world_size(monkeypatch):
     import numpy as np
 
     from diffclust import CLUDI
@@ -328,6 +331,9 @@ def test_cludi_batch_must_divide_world_size():
     X = np.random.default_rng(0).standard_normal((60, 4)).astype(np.float32)
     est = CLUDI(3, embedding_dim=4, n_chains=1, teacher_steps=1, n_steps=1, batch_size=32,
                 device="cpu", verbose=False, random_state=0)
-    est._setup_distributed = lambda: DistInfo(rank=0, world_size=3)  # as if 3 ranks
+    from diffclust.training import distributed
+
+    monkeypatch.setattr(distributed, "ensure_distributed",
+                        lambda device=None: DistInfo(rank=0, world_size=3))  # as if 3 ranks
     with pytest.raises(ValueError, match="not divisible by the world size 3"):
         est.fit(X)

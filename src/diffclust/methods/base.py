@@ -86,15 +86,23 @@ class DiffClusterMixin(ClusterMixin, BaseEstimator):
         self.amp_dtype_ = resolve_precision(getattr(self, "precision", "auto"), self.device_)
         self.generator_ = torch.Generator(device="cpu").manual_seed(self.seed_)
 
-    def _setup_distributed(self):
+    def _setup_distributed(self, batch_size=None, n=None):
         """For trainers that support DistributedDataParallel (TEMI): join the process group
         (:func:`~diffclust.training.distributed.ensure_distributed`: the user's, or one
         initialised lazily under ``torchrun``), put this rank on ``cuda:LOCAL_RANK`` when
         training on CUDA, and give every rank rank 0's seed (``random_state=None`` draws a
-        different one per process). Returns the :class:`DistInfo` (single process: world 1)."""
+        different one per process). With ``batch_size`` (the global batch, split over the
+        ranks) it must be divisible by the world size. Returns the :class:`DistInfo` (single
+        process: world 1)."""
         from ..training.distributed import broadcast_object, ensure_distributed
 
         info = ensure_distributed(self.device_)
+        W = info.world_size
+        if batch_size is not None and batch_size % W:
+            raise ValueError(f"{type(self).__name__} under torch.distributed splits the global "
+                             f"batch over the {W} processes: batch_size={batch_size}"
+                             f"{' (= n)' if batch_size == n else ''} is not divisible by the "
+                             f"world size {W}; choose a multiple of {W}")
         if info.distributed:
             if self.device_.type == "cuda":
                 self.device_ = torch.device("cuda", info.local_rank)

@@ -404,12 +404,8 @@ class CLUDI(DiffClusterMixin):
         self._check_params(n)
         self._make_schedule()
         B, steps, warm = self._resolve_steps(n)
-        info = self._setup_distributed()  # world 1 unless torch.distributed / torchrun
+        info = self._setup_distributed(B, n)  # world 1 unless torch.distributed / torchrun
         W = info.world_size
-        if B % W:
-            raise ValueError(f"CLUDI under torch.distributed splits the global batch over the "
-                             f"{W} processes: batch_size={B}{' (= n)' if B == n else ''} is not "
-                             f"divisible by the world size {W}; choose a multiple of {W}")
         g = self.generator_
         net = self._build(D)
         if info.distributed:  # dropout masks drawn for the global batch, then sliced

@@ -298,12 +298,7 @@ class TEMI(DiffClusterMixin):
         self._check_params()
         n, D = X.shape
         B, steps, warm, freeze, window = self._resolve_schedule(n)
-        info = self._setup_distributed()  # world 1 unless torch.distributed / torchrun
-        W = info.world_size
-        if B % W:
-            raise ValueError(f"TEMI under torch.distributed splits the global batch over the "
-                             f"{W} processes: batch_size={B}{' (= n)' if B == n else ''} is not "
-                             f"divisible by the world size {W}; choose a multiple of {W}")
+        info = self._setup_distributed(B, n)  # world 1 unless torch.distributed / torchrun
         g, dev = self.generator_, self.device_
         t0 = time.perf_counter()
 
