@@ -146,19 +146,22 @@ def test_temi_loss_global_batch_mean_hook():
                               q_full, atol=1e-4)
 
 
-def test_temi_batch_must_divide_world_size(monkeypatch):
+@pytest.mark.parametrize("method", ["TEMI", "CLUDI"])
+def test_global_batch_must_divide_world_size(monkeypatch, method):
     import numpy as np
 
-    from diffclust import TEMI
-
-    X = np.random.default_rng(0).standard_normal((60, 4)).astype(np.float32)
-    est = TEMI(3, n_heads=1, hidden_dim=8, bottleneck_dim=4, n_steps=1, batch_size=32,
-               device="cpu", verbose=False, random_state=0)
+    import diffclust
     from diffclust.training import distributed
 
+    small = {"TEMI": dict(n_heads=1, hidden_dim=8, bottleneck_dim=4),
+             "CLUDI": dict(embedding_dim=4, n_chains=1, teacher_steps=1)}[method]
+    X = np.random.default_rng(0).standard_normal((60, 4)).astype(np.float32)
+    est = getattr(diffclust, method)(3, n_steps=1, batch_size=32, device="cpu", verbose=False,
+                                     random_state=0, **small)
     monkeypatch.setattr(distributed, "ensure_distributed",
                         lambda device=None: DistInfo(rank=0, world_size=3))  # as if 3 ranks
-    with pytest.raises(ValueError, match="not divisible by the world size 3"):
+    with pytest.raises(ValueError, match=f"{method} under torch.distributed .* not divisible by "
+                                         f"the world size 3"):
         est.fit(X)
 
 
@@ -321,19 +324,3 @@ def test_self_classifier_gather_fn_gives_the_global_loss_and_gradient():
     torch.testing.assert_close(torch.cat(grads, dim=1), full_grad)
     # without the gather each half normalises over its own rows only: not the global loss
     assert not torch.allclose(self_classifier_pair_matrix(a[:, :6], b[:, :6])[0], A)
-
-
-def test_cludi_batch_must_divide_world_size(monkeypatch):
-    import numpy as np
-
-    from diffclust import CLUDI
-
-    X = np.random.default_rng(0).standard_normal((60, 4)).astype(np.float32)
-    est = CLUDI(3, embedding_dim=4, n_chains=1, teacher_steps=1, n_steps=1, batch_size=32,
-                device="cpu", verbose=False, random_state=0)
-    from diffclust.training import distributed
-
-    monkeypatch.setattr(distributed, "ensure_distributed",
-                        lambda device=None: DistInfo(rank=0, world_size=3))  # as if 3 ranks
-    with pytest.raises(ValueError, match="not divisible by the world size 3"):
-        est.fit(X)
