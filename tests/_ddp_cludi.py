@@ -28,7 +28,7 @@ from diffclust import CLUDI
 from diffclust.methods import base
 from diffclust.training.distributed import all_gather_cat, barrier, cleanup_distributed, dist_info
 from _ddp_common import blobs as _blobs
-from _ddp_common import run_worker
+from _ddp_common import prepare, run_worker
 
 CONFIG = {"embedding_dim": 8, "n_chains": 2, "teacher_steps": 3, "eval_steps": 3,
           "eval_chains": 2, "n_steps": 10, "batch_size": 24, "lr": 1e-2, "warmup_steps": 3,
@@ -46,9 +46,7 @@ def blobs():
 
 
 def main(out: Path):
-    torch.set_num_threads(1)
-    out.mkdir(parents=True, exist_ok=True)
-    X, _ = blobs()
+    X = prepare(out, N_POINTS)
     clip = cludi_module.clip_per_parameter
     result = {}
     for name, kw in VARIANTS.items():

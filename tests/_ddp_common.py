@@ -15,6 +15,15 @@ def blobs(n, d=8, k=3, seed=0):
     return (centers[y] + rng.standard_normal((n, d))).astype(np.float32), y
 
 
+def prepare(out: Path, n_points: int):
+    """One thread per rank, the output folder, and the worker's ``blobs(n_points)`` data."""
+    import torch
+
+    torch.set_num_threads(1)
+    out.mkdir(parents=True, exist_ok=True)
+    return blobs(n_points)[0]
+
+
 def run_worker(main):
     """Run ``main(Path(argv[1]))``, then leave without the interpreter's finalisation: with torch
     2.13 + gloo a rank sometimes aborts there ("terminate called without an active exception",

@@ -16,7 +16,7 @@ from diffclust import TEMI
 from diffclust.methods import base
 from diffclust.training.distributed import all_gather_cat, barrier, cleanup_distributed, dist_info
 from _ddp_common import blobs as _blobs
-from _ddp_common import run_worker
+from _ddp_common import prepare, run_worker
 
 # a fast teacher (momentum 0.9) and a high lr so that 40 steps cluster the blobs (NMI 1) and
 # the two heads end far apart (the selected head is not a near tie)
@@ -33,9 +33,7 @@ def blobs():
 
 
 def main(out: Path):
-    torch.set_num_threads(1)
-    out.mkdir(parents=True, exist_ok=True)
-    X, _ = blobs()
+    X = prepare(out, N_POINTS)
     est = TEMI(3, **CONFIG).fit(X)
     info = dist_info()  # the group TEMI joined (world 1 when run alone)
 

@@ -92,11 +92,7 @@ def test_temi_two_process_gloo_matches_single_process(tmp_path):
 
     from diffclust import load_pretrained
 
-    sys.path.insert(0, str(TEMI_WORKER.parent))
-    try:
-        from _ddp_temi import blobs
-    finally:
-        sys.path.remove(str(TEMI_WORKER.parent))
+    from _ddp_temi import blobs  # tests/ is on sys.path (pytest's rootdir-less import)
 
     one, two = _single_and_ddp(TEMI_WORKER, tmp_path)
     assert one["world_size"] == 1 and two["world_size"] == 2 and two["backend"] == "gloo"
@@ -227,11 +223,7 @@ def test_cludi_two_process_gloo_matches_single_process(tmp_path):
 
     from diffclust import load_pretrained
 
-    sys.path.insert(0, str(CLUDI_WORKER.parent))
-    try:
-        from _ddp_cludi import blobs
-    finally:
-        sys.path.remove(str(CLUDI_WORKER.parent))
+    from _ddp_cludi import blobs  # tests/ is on sys.path (pytest's rootdir-less import)
 
     one, two = _single_and_ddp(CLUDI_WORKER, tmp_path)
     assert one["world_size"] == 1 and two["world_size"] == 2 and two["backend"] == "gloo"

@@ -139,6 +139,14 @@ def _check_cov(covariance_type):
                          f"got {covariance_type!r}")
 
 
+def _tied_mahalanobis(diff, cov):
+    """``(diffᵀ Σ⁻¹ diff, log|Σ|, L)`` for ``diff`` (B, K, J) and a tied ``Σ = L Lᵀ`` (J, J),
+    by one Cholesky factorisation and a triangular solve (no explicit inverse)."""
+    L = torch.linalg.cholesky(cov.float())
+    u = torch.linalg.solve_triangular(L, diff.reshape(-1, diff.shape[-1]).T, upper=False)
+    return (u ** 2).sum(0).reshape(diff.shape[:2]), 2 * torch.log(torch.diagonal(L)).sum(), L
+
+
 def gmm_log_posterior(z, weights, means, covariances, covariance_type="diag"):
     """``log p(c | z)`` (eq. 22): ``(B, K)`` log-softmax over c of
     ``log π_c + log N(z; μ_c, Σ_c)``, with ``Σ_c = diag σ_c²`` (``covariances`` (K, J)) or a tied
@@ -151,10 +159,7 @@ def gmm_log_posterior(z, weights, means, covariances, covariance_type="diag"):
         log_n = -0.5 * (_LOG2PI + torch.log(covariances)[None]
                         + diff ** 2 / covariances[None]).sum(-1)
     else:
-        L = torch.linalg.cholesky(covariances.float())
-        u = torch.linalg.solve_triangular(L, diff.reshape(-1, diff.shape[-1]).T, upper=False)
-        maha = (u ** 2).sum(0).reshape(diff.shape[:2])
-        log_det = 2 * torch.log(torch.diagonal(L)).sum()
+        maha, log_det, _ = _tied_mahalanobis(diff, covariances)
         log_n = -0.5 * (diff.shape[-1] * _LOG2PI + log_det + maha)
     return torch.log_softmax(torch.log(weights)[None] + log_n, dim=1)
 
@@ -184,13 +189,10 @@ def prior_matching_terms(mu, logvar, z, weights, means, covariances, w=None,
     if covariance_type == "diag":
         per_c = (torch.log(covariances)[None] + var_phi[:, None, :] / covariances[None]
                  + diff ** 2 / covariances[None]).sum(-1)  # (B, K)
-    else:
-        L = torch.linalg.cholesky(covariances.float())
-        P = torch.cholesky_inverse(L)
-        log_det = 2 * torch.log(torch.diagonal(L)).sum()
-        u = torch.linalg.solve_triangular(L, diff.reshape(-1, diff.shape[-1]).T, upper=False)
-        maha = (u ** 2).sum(0).reshape(diff.shape[:2])
-        per_c = log_det + (var_phi * torch.diagonal(P)[None]).sum(1, keepdim=True) + maha
+    else:  # tr(Σ⁻¹ diag σ_φ²) = Σ_j (Σ⁻¹)_jj σ_φj²
+        maha, log_det, L = _tied_mahalanobis(diff, covariances)
+        prec_diag = torch.diagonal(torch.cholesky_inverse(L))
+        per_c = log_det + (var_phi * prec_diag[None]).sum(1, keepdim=True) + maha
     kl_z = 0.5 * (w * per_c).sum(1)
     entropy = -0.5 * (1.0 + logvar).sum(1)
     return {"kl_c": kl_c, "kl_z": kl_z, "entropy": entropy, "total": kl_c + kl_z + entropy,
@@ -385,9 +387,8 @@ class ClusterDDPM(DiffClusterMixin):
                                                or int(self.pretrain_epochs) < 0):
             raise ValueError(f"pretrain_epochs must be 'auto' or an integer ≥ 0, got "
                              f"{self.pretrain_epochs!r}")
-        for name in ("n_em_iters",):
-            if int(getattr(self, name)) < 0:
-                raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
+        if int(self.n_em_iters) < 0:
+            raise ValueError(f"n_em_iters must be ≥ 0, got {self.n_em_iters}")
         if int(self.n_timesteps) < 2:
             raise ValueError(f"n_timesteps must be ≥ 2, got {self.n_timesteps}")
         if not (float(self.lam) >= 0 and math.isfinite(float(self.lam))):
@@ -739,5 +740,9 @@ class ClusterDDPM(DiffClusterMixin):
         self.encoder_ = enc.to(self.device_).eval()
         self.gmm_weights_ = tensors["gmm_weights"].float()
         self.gmm_means_ = tensors["gmm_means"].float()
-        self.gmm_covariances_ = tensors["gmm_covariances"].float()
+        if "gmm_covariances" in tensors:
+            self.gmm_covariances_ = tensors["gmm_covariances"].float()
+        else:  # saved before covariance_type existed: the paper's diagonal mixture
+            self.gmm_covariances_ = tensors["gmm_vars"].float()
+            self.covariance_type = "diag"
         self.train_proba_ = tensors["train_proba"].double().numpy()
