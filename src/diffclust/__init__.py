@@ -9,9 +9,9 @@ from .generation import ClusterGenerator, load_generator, train_generator
 from .methods.base import load_pretrained
 from .methods.baselines import GMMClusterer, KMeansClusterer
 from .methods.cludi import CLUDI
+from .methods.clusterddpm import ClusterDDPM
 from .methods.diec import DiEC
 from .methods.gcc import GCC
-from .methods.clusterddpm import ClusterDDPM
 from .methods.temi import TEMI
 from .metrics import evaluate
 from .selection import CmaxResult, estimate_cmax, set_default_clusterer

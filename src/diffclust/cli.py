@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
+import os
+import sys
 import time
+import warnings
 from datetime import date
 from pathlib import Path
 from typing import List, Optional
@@ -13,13 +17,64 @@ from typing import List, Optional
 import numpy as np
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Cluster unlabeled data with diffusion models (CLUDI, …) from the shell.")
+_STATE = {"debug": os.environ.get("DIFFCLUST_DEBUG") == "1"}
 
 
-def _fail(msg: str):
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug",
+                                        help="show Python tracebacks instead of one error line")):
+    """Cluster unlabeled data with diffusion models (CLUDI, …) from the shell."""
+    _STATE["debug"] = _STATE["debug"] or debug
+
+
+def _one_line(e: BaseException) -> str:
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    msg = " ".join(str(msg).split())
+    return msg or type(e).__name__
+
+
+def _fail(msg: str, code: int = 2):
     typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(code)
+
+
+#: errors that come from what the user gave (files, data, parameters): one line, exit 2
+_USER_ERRORS = (ValueError, FileNotFoundError, KeyError, PermissionError, IsADirectoryError,
+                NotADirectoryError, FloatingPointError, UnicodeDecodeError, EOFError)
+
+
+def _cli_errors(fn):
+    """Every error becomes one ``error:`` line: user errors exit 2, anything else (a bug) exits
+    1 and asks for ``--debug``, which shows the traceback instead."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except _USER_ERRORS as e:
+            if _STATE["debug"]:
+                raise
+            _fail(_one_line(e))
+        except OSError as e:
+            if _STATE["debug"]:
+                raise
+            _fail(f"{e.strerror or _one_line(e)}" + (f": {e.filename}" if e.filename else ""))
+        except Exception as e:
+            if _STATE["debug"]:
+                raise
+            _fail(f"internal error ({type(e).__name__}: {_one_line(e)}); rerun with "
+                  f"`diffclust --debug ...` for the traceback and report it", code=1)
+    return wrapper
+
+
+def _command(*args, **kwargs):
+    """``@app.command`` with the one-line error handling."""
+    def deco(fn):
+        return app.command(*args, **kwargs)(_cli_errors(fn))
+    return deco
 
 
 def _parse_params(items: Optional[List[str]]) -> dict:
@@ -28,6 +83,8 @@ def _parse_params(items: Optional[List[str]]) -> dict:
         if "=" not in item:
             _fail(f"--param expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
+        if not k.strip():
+            _fail(f"--param expects KEY=VALUE, got {item!r}")
         try:
             out[k.strip()] = json.loads(v)
         except json.JSONDecodeError:
@@ -39,18 +96,22 @@ def load_input(data: str, data_home: Optional[str] = None, key: Optional[str] = 
                flatten: bool = True):
     """``data`` is a file (.npy/.npz/.pt/.csv) or a dataset name (``digits``, ``usps``, …).
     Returns ``(X, y, description)``."""
-    from .data import available_datasets, load_array, load_dataset
+    from .data import available_datasets, flatten_images, load_array, load_dataset
 
     p = Path(data)
+    if p.is_dir():
+        from .data import load_image_folder
+
+        X, y = load_image_folder(p)
+        return (flatten_images(X) if flatten else X), y, str(p)
     if p.exists():
         X, y = load_array(p, key=key)
+        if flatten and np.ndim(X) >= 3:  # images given to a feature method: flattened
+            X = flatten_images(X)
         return X, y, str(p)
     if data in available_datasets():
         ds = load_dataset(data, data_home=data_home)
-        X = ds.x
-        if flatten and ds.is_images:
-            X = X.reshape(len(X), -1).astype(np.float32) / 255.0
-        return X, ds.y, data
+        return (flatten_images(ds.x) if flatten and ds.is_images else ds.x), ds.y, data
     _fail(f"{data!r} is neither an existing file nor a dataset name "
           f"({', '.join(available_datasets())})")
 
@@ -82,7 +143,7 @@ def write_labels_csv(path: Path, labels: np.ndarray, proba: Optional[np.ndarray]
     conf = proba.max(1) if proba is not None else np.ones(len(labels))
     for i, (c, p) in enumerate(zip(labels, conf)):
         w.writerow([i, int(c), f"{float(p):.6f}"])
-    atomic_write_text(path, buf.getvalue())
+    return atomic_write_text(path, buf.getvalue())
 
 
 def _metrics_table(rows: dict) -> str:
@@ -93,7 +154,7 @@ def _metrics_table(rows: dict) -> str:
     return "\n".join(lines)
 
 
-@app.command()
+@_command()
 def demo(n_steps: int = typer.Option(1500, help="CLUDI optimiser steps"),
          seed: int = typer.Option(0, help="random_state"),
          quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars")):
@@ -113,51 +174,72 @@ def demo(n_steps: int = typer.Option(1500, help="CLUDI optimiser steps"),
     typer.echo(_metrics_table(rows))
 
 
-@app.command()
-def fit(data: str = typer.Argument(..., help="features file (.npy/.npz/.pt/.csv) or dataset name"),
+@_command()
+def fit(data: str = typer.Argument(..., help="features file (.npy/.npz/.pt/.csv), image "
+                                             "folder, image .npz, or dataset name"),
         method: str = typer.Option("cludi", "--method", "-m", help="cludi | kmeans | gmm | …"),
         n_clusters: int = typer.Option(..., "--n-clusters", "-k", help="number of clusters"),
         out: Path = typer.Option(..., "--out", "-o", help="run directory to write"),
         seed: int = typer.Option(0, help="random_state"),
         param: Optional[List[str]] = typer.Option(None, "--param", "-p",
-                                                  help="hyperparameter KEY=VALUE (repeatable)"),
+                                                  help="hyperparameter KEY=VALUE (repeatable; "
+                                                       "`diffclust methods` lists them)"),
         labels: Optional[Path] = typer.Option(None, help="true labels (.npy/.csv) for metrics"),
         data_home: Optional[str] = typer.Option(None, help="folder of the shared datasets"),
         key: Optional[str] = typer.Option(None, help="array key inside an .npz/.pt file"),
         device: Optional[str] = typer.Option(None, help="cpu | cuda (default: auto)"),
+        overwrite: bool = typer.Option(False, "--overwrite",
+                                       help="replace an existing run directory at --out"),
         quiet: bool = typer.Option(False, "--quiet", "-q")):
     """Fit a clusterer and write a run directory: config.json, labels.csv, metrics.jsonl,
-    metrics.json (when labels are known) and model/."""
-    from .data import atomic_write_text
+    metrics.json (when labels are known), model/ and run.json (the manifest, written last).
+    The run is staged beside --out and renamed into place whole: it is complete or absent."""
+    from .data import atomic_write_text, check_labels
     from .metrics import evaluate
+    from .runs import check_output_location, crash_point, staged_run
 
+    check_output_location(out, overwrite)  # before loading or fitting anything
+    est = _make_estimator(method, n_clusters, seed, _parse_params(param), not quiet, device)
+    est._validate_params()
     X, y, desc = load_input(data, data_home, key, flatten=_method_input_kind(method) != "images")
     if labels is not None:
         y = _load_labels(labels)
-    try:
-        est = _make_estimator(method, n_clusters, seed, _parse_params(param), not quiet, device)
-        t = time.perf_counter()
-        est.fit(X)
-        fit_s = time.perf_counter() - t
-    except (ValueError, FileNotFoundError) as e:
-        _fail(str(e))
-    out.mkdir(parents=True, exist_ok=True)
-    est.save_pretrained(out / "model")
-    proba = est.train_proba_ if hasattr(est, "train_proba_") else est.predict_proba(X)
-    write_labels_csv(out / "labels.csv", est.labels_, proba)
-    hist = getattr(est, "history_", [])
-    atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in hist))
-    cfg = {"method": method, "data": desc, "n_samples": int(len(X)),
-           "n_features": int(getattr(est, "n_features_in_", X.shape[1])),
-           "n_clusters": n_clusters, "seed": seed, "params": est.get_params(),
-           "fit_seconds": fit_s, "date": date.today().isoformat()}
-    atomic_write_text(out / "config.json", json.dumps(cfg, indent=2, default=str))
-    typer.echo(f"fitted {type(est).__name__} on {desc} ({len(X)} samples) in {fit_s:.1f}s "
-               f"-> {out}")
     if y is not None:
-        m = evaluate(y, est.labels_, extended=True)
-        atomic_write_text(out / "metrics.json", json.dumps(m, indent=2))
-        typer.echo(_metrics_table({method: dict(m, seconds=fit_s)}))
+        y = check_labels(y, len(X), name=f"the labels of {labels or desc}")
+    with staged_run(out, overwrite, info={"command": "fit", "method": method}) as tmp:
+        t = time.perf_counter()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            est.fit(X)
+        fit_s = time.perf_counter() - t
+        fit_warnings = list(dict.fromkeys(str(w.message) for w in caught
+                                          if issubclass(w.category, UserWarning)))
+        est.save_pretrained(tmp / "model")
+        crash_point("model")
+        proba = est.train_proba_ if hasattr(est, "train_proba_") else est.predict_proba(X)
+        write_labels_csv(tmp / "labels.csv", est.labels_, proba)
+        hist = getattr(est, "history_", [])
+        atomic_write_text(tmp / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in hist))
+        cfg = {"method": method, "data": desc, "n_samples": int(len(X)),
+               "n_features": int(getattr(est, "n_features_in_", np.shape(X)[-1])),
+               "n_clusters": n_clusters, "seed": seed, "params": est.get_params(),
+               "fit_seconds": fit_s, "date": date.today().isoformat(),
+               "warnings": fit_warnings}
+        atomic_write_text(tmp / "config.json", json.dumps(cfg, indent=2, default=str))
+        m = evaluate(y, est.labels_, extended=True) if y is not None else None
+        if m is not None:
+            atomic_write_text(tmp / "metrics.json", json.dumps(m, indent=2))
+    _echo(f"fitted {type(est).__name__} on {desc} ({len(X)} samples) in {fit_s:.1f}s -> {out}")
+    for w in fit_warnings:
+        typer.secho(f"warning: {w}", fg=typer.colors.YELLOW, err=True)
+    if m is not None:
+        _echo(_metrics_table({method: dict(m, seconds=fit_s)}))
+
+
+def _echo(msg: str):
+    """Print on rank 0 only (under torchrun every rank runs the command)."""
+    if os.environ.get("RANK", "0") == "0":
+        typer.echo(msg)
 
 
 def _method_input_kind(method: str) -> str:
@@ -179,65 +261,79 @@ def _load_labels(path: Path) -> np.ndarray:
     return np.asarray(y if y is not None else arr).reshape(-1)
 
 
-@app.command()
+def _load_run_model(run_dir: Path, device=None):
+    """The verified model of a complete run directory, or of a bare ``save_pretrained``
+    folder."""
+    from .methods.base import load_pretrained
+    from .runs import open_run
+
+    run_dir = Path(run_dir)
+    if (run_dir / "model.safetensors").exists() and not (run_dir / "labels.csv").exists():
+        return load_pretrained(run_dir, device=device)  # a model folder, not a run
+    open_run(run_dir)
+    return load_pretrained(run_dir / "model", device=device)
+
+
+@_command()
 def predict(run_dir: Path = typer.Argument(..., help="run directory written by `fit`"),
-            data: str = typer.Argument(..., help="features file or dataset name"),
+            data: str = typer.Argument(..., help="features file, image folder or dataset name"),
             out: Optional[Path] = typer.Option(None, "--out", "-o",
                                                help="labels CSV (default RUN_DIR/predictions.csv)"),
             data_home: Optional[str] = typer.Option(None),
             key: Optional[str] = typer.Option(None)):
     """Assign new data to the clusters of a fitted run."""
-    from .methods.base import load_pretrained
+    from .runs import add_to_run
 
-    model_dir = run_dir / "model" if (run_dir / "model").is_dir() else run_dir
-    try:
-        est = load_pretrained(model_dir)
-    except (FileNotFoundError, ValueError) as e:
-        _fail(str(e))
+    est = _load_run_model(run_dir)
     X, _, desc = load_input(data, data_home, key,
                             flatten=getattr(est, "_input_kind", "features") != "images")
-    try:
-        proba = est.predict_proba(X)
-    except ValueError as e:
-        _fail(str(e))
-    out = out or run_dir / "predictions.csv"
-    write_labels_csv(out, proba.argmax(1), proba)
-    typer.echo(f"predicted {len(X)} samples of {desc} -> {out}")
+    proba = est.predict_proba(X)
+    if out is None and (run_dir / "labels.csv").exists():
+        out = add_to_run(run_dir, "predictions.csv",
+                         lambda p: write_labels_csv(p, proba.argmax(1), proba))
+    else:
+        out = write_labels_csv(out or run_dir / "predictions.csv", proba.argmax(1), proba)
+    _echo(f"predicted {len(X)} samples of {desc} -> {out}")
 
 
-@app.command()
+@_command()
 def evaluate(run_dir: Path = typer.Argument(..., help="run directory (or a labels.csv file)"),
              labels: Optional[Path] = typer.Option(None, help="true labels (.npy/.npz/.csv)"),
              data_home: Optional[str] = typer.Option(None)):
     """Score a run's labels.csv against true labels (ACC, NMI, ARI, AMI, purity)."""
-    from .data import atomic_write_text
     from .metrics import evaluate as _evaluate
+    from .report.artifacts import read_labels_csv
+    from .runs import add_to_run, open_run
 
-    csv_path = run_dir if run_dir.suffix == ".csv" else run_dir / "labels.csv"
-    if not csv_path.exists():
-        _fail(f"{csv_path} not found; run `diffclust fit ... --out {run_dir}` first")
-    pred = np.loadtxt(csv_path, delimiter=",", skiprows=1, usecols=1, dtype=np.int64, ndmin=1)
+    if run_dir.suffix == ".csv" and run_dir.is_file():
+        csv_path, is_run = run_dir, False
+    else:
+        open_run(run_dir)
+        csv_path, is_run = run_dir / "labels.csv", True
+    pred, _ = read_labels_csv(csv_path)
     if labels is not None:
         y = _load_labels(labels)
     else:
         cfg_path = csv_path.parent / "config.json"
         cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
-        try:
-            _, y, _ = load_input(cfg.get("data", ""), data_home) if cfg.get("data") else (0, None, 0)
-        except SystemExit:
-            y = None
+        y = None
+        if cfg.get("data"):
+            try:
+                _, y, _ = load_input(cfg["data"], data_home)
+            except (typer.Exit, ValueError, FileNotFoundError):
+                y = None
         if y is None:
             _fail("no true labels: pass --labels FILE (the run's data carried none)")
-    try:
-        m = _evaluate(y, pred, extended=True)
-    except ValueError as e:
-        _fail(str(e))
-    if run_dir.is_dir():
-        atomic_write_text(run_dir / "metrics.json", json.dumps(m, indent=2))
+    m = _evaluate(y, pred, extended=True)
+    if is_run:
+        from .data import atomic_write_text
+
+        add_to_run(run_dir, "metrics.json",
+                   lambda p: atomic_write_text(p, json.dumps(m, indent=2)))
     typer.echo(json.dumps(m, indent=2))
 
 
-@app.command("estimate-k")
+@_command("estimate-k")
 def estimate_k(data: str = typer.Argument(..., help="features file (.npy/.npz/.pt/.csv) or dataset name"),
                method: str = typer.Option("temi", "--method", "-m",
                                           help="clusterer whose utilization r_C is measured"),
@@ -285,7 +381,7 @@ def estimate_k(data: str = typer.Argument(..., help="features file (.npy/.npz/.p
         ax.figure.savefig(plot, dpi=120)
 
 
-@app.command()
+@_command()
 def report(run_dir: Path = typer.Argument(..., help="run directory written by `fit`"),
            data: Optional[str] = typer.Option(None, help="input file or dataset name "
                                                          "(default: the run's config.json)"),
@@ -300,17 +396,18 @@ def report(run_dir: Path = typer.Argument(..., help="run directory written by `f
            quiet: bool = typer.Option(False, "--quiet", "-q")):
     """Build a self-contained HTML report (plots embedded, no network) of a run directory."""
     from .report import build_report
+    from .runs import add_to_run, open_run
 
-    try:
-        path = build_report(run_dir, data=data, labels=labels, out=out, data_home=data_home,
-                            key=key, baseline=baseline, embed_method=embed,
-                            max_points=max_points, verbose=not quiet)
-    except (ValueError, FileNotFoundError) as e:
-        _fail(str(e))
+    open_run(run_dir)
+    path = build_report(run_dir, data=data, labels=labels, out=out, data_home=data_home,
+                        key=key, baseline=baseline, embed_method=embed,
+                        max_points=max_points, verbose=not quiet)
+    if Path(path).resolve().parent == Path(run_dir).resolve():
+        add_to_run(run_dir, Path(path).name, lambda p: p)
     typer.echo(f"report -> {path}")
 
 
-@app.command("embed")
+@_command("embed")
 def embed_cmd(inputs: str = typer.Argument(..., metavar="INPUT",
                                            help="image folder (recursive jpg/png/webp), image "
                                                 "array file (.npz/.npy) or dataset name"),
@@ -356,7 +453,7 @@ def embed_cmd(inputs: str = typer.Argument(..., metavar="INPUT",
                     f".json metadata)", fg=typer.colors.YELLOW, err=True)
 
 
-@app.command("pretrain-diffusion")
+@_command("pretrain-diffusion")
 def pretrain_diffusion(
         data: str = typer.Argument(..., help="image dataset name (usps, mnist, …) or .npz/.npy "
                                              "file of images (N,H,W), (N,H,W,C) or (N,C,H,W)"),
@@ -400,7 +497,7 @@ def pretrain_diffusion(
                                                 if n_samples else ""))
 
 
-@app.command("generate")
+@_command("generate")
 def generate_cmd(
         run_dir: Path = typer.Argument(..., help="generator folder written by "
                                                  "diffclust.generation.train_generator"),
@@ -437,7 +534,7 @@ def generate_cmd(
     typer.echo(f"wrote {n} images to {path}" + (f" (clusters {used})" if used else ""))
 
 
-@app.command("sample")
+@_command("sample")
 def sample_cmd(
         run_dir: Path = typer.Argument(..., help="run directory written by `fit` (a method that "
                                                  "can generate, e.g. clusterddpm)"),

@@ -107,9 +107,22 @@ def _load_csv(path: Path, delimiter: str):
     return data.astype(np.float32), y
 
 
+def _clean_stale_tmp(path: Path):
+    """Remove ``.NAME.tmpPID`` files left by writers of ``path`` that were killed."""
+    for p in path.parent.glob(f".{path.name}.tmp*"):
+        try:
+            pid = int(p.name[len(path.name) + 5:])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            p.unlink(missing_ok=True)
+        except (ValueError, PermissionError, OSError):
+            continue
+
+
 def _atomic(path, write):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _clean_stale_tmp(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         write(tmp)

@@ -8,14 +8,43 @@ import torch
 __all__ = ["check_features", "check_n_clusters", "check_images", "check_labels"]
 
 
+#: largest |value| accepted: beyond it squared distances overflow float32 (max 3.4e38)
+MAX_ABS_VALUE = 1e15
+
+
 def _to_numpy(X, what: str):
+    if hasattr(X, "toarray") or type(X).__module__.startswith("scipy.sparse"):
+        raise TypeError(f"{what} is a scipy sparse matrix; diffclust's methods need dense "
+                        f"arrays: pass {what}.toarray() (it needs {_dense_size(X)}) or reduce "
+                        f"it first, e.g. with sklearn's TruncatedSVD")
     if isinstance(X, torch.Tensor):
         X = X.detach().cpu().numpy()
     try:
         X = np.asarray(X)
     except Exception as e:  # ragged lists and the like
         raise ValueError(f"{what} could not be converted to a numeric array: {e}") from e
+    if np.iscomplexobj(X):
+        raise ValueError(f"{what} is complex ({X.dtype}); diffclust needs real numbers: pass "
+                         f"np.abs({what}), {what}.real, or the real and imaginary parts as "
+                         f"separate features")
     return X
+
+
+def _dense_size(X) -> str:
+    try:
+        return f"{np.prod(X.shape) * 4 / 2**30:.2f} GiB as float32"
+    except Exception:
+        return "memory for every entry"
+
+
+def _check_range(X, name):
+    """Refuse values whose squares overflow float32 (NaN probabilities otherwise)."""
+    if X.size:
+        big = float(np.nanmax(np.abs(X.astype(np.float64, copy=False))))
+        if big > MAX_ABS_VALUE and np.isfinite(big):
+            raise ValueError(f"{name} has values up to {big:.3g} in magnitude; above "
+                             f"{MAX_ABS_VALUE:.0e} the distances overflow float32: rescale it "
+                             f"first (e.g. sklearn's StandardScaler)")
 
 
 def check_features(X, name: str = "X", min_samples: int = 1) -> np.ndarray:
@@ -36,6 +65,8 @@ def check_features(X, name: str = "X", min_samples: int = 1) -> np.ndarray:
                          f"one feature")
     if X.shape[0] < min_samples:
         raise ValueError(f"{name} has {X.shape[0]} samples; at least {min_samples} are needed")
+    if X.dtype.kind == "f":
+        _check_range(X, name)
     X = X.astype(np.float32, copy=False)
     if not np.isfinite(X).all():
         bad = np.argwhere(~np.isfinite(X))
@@ -78,17 +109,21 @@ def check_images(X, name: str = "X") -> np.ndarray:
     """Images as float32 ``(N, C, H, W)`` in [-1, 1].
 
     Accepts ``(N, H, W)``, ``(N, H, W, C)`` or ``(N, C, H, W)`` with C ∈ {1, 3, 4}; uint8 is
-    divided by 255, floats must already be in [0, 1] or [-1, 1].
+    divided by 255, floats must already be in [0, 1] or [-1, 1]. A 4-D array is read as
+    channels-last when its last axis has 1, 3 or 4 entries and either its second axis does not
+    or the image is square in the last two spatial axes (``(N, 4, 4, 3)`` is 4×4 RGB);
+    otherwise as channels-first.
     """
     X = _to_numpy(X, name)
-    if X.dtype == object or not np.issubdtype(X.dtype, np.number):
+    if X.dtype == object or not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
         raise ValueError(f"{name} must be a numeric image array, got dtype {X.dtype}")
     if X.size == 0:
         raise ValueError(f"{name} is empty (shape {X.shape})")
     if X.ndim == 3:
         X = X[:, None]
     elif X.ndim == 4:
-        if X.shape[-1] in (1, 3, 4) and X.shape[1] not in (1, 3, 4):
+        last_is_c = X.shape[-1] in (1, 3, 4)
+        if last_is_c and (X.shape[1] not in (1, 3, 4) or X.shape[1] == X.shape[2]):
             X = X.transpose(0, 3, 1, 2)
         elif X.shape[1] not in (1, 3, 4):
             raise ValueError(f"{name} has shape {X.shape}: cannot find a channel axis of size "

@@ -2,8 +2,14 @@
 ``save_pretrained`` directory) or any callable, with the backbone's own preprocessing, batched
 bf16/fp16 extraction and an on-disk, resumable cache. CLI: ``diffclust embed``."""
 
-from .backbones import (KNOWN_BACKBONES, Backbone, BackboneLoadError, CallableBackbone,
-                        HFBackbone, load_backbone)
+from .backbones import (
+                        KNOWN_BACKBONES,
+                        Backbone,
+                        BackboneLoadError,
+                        CallableBackbone,
+                        HFBackbone,
+                        load_backbone,
+)
 from .cache import FeatureCache, default_cache_dir
 from .extract import Features, embed, load_features, save_features
 from .preprocess import Preprocessor

@@ -3,6 +3,7 @@ precision) and ``save_pretrained`` / ``from_pretrained`` (config.json + model.sa
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -19,6 +20,7 @@ __all__ = ["DiffClusterMixin", "load_pretrained"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+FORMAT_VERSION = 1
 
 
 def _jsonable(v):
@@ -41,17 +43,43 @@ class DiffClusterMixin(ClusterMixin, BaseEstimator):
     _input_kind = "features"  # or "images"
 
     # ----- scikit-learn API -------------------------------------------------------------
+    _parameter_constraints: dict = {}  # per estimator; see methods/params.py
+
     def fit(self, X, y=None):
+        self._validate_params()
         X = self._validate_input(X, fitting=True)
         check_n_clusters(self.n_clusters, len(X))
         self._setup_runtime()
         self._fit(X)
+        self._warn_if_degenerate()
         return self
+
+    def _warn_if_degenerate(self):
+        """Keep (``fit_warnings_``) and issue the diagnostics of a finished fit; methods add
+        their own through ``_extra_warnings`` (e.g. a search that ended at its range's edge)."""
+        import warnings
+
+        from ..diagnostics import cluster_warnings, loss_warnings
+
+        msgs = (cluster_warnings(self.labels_, int(self.n_clusters))
+                + loss_warnings(getattr(self, "history_", None)) + self._extra_warnings())
+        self.fit_warnings_ = msgs
+        for m in msgs:
+            warnings.warn(f"{type(self).__name__}: {m}", UserWarning, stacklevel=3)
+
+    def _extra_warnings(self) -> list[str]:
+        return []
 
     def predict_proba(self, X) -> np.ndarray:
         check_is_fitted(self, "labels_")
         X = self._validate_input(X, fitting=False)
-        return self._predict_proba(X)
+        proba = self._predict_proba(X)
+        if not np.isfinite(proba).all():
+            raise FloatingPointError(
+                f"{type(self).__name__} produced non-finite probabilities for "
+                f"{int((~np.isfinite(proba)).any(1).sum())} of {len(proba)} samples; the "
+                f"input may be far outside the training data's range (or the model is broken)")
+        return proba
 
     def predict(self, X) -> np.ndarray:
         return self.predict_proba(X).argmax(axis=1)
@@ -158,7 +186,13 @@ class DiffClusterMixin(ClusterMixin, BaseEstimator):
                   "params": {k: _jsonable(v) for k, v in self.get_params().items()},
                   "fitted": {k: _jsonable(v) for k, v in meta.items()}}
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-        atomic_write_bytes(path / WEIGHTS_NAME, save(tensors))
+        blob = save(tensors)
+        config["format_version"] = FORMAT_VERSION
+        config["weights_sha256"] = hashlib.sha256(blob).hexdigest()
+        from .. import __version__
+
+        config["diffclust_version"] = __version__
+        atomic_write_bytes(path / WEIGHTS_NAME, blob)
         atomic_write_text(path / CONFIG_NAME, json.dumps(config, indent=2))
         return path
 
@@ -172,35 +206,85 @@ class DiffClusterMixin(ClusterMixin, BaseEstimator):
         return est
 
 
+def _bad(path, what):
+    return ValueError(f"{path} is not a usable diffclust model: {what}")
+
+
 def load_pretrained(path, device=None):
-    """Load any diffclust estimator saved with ``save_pretrained``."""
-    from safetensors.torch import load_file
+    """Load any diffclust estimator saved with ``save_pretrained``, verified first: the config's
+    schema, version and class, the SHA-256 of the weights written at save time, every tensor
+    finite and shaped as the config says, and ``labels_`` within ``[0, n_clusters)``. Every
+    failure is a ``ValueError`` (``FileNotFoundError`` for missing files) naming the file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
 
     from .registry import get_method_class
 
     path = Path(path)
     cfg_path, w_path = path / CONFIG_NAME, path / WEIGHTS_NAME
-    if not cfg_path.exists() or not w_path.exists():
+    if not cfg_path.is_file() or not w_path.is_file():
         raise FileNotFoundError(f"{path} is not a saved diffclust model: it needs {CONFIG_NAME} "
                                 f"and {WEIGHTS_NAME} (write them with save_pretrained)")
     try:
         config = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{cfg_path} is not valid JSON: {e}") from e
-    klass = get_method_class(config.get("class", ""))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise _bad(cfg_path, f"not valid JSON ({e})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("params"), dict) \
+            or not isinstance(config.get("fitted", {}), dict) or "class" not in config:
+        raise _bad(cfg_path, "it lacks the 'class', 'params' and 'fitted' sections that "
+                             "save_pretrained writes")
+    version = config.get("format_version", 0)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise _bad(cfg_path, f"format_version {version!r} is newer than this diffclust reads "
+                             f"({FORMAT_VERSION}); upgrade diffclust")
+    try:
+        klass = get_method_class(config["class"])
+    except ValueError as e:
+        raise _bad(cfg_path, str(e)) from None
+    blob = w_path.read_bytes()
+    digest = config.get("weights_sha256")
+    if digest is not None and hashlib.sha256(blob).hexdigest() != digest:
+        raise _bad(w_path, f"its SHA-256 differs from the one {CONFIG_NAME} recorded at save "
+                           f"time (the file was changed or truncated)")
+    try:
+        tensors = load(blob)
+    except (SafetensorError, Exception) as e:  # the header parser raises several types
+        raise _bad(w_path, f"not a readable safetensors file ({e})") from None
+    bad = sorted(k for k, v in tensors.items() if v.is_floating_point() and
+                 not torch.isfinite(v).all())
+    if bad:
+        raise _bad(w_path, f"tensor(s) {bad[:5]} hold NaN or infinite values")
     params = config["params"]
     defaults = klass().get_params()
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        raise _bad(cfg_path, f"unknown parameter(s) {unknown} for {klass.__name__}")
     for k, v in params.items():  # JSON has no tuples
         if isinstance(v, list) and isinstance(defaults.get(k), tuple):
             params[k] = tuple(v)
     if device is not None:
         params["device"] = str(device)
     est = klass(**params)
-    tensors = load_file(str(w_path))
-    meta = config.get("fitted", {})
-    est.labels_ = tensors.pop("labels_").numpy()
+    try:
+        est._validate_params()
+    except ValueError as e:
+        raise _bad(cfg_path, str(e)) from None
+    meta = dict(config.get("fitted", {}))
+    if "labels_" not in tensors or "n_features_in_" not in meta:
+        raise _bad(path, "labels_ or n_features_in_ is missing")
+    labels = tensors.pop("labels_").numpy()
+    K = est.n_clusters
+    if labels.ndim != 1 or (labels.size and (labels.min() < 0 or labels.max() >= K)):
+        raise _bad(w_path, f"labels_ must be 1-D cluster ids in [0, {K}) (n_clusters in "
+                           f"{CONFIG_NAME}), found range [{labels.min()}, {labels.max()}]")
+    est.labels_ = labels
     est.n_features_in_ = meta.pop("n_features_in_")
     meta.pop("labels_", None)
     est._ensure_runtime()
-    est._set_state(meta, tensors)
+    try:
+        est._set_state(meta, tensors)
+    except (KeyError, RuntimeError, TypeError, ValueError, IndexError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise _bad(path, f"{WEIGHTS_NAME} does not match {CONFIG_NAME} ({type(e).__name__}: "
+                         f"{msg})") from None
     return est

@@ -8,6 +8,7 @@ from sklearn.cluster import KMeans
 from sklearn.mixture import GaussianMixture
 
 from .base import DiffClusterMixin
+from .params import COMMON, StrOptions, int_at_least, non_negative
 
 __all__ = ["KMeansClusterer", "GMMClusterer"]
 
@@ -16,6 +17,9 @@ class KMeansClusterer(DiffClusterMixin):
     """k-means (k-means++ init, ``n_init`` restarts) with soft assignments
     ``softmax(−‖x − c_k‖² / temperature)`` for :meth:`predict_proba`, ``temperature`` defaulting
     to the mean within-cluster squared distance."""
+
+    _parameter_constraints = {**COMMON, "n_init": [int_at_least(1)],
+                              "max_iter": [int_at_least(1)]}
 
     def __init__(self, n_clusters=10, n_init=10, max_iter=300, random_state=None, device=None,
                  verbose=False):
@@ -61,6 +65,12 @@ def _sqdist(X, C):
 
 class GMMClusterer(DiffClusterMixin):
     """Gaussian mixture (scikit-learn ``GaussianMixture``), diagonal covariances by default."""
+
+    _parameter_constraints = {
+        **COMMON, "n_init": [int_at_least(1)], "max_iter": [int_at_least(1)],
+        "covariance_type": [StrOptions({"full", "tied", "diag", "spherical"})],
+        "reg_covar": [non_negative],
+    }
 
     def __init__(self, n_clusters=10, covariance_type="diag", n_init=1, max_iter=100,
                  reg_covar=1e-6, random_state=None, device=None, verbose=False):

@@ -99,6 +99,18 @@ from ..training.distributed import (
 from ..training.optim import EMA, clip_per_parameter, param_groups, warmup_cosine
 from ..training.runtime import autocast, progress
 from .base import DiffClusterMixin
+from .params import (
+    AUTO,
+    COMMON,
+    StrOptions,
+    flag,
+    fraction,
+    int_at_least,
+    non_negative,
+    pair,
+    positive,
+    unit,
+)
 
 __all__ = ["CLUDI", "CLUDINet"]
 
@@ -198,6 +210,26 @@ class CLUDI(DiffClusterMixin):
         B (256; the whole data when smaller). Under torch.distributed the global batch, split
         evenly over the ranks (must be divisible by the world size).
     """
+
+    _parameter_constraints = {
+        **COMMON,
+        "embedding_dim": [int_at_least(2), AUTO],
+        "noise_scale": [positive], "decoding_noise_scale": [positive],
+        "ce_weight": [non_negative], "tau": [positive], "tau_row": [positive],
+        "tau_col": [positive], "min_snr_gamma": [positive],
+        "n_chains": [int_at_least(1)], "teacher_steps": [int_at_least(1)],
+        "n_steps": [int_at_least(1), AUTO], "batch_size": [int_at_least(2)],
+        "lr": [positive], "weight_decay": [non_negative], "warmup_steps": [int_at_least(1), AUTO],
+        "min_lr": [non_negative], "clip_grad": [positive, None], "dropout": [fraction],
+        "self_condition_prob": [unit], "aug_noise": pair, "aug_drop": pair,
+        "aug_order": [StrOptions({"noise_then_drop", "drop_then_noise"})],
+        "teacher": [StrOptions({"shared", "ema"})],
+        "teacher_grad": [StrOptions({"last", "none", "all"}), "boolean", None],
+        "ema_decay": [unit], "code_faithful_weighting": flag, "learn_E": flag,
+        "n_timesteps": [int_at_least(2)], "schedule": [str], "eval_chains": [int_at_least(1)],
+        "eval_steps": [int_at_least(1)], "average": [StrOptions({"probs", "logits"})],
+        "predict_batch_size": [int_at_least(1)],
+    }
 
     def __init__(self, n_clusters=10, *, embedding_dim="auto", noise_scale=49.0,
                  decoding_noise_scale=49.0, ce_weight=50.0, tau=0.1, tau_row=0.1, tau_col=0.05,

@@ -95,6 +95,8 @@ from ..diffusion.schedules import NoiseSchedule
 from ..diffusion.unet import DiffusionUNet, make_unet, unet_config
 from ..training.runtime import autocast, progress
 from .base import DiffClusterMixin
+from .params import AUTO, COMMON, Interval, Real, StrOptions, fraction, int_at_least, \
+    non_negative, positive
 
 __all__ = [
     "PAPER_DEFAULTS",
@@ -107,7 +109,6 @@ __all__ = [
     "gmm_log_posterior",
     "prior_matching_terms",
 ]
-
 #: The paper's per-dataset latent dimension J and trade-off λ (Table 4 / §5.5).
 PAPER_DEFAULTS = {
     "mnist": {"latent_dim": 32, "lam": 0.1},
@@ -330,6 +331,23 @@ class ClusterDDPM(DiffClusterMixin):
     """
 
     _input_kind = "images"
+
+    _parameter_constraints = {
+        **COMMON,
+        "latent_dim": [int_at_least(1)], "lam": [non_negative], "unet_preset": [str],
+        "n_timesteps": [int_at_least(2)], "beta_start": [Interval(Real, 0, 1, closed="neither")],
+        "beta_end": [Interval(Real, 0, 1, closed="neither")],
+        "pretrain_epochs": [int_at_least(0), AUTO], "pretrain_lr": [positive, None],
+        "n_em_iters": [int_at_least(0)], "m_step_epochs": [int_at_least(1)],
+        "batch_size": [int_at_least(1)], "lr": [positive],
+        "cond_drop": [fraction],
+        "covariance_type": [StrOptions({"tied", "diag"})],
+        "gmm_max_iter": [int_at_least(1)], "gmm_n_init": [int_at_least(1)],
+        "gmm_reg_covar": [non_negative], "e_step_input": [StrOptions({"mean", "sample"})],
+        "predict_from": [StrOptions({"mean", "sample"})], "grad_clip": [positive, None],
+        "divergence_factor": [Interval(Real, 1, None, closed="neither")],
+        "embed_batch_size": [int_at_least(1)],
+    }
 
     def __init__(self, n_clusters=10, *, latent_dim=32, lam=0.01, unet_preset="auto",
                  n_timesteps=400, beta_start=1e-4, beta_end=0.02, pretrain_epochs="auto",

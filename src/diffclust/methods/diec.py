@@ -64,6 +64,7 @@ from ..knn import knn_search
 from ..losses import dec_soft_assignment, dec_target_distribution
 from ..training.runtime import autocast, progress
 from .base import DiffClusterMixin
+from .params import AUTO, COMMON, StrOptions, flag, int_at_least, non_negative, pair, positive
 
 __all__ = ["DiEC", "ResidualMapping", "graph_affinities", "graph_loss", "dec_kl_loss"]
 
@@ -136,6 +137,26 @@ class DiEC(DiffClusterMixin):
     """
 
     _input_kind = "images"
+
+    _parameter_constraints = {
+        **COMMON,
+        "unet": "no_validation",  # None, a name, a folder, or a U-Net object
+        "pretrain_steps": [int_at_least(1)], "pretrain_batch_size": [int_at_least(1)],
+        "pretrain_lr": [positive], "unet_preset": [str], "schedule": [str],
+        "n_timesteps": [int_at_least(2)], "block": [str], "t_star": [int_at_least(0), AUTO],
+        "ots_subset": [int_at_least(2)], "ots_repeats": [int_at_least(1)],
+        "ots_grid": [int_at_least(2)], "ots_tol": [int_at_least(1)], "ots_final": [int_at_least(1)],
+        "ots_stride": [int_at_least(1)], "ots_range": pair + [None], "ots_n_init": [int_at_least(1)],
+        "n_noise_train": [int_at_least(1)], "n_noise_infer": [int_at_least(1)],
+        "hidden_dim": [int_at_least(1), AUTO], "standardize": flag, "kmeans_n_init": [int_at_least(1)],
+        "alpha": [non_negative], "beta": [non_negative], "gamma": [positive],
+        "denoise_weight": [non_negative], "dec_a": [positive], "n_neighbors": [int_at_least(1)],
+        "knn_rebuild_every": [int_at_least(1)],
+        "update_interval": [int_at_least(1), StrOptions({"epoch"})],
+        "n_epochs": [int_at_least(1)], "batch_size": [int_at_least(1)], "lr_unet": [positive],
+        "lr_head": [positive], "finetune_unet": flag, "tol": [non_negative],
+        "embed_batch_size": [int_at_least(1)],
+    }
 
     def __init__(self, n_clusters=10, *, unet=None, pretrain_steps=4000, pretrain_batch_size=128,
                  pretrain_lr=2e-4, unet_preset="auto", n_timesteps=1000, schedule="linear",

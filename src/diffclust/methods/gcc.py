@@ -113,6 +113,17 @@ from ..losses import nt_xent_loss
 from ..models.resnet import ResNet18
 from ..training.runtime import autocast, progress
 from .base import DiffClusterMixin
+from .params import (
+    AUTO,
+    COMMON,
+    StrOptions,
+    flag,
+    fraction,
+    int_at_least,
+    non_negative,
+    pair,
+    positive,
+)
 
 __all__ = [
     "GCC",
@@ -320,6 +331,29 @@ class GCC(DiffClusterMixin):
     """
 
     _input_kind = "images"
+
+    _parameter_constraints = {
+        **COMMON,
+        "backbone_width": [int_at_least(1)], "proj_dim": [int_at_least(1)],
+        "temperature": [positive], "clr_epochs": [int_at_least(0)],
+        "clr_batch_size": [int_at_least(2)], "clr_lr": [positive],
+        "clr_weight_decay": [non_negative], "augment": [None, callable],
+        "kmeans_n_init": [int_at_least(1)], "head_hidden": [int_at_least(1)],
+        "head_epochs": [int_at_least(0)], "head_batch_size": [int_at_least(1)],
+        "head_lr": [positive], "unet_preset": [str], "unet_dropout": [fraction],
+        "n_timesteps": [int_at_least(2)], "ddpm_epochs": [int_at_least(1)],
+        "ddpm_batch_size": [int_at_least(1)], "ddpm_lr": [positive],
+        "p_uncond": [fraction], "n_rounds": [int_at_least(0)],
+        "calib_epochs": [int_at_least(0)], "gen_epochs": [int_at_least(0)],
+        "calib_lr": [positive], "batch_size": [int_at_least(1)],
+        "n_generate": [int_at_least(1), AUTO], "sample_steps": [int_at_least(1)],
+        "guidance_scale": [non_negative], "use_mmd": flag, "use_cwm": flag, "use_ml": flag,
+        "mmd_bandwidths": pair, "mmd_reduce": [StrOptions({"sum", "mean"})],
+        "ml_on": [StrOptions({"proba", "logits"})],
+        "label_update": [StrOptions({"round", "epoch", "batch"})],
+        "anchor_weight": [non_negative], "anchor_threshold": [fraction],
+        "embed_batch_size": [int_at_least(1)], "checkpoint_dir": "no_validation",
+    }
 
     def __init__(self, n_clusters=10, *, backbone_width=64, proj_dim=128, temperature=0.1,
                  clr_epochs=500, clr_batch_size=512, clr_lr=1e-3, clr_weight_decay=1e-4,

@@ -90,6 +90,17 @@ from ..training.distributed import (
 from ..training.optim import EMA, cosine_value, warmup_cosine
 from ..training.runtime import autocast, progress
 from .base import DiffClusterMixin
+from .params import (
+    AUTO,
+    COMMON,
+    StrOptions,
+    flag,
+    int_at_least,
+    non_negative,
+    positive,
+    unit,
+    unit_open,
+)
 
 __all__ = ["TEMI", "MultiHeadDINO"]
 
@@ -198,6 +209,20 @@ class TEMI(DiffClusterMixin):
     knn_backend : {"auto", "torch", "faiss", "faiss_ivf"}
         Backend of the neighbour mining.
     """
+
+    _parameter_constraints = {
+        **COMMON,
+        "n_heads": [int_at_least(1)], "n_neighbors": [int_at_least(1), AUTO],
+        "gamma": [unit_open], "student_temp": [positive], "teacher_temp": [positive],
+        "probs_momentum": [unit], "teacher_momentum": [unit], "max_teacher_momentum": [unit],
+        "hidden_dim": [int_at_least(1)], "bottleneck_dim": [int_at_least(1)],
+        "batch_size": [int_at_least(2)], "n_steps": [int_at_least(1), AUTO],
+        "warmup_steps": [int_at_least(0), AUTO], "freeze_last_layer_steps": [int_at_least(0), AUTO],
+        "lr": [positive], "lr_scaling": flag, "min_lr": [non_negative],
+        "weight_decay": [non_negative], "embed_norm": flag, "l2_norm": flag,
+        "knn_backend": [StrOptions({"auto", "torch", "faiss", "faiss_ivf"})],
+        "predict_batch_size": [int_at_least(1)],
+    }
 
     def __init__(self, n_clusters=10, *, n_heads=16, n_neighbors="auto", gamma=0.6,
                  student_temp=0.1, teacher_temp=0.1, probs_momentum=0.9,

@@ -31,7 +31,11 @@ def seed_everything(random_state) -> int:
 def resolve_device(device=None) -> torch.device:
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={device!r} is not a device; use 'cpu', 'cuda', 'cuda:N' or "
+                         f"None (auto)") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} was asked for but CUDA is not available; use "
                          f"device='cpu' or None")

@@ -5,14 +5,31 @@ Every ``plot_*`` function takes plain arrays / lists / dicts and returns a
 """
 
 from ._common import figure_to_png, mosaic, new_figure, save_figure, to_display_images
-from .confusion import (ReorderedConfusion, plot_confusion_matrix, reorder_confusion,
-                        save_confusion_matrix)
-from .curves import (plot_cluster_sizes, plot_cmax_curve, plot_ots_curve, plot_training_curves,
-                     read_metrics_jsonl, save_cluster_sizes, save_cmax_curve, save_ots_curve,
-                     save_training_curves)
+from .confusion import (
+                        ReorderedConfusion,
+                        plot_confusion_matrix,
+                        reorder_confusion,
+                        save_confusion_matrix,
+)
+from .curves import (
+                        plot_cluster_sizes,
+                        plot_cmax_curve,
+                        plot_ots_curve,
+                        plot_training_curves,
+                        read_metrics_jsonl,
+                        save_cluster_sizes,
+                        save_cmax_curve,
+                        save_ots_curve,
+                        save_training_curves,
+)
 from .embedding import embed_2d, plot_embedding, plot_embedding_2d, save_embedding_2d
-from .images import (cluster_gallery_indices, plot_cluster_gallery, plot_sample_grid,
-                     save_cluster_gallery, save_sample_grid)
+from .images import (
+                        cluster_gallery_indices,
+                        plot_cluster_gallery,
+                        plot_sample_grid,
+                        save_cluster_gallery,
+                        save_sample_grid,
+)
 
 __all__ = ["ReorderedConfusion", "cluster_gallery_indices", "embed_2d", "figure_to_png",
            "mosaic", "new_figure", "plot_cluster_gallery", "plot_cluster_sizes",
