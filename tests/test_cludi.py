@@ -138,3 +138,19 @@ def test_teacher_grad_reaches_the_teacher_only_when_asked():
     assert not torch.allclose(g3["last"], g3["all"])
     g1 = grads(1)
     torch.testing.assert_close(g1["last"], g1["all"])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_same_seed_same_thread_count_gives_identical_runs(threads):
+    """The documented guarantee (README, Reproducibility): same seed, machine, precision and
+    number of torch threads → bit-identical losses and labels. Across thread counts the matmul
+    reductions are split differently, so the float results (and possibly labels) may differ."""
+    X = np.random.default_rng(0).normal(size=(64, 6)).astype(np.float32)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        runs = [CLUDI(3, random_state=3, **TINY).fit(X) for _ in range(2)]
+    finally:
+        torch.set_num_threads(before)
+    assert [r["loss"] for r in runs[0].history_] == [r["loss"] for r in runs[1].history_]
+    np.testing.assert_array_equal(runs[0].labels_, runs[1].labels_)

@@ -67,7 +67,14 @@ def load_array(path, key: str | None = None, label_key: str | None = None):
             raise ValueError(f"{path}: expected a tensor or a dict of tensors, got {type(obj)}")
         if suffix in (".csv", ".tsv", ".txt"):
             return _load_csv(path, "\t" if suffix == ".tsv" else ",")
-    except (KeyError, ValueError, FileNotFoundError):
+    except ValueError as e:
+        if "pickle" in str(e):
+            raise ValueError(f"{path} is not a plain numeric {suffix} file (it holds pickled "
+                             f"objects, or is not a numpy file at all); diffclust never "
+                             f"unpickles files: save plain arrays with np.save / np.savez") \
+                from None
+        raise
+    except (KeyError, FileNotFoundError):
         raise
     except Exception as e:
         raise ValueError(f"could not read {path}: {type(e).__name__}: {e}") from e
@@ -84,9 +91,17 @@ def _load_csv(path: Path, delimiter: str):
         except ValueError:
             return False
     has_header = not all(_is_num(c) for c in first if c != "")
+    with open(path) as f:
+        n_rows = sum(1 for line in f if line.strip()) - int(has_header)
+    if n_rows < 1:
+        raise ValueError(f"{path} has no data rows (only a header); it needs one row per sample")
     try:
-        data = np.genfromtxt(path, delimiter=delimiter, skip_header=int(has_header),
-                             dtype=np.float64, invalid_raise=True)
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            data = np.genfromtxt(path, delimiter=delimiter, skip_header=int(has_header),
+                                 dtype=np.float64, invalid_raise=True)
     except ValueError as e:
         raise ValueError(f"{path} is not a numeric CSV: {e}") from e
     if data.ndim == 1:

@@ -57,6 +57,14 @@ class KMeansClusterer(DiffClusterMixin):
     def _set_state(self, meta, tensors):
         self.inertia_, self.temperature_ = meta["inertia_"], meta["temperature_"]
         self.cluster_centers_ = tensors["cluster_centers_"].numpy()
+        _check_shape("cluster_centers_", self.cluster_centers_,
+                     (self.n_clusters, self.n_features_in_))
+
+
+def _check_shape(name, arr, expected):
+    if tuple(arr.shape) != tuple(expected):
+        raise ValueError(f"{name} has shape {tuple(arr.shape)}, but n_clusters and "
+                         f"n_features_in_ give {tuple(expected)}")
 
 
 def _sqdist(X, C):
@@ -102,6 +110,7 @@ class GMMClusterer(DiffClusterMixin):
         g = GaussianMixture(self.n_clusters, covariance_type=self.covariance_type)
         for k in self._FIELDS:
             setattr(g, k, tensors[k].numpy())
+        _check_shape("means_", g.means_, (self.n_clusters, self.n_features_in_))
         g.converged_ = meta["converged_"]
         g.n_features_in_ = self.n_features_in_
         self.gmm_ = g
