@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["load_dataset", "available_datasets", "Dataset", "resolve_data_home"]
+__all__ = ["load_dataset", "available_datasets", "Dataset", "resolve_data_home",
+           "locate_dataset"]
 
 SHARED_DATASETS = {
     "mnist": "mnist.npz",
@@ -40,7 +41,38 @@ class Dataset:
 
 
 def available_datasets() -> list[str]:
-    return list(BUNDLED) + sorted(SHARED_DATASETS)
+    from .download import REMOTE_DATASETS
+
+    return list(BUNDLED) + sorted(set(SHARED_DATASETS) | set(REMOTE_DATASETS))
+
+
+def locate_dataset(name: str, data_home=None, download: bool = True, cache_dir=None,
+                   verbose: bool = True) -> Path:
+    """The npz file of a named dataset, looked for in this order: ``data_home`` (or
+    ``$DIFFCLUST_DATA``), a ``../shared/data`` folder next to the working directory, the
+    download cache (``~/.cache/diffclust/datasets``, ``$DIFFCLUST_CACHE``, ``cache_dir``); then,
+    for the public datasets and with ``download=True``, fetched from its source and verified."""
+    from .download import REMOTE_DATASETS, cache_home, fetch_dataset
+
+    fname = SHARED_DATASETS.get(name, f"{name}.npz")
+    folders = []
+    explicit = data_home or os.environ.get("DIFFCLUST_DATA")
+    if explicit:
+        folders.append(resolve_data_home(data_home))
+    else:
+        folders += [g.resolve() for g in (Path.cwd() / "../shared/data", Path.cwd() / "shared/data")
+                    if g.is_dir()]
+    folders.append(cache_home(cache_dir))
+    for folder in folders:
+        if (folder / fname).is_file():
+            return folder / fname
+    if name in REMOTE_DATASETS and download:
+        return fetch_dataset(name, cache_dir=cache_dir, verbose=verbose)
+    where = ", ".join(str(f) for f in folders)
+    how = ("pass download=True (CLI: it downloads by default)" if name in REMOTE_DATASETS else
+           "it has no public source we can verify; put its .npz in a folder and pass "
+           "data_home= (CLI: --data-home) or set DIFFCLUST_DATA")
+    raise FileNotFoundError(f"dataset {name!r} ({fname}) was not found in {where}; {how}")
 
 
 def resolve_data_home(data_home=None) -> Path:
@@ -62,11 +94,14 @@ def resolve_data_home(data_home=None) -> Path:
 
 
 def load_dataset(name: str, data_home=None, return_X_y: bool = False, flatten: bool = False,
-                 split: str = "all"):
+                 split: str = "all", download: bool = True, cache_dir=None,
+                 verbose: bool = True):
     """Load a named dataset.
 
     ``digits`` (1,797 8×8 images, shipped with scikit-learn) needs no files; the others are read
-    from ``data_home`` / ``$DIFFCLUST_DATA``. ``flatten`` turns images into ``(N, H·W·C)``
+    from ``data_home`` / ``$DIFFCLUST_DATA``, or downloaded once from their public source
+    (MNIST, Fashion-MNIST, USPS, CIFAR-10), checksum-verified and cached (see
+    :func:`locate_dataset`). ``flatten`` turns images into ``(N, H·W·C)``
     float32 in [0, 1]. ``split`` is ``'all'``, ``'train'`` or ``'test'`` (where the file has a
     split). Returns a :class:`Dataset`, or ``(X, y)`` with ``return_X_y``.
     """
@@ -76,10 +111,9 @@ def load_dataset(name: str, data_home=None, return_X_y: bool = False, flatten: b
         d = load_digits()
         x = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)
         ds = Dataset("digits", x, d.target.astype(np.int64), {})
-    elif name in SHARED_DATASETS:
-        path = resolve_data_home(data_home) / SHARED_DATASETS[name]
-        if not path.exists():
-            raise FileNotFoundError(f"{path} not found; is {path.parent} the shared data folder?")
+    elif name in available_datasets():
+        path = locate_dataset(name, data_home, download=download, cache_dir=cache_dir,
+                              verbose=verbose)
         with np.load(path, allow_pickle=False) as z:
             extra = {k: z[k] for k in z.files if k not in ("x", "y")}
             ds = Dataset(name, z["x"], z["y"].astype(np.int64), extra)

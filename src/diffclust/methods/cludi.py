@@ -164,8 +164,9 @@ class _TrainStep(nn.Module):
         self.net = net
         self._est = est  # a plain attribute (the estimator is not a module)
 
-    def forward(self, x, teacher_net, g, rows, gather):
-        return self._est._train_step(self.net, teacher_net, x, g, rows=rows, gather=gather)
+    def forward(self, x, teacher_net, g, rows, gather, x_view=None):
+        return self._est._train_step(self.net, teacher_net, x, g, rows=rows, gather=gather,
+                                     x_view=x_view)
 
 
 class CLUDINet(nn.Module):
@@ -228,7 +229,8 @@ class CLUDI(DiffClusterMixin):
         "ema_decay": [unit], "code_faithful_weighting": flag, "learn_E": flag,
         "n_timesteps": [int_at_least(2)], "schedule": [str], "eval_chains": [int_at_least(1)],
         "eval_steps": [int_at_least(1)], "average": [StrOptions({"probs", "logits"})],
-        "predict_batch_size": [int_at_least(1)],
+        "predict_batch_size": [int_at_least(1)], "center": flag,
+        "neighbor_views": [int_at_least(0)],
     }
 
     def __init__(self, n_clusters=10, *, embedding_dim="auto", noise_scale=49.0,
@@ -239,7 +241,8 @@ class CLUDI(DiffClusterMixin):
                  aug_drop=(0.05, 0.1), aug_order="noise_then_drop", teacher="shared",
                  teacher_grad="last", ema_decay=0.999, code_faithful_weighting=False,
                  learn_E=False, n_timesteps=1000, schedule="sqrt", eval_chains=8,
-                 eval_steps=50, average="probs", predict_batch_size=1024, random_state=None,
+                 eval_steps=50, average="probs", predict_batch_size=1024, center=False,
+                 neighbor_views=0, random_state=None,
                  device=None, precision="auto", verbose=True):
         self.n_clusters = n_clusters
         self.embedding_dim = embedding_dim
@@ -275,6 +278,8 @@ class CLUDI(DiffClusterMixin):
         self.eval_steps = eval_steps
         self.average = average
         self.predict_batch_size = predict_batch_size
+        self.center = center
+        self.neighbor_views = neighbor_views
         self.random_state = random_state
         self.device = device
         self.precision = precision
@@ -371,12 +376,14 @@ class CLUDI(DiffClusterMixin):
         z_sc = torch.zeros_like(z_t) if z_sc is None else z_sc
         return model_x0(z_t, pairs[-1][0], z_sc).clamp(-1.0, 1.0)
 
-    def _train_step(self, net, teacher_net, x, g, rows=_ALONE, gather=None):
+    def _train_step(self, net, teacher_net, x, g, rows=_ALONE, gather=None, x_view=None):
         """Loss of one step on the batch ``x`` (this rank's rows ``rows`` of the global batch;
         ``gather``: all-gather of per-rank logits along the batch, for the Self-Classifier CE).
         Returns ``(loss, parts)``, ``parts`` the global-batch loss values (floats)."""
         S, dev = self.n_chains, x.device
         x = F.normalize(x, dim=-1)  # §2.4.1: the augmentation acts on unit-norm features
+        # the student's view: x itself (paper) or a k-NN neighbour of x (neighbor_views > 0)
+        x_view = x if x_view is None else F.normalize(x_view, dim=-1)
         # --- teacher (eval mode: no dropout), detached unless teacher_grad ---
         teacher_net.eval()
         mode = self._teacher_grad_mode()
@@ -391,7 +398,7 @@ class CLUDI(DiffClusterMixin):
             logits_T, z_tgt = logits_T.detach(), z_tgt.detach()
         # --- student ---
         net.train()
-        x_aug = self._augment(x, S, g, rows)
+        x_aug = self._augment(x_view, S, g, rows)
         t = torch.randint(0, self.n_timesteps, (S,), generator=g).to(dev)
         eps = rows.randn(z_tgt.shape, g, dev)
         z_t = q_sample(self.sched_, z_tgt, t, noise=eps, noise_scale=self.noise_scale)
@@ -446,7 +453,9 @@ class CLUDI(DiffClusterMixin):
         opt = torch.optim.AdamW(param_groups(net, self.weight_decay), lr=self.lr,
                                 betas=(0.9, 0.98))
         sched = warmup_cosine(opt, steps, warm, self.min_lr / self.lr)
+        X = self._center(X, fitting=True)
         Xt = torch.from_numpy(X).to(self.device_)
+        nbrs = self._neighbors(X) if self.neighbor_views else None
         history, t0 = [], time.perf_counter()
         # global batches from the shared generator g (same seed on every rank), drawn exactly
         # as one process draws them; each rank keeps its contiguous slice
@@ -459,8 +468,13 @@ class CLUDI(DiffClusterMixin):
         run = {"loss": 0.0, "l_emb": 0.0, "l_ce": 0.0}
         log_every = max(steps // 50, 1)
         for step in bar:
-            idx = sampler.next_global_batch()[local].to(self.device_)
-            loss, parts = step_fn(Xt[idx], ema.module if ema else net, g, rows, gather)
+            gidx = sampler.next_global_batch()
+            x_view = None
+            if nbrs is not None:  # one random neighbour per point, drawn for the global batch
+                pick = torch.randint(nbrs.shape[1], (len(gidx),), generator=g)
+                x_view = Xt[nbrs[gidx, pick][local].to(self.device_)]
+            idx = gidx[local].to(self.device_)
+            loss, parts = step_fn(Xt[idx], ema.module if ema else net, g, rows, gather, x_view)
             if not math.isfinite(parts["loss"]):
                 raise FloatingPointError(
                     f"CLUDI training diverged at step {step} (loss={parts['loss']}); lower lr "
@@ -491,12 +505,28 @@ class CLUDI(DiffClusterMixin):
         self.history_ = history
         self.n_steps_ = steps
         self.fit_seconds_ = time.perf_counter() - t0
-        proba = self._predict_proba(X)
+        proba = self._predict_proba(X, centered=True)
         self.labels_ = proba.argmax(1)
         self.train_proba_ = proba
 
+    def _center(self, X, fitting=False):
+        """``center=True``: subtract the training mean before the unit normalisation (features
+        that share a large common component, e.g. raw pixels, then spread over the sphere)."""
+        if fitting:
+            self.mean_ = (X.mean(0) if self.center else np.zeros(X.shape[1])).astype(np.float32)
+        return np.ascontiguousarray(X - self.mean_, dtype=np.float32) if self.center else X
+
+    def _neighbors(self, X):
+        """The ``neighbor_views`` nearest neighbours (cosine) of every training point."""
+        from ..knn import knn_search
+
+        k = min(int(self.neighbor_views), len(X) - 1)
+        nbrs, _ = knn_search(X, k, metric="cosine", exclude_self=True)
+        return torch.as_tensor(np.asarray(nbrs), dtype=torch.int64)
+
     @torch.no_grad()
-    def _predict_proba(self, X):
+    def _predict_proba(self, X, centered=False):
+        X = X if centered else self._center(X)
         net = self.net_.eval()
         S = int(self.eval_chains)
         g = torch.Generator().manual_seed(getattr(self, "seed_", 0) + 1)
@@ -521,7 +551,7 @@ class CLUDI(DiffClusterMixin):
         from sklearn.utils.validation import check_is_fitted
 
         check_is_fitted(self, "labels_")
-        X = self._validate_input(X, fitting=False)
+        X = self._center(self._validate_input(X, fitting=False))
         g = torch.Generator().manual_seed(getattr(self, "seed_", 0) + 2)
         out = []
         with torch.no_grad():
@@ -537,12 +567,16 @@ class CLUDI(DiffClusterMixin):
     def _get_state(self):
         meta = {"n_steps_": self.n_steps_, "fit_seconds_": self.fit_seconds_,
                 "history_": self.history_, "z_dim": self.net_.z_dim, "seed_": self.seed_}
-        return meta, {f"net.{k}": v for k, v in self.net_.state_dict().items()}
+        tensors = {f"net.{k}": v for k, v in self.net_.state_dict().items()}
+        return meta, dict(tensors, mean_=torch.from_numpy(self.mean_))
 
     def _set_state(self, meta, tensors):
         self.n_steps_, self.fit_seconds_ = meta["n_steps_"], meta["fit_seconds_"]
         self.history_, self.seed_ = meta["history_"], meta["seed_"]
         self._make_schedule()
+        mean = tensors.pop("mean_", None)  # models saved before `center` have none
+        self.mean_ = (mean.numpy() if mean is not None
+                      else np.zeros(self.n_features_in_, np.float32))
         net = CLUDINet(self.n_clusters, self.n_features_in_, meta["z_dim"], self.dropout,
                        self.learn_E)
         net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
