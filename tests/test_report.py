@@ -338,13 +338,18 @@ def test_report_cli(tmp_path):
 
     from diffclust.cli import app
 
+    from diffclust.runs import write_manifest
+
     run = _make_run(tmp_path, with_extras=False)
+    res = CliRunner().invoke(app, ["report", str(run), "--no-baseline", "--embed", "pca", "-q"])
+    assert res.exit_code == 2 and "not a complete run" in res.output  # no manifest yet
+    write_manifest(run)  # what `diffclust fit` writes last
     res = CliRunner().invoke(app, ["report", str(run), "--no-baseline", "--embed", "pca", "-q",
                                    "--out", str(tmp_path / "x.html")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "x.html").read_text().startswith("<!DOCTYPE html>")
     res = CliRunner().invoke(app, ["report", str(tmp_path / "nope")])
-    assert res.exit_code == 2 and "does not exist" in res.output
+    assert res.exit_code == 2 and "not a run directory" in res.output
 
 
 # --------------------------------------------------------------------------- real browser

@@ -7,7 +7,6 @@ import functools
 import io
 import json
 import os
-import sys
 import time
 import warnings
 from datetime import date
@@ -163,7 +162,7 @@ def demo(n_steps: int = typer.Option(1500, help="CLUDI optimiser steps"),
     from . import CLUDI, KMeansClusterer, evaluate, load_dataset
 
     X, y = load_dataset("digits", return_X_y=True, flatten=True)
-    typer.echo(f"digits: {X.shape[0]} samples, {X.shape[1]} features, 10 clusters")
+    _echo(f"digits: {X.shape[0]} samples, {X.shape[1]} features, 10 clusters")
     rows = {}
     t = time.perf_counter()
     km = KMeansClusterer(10, random_state=seed).fit(X)
@@ -171,7 +170,7 @@ def demo(n_steps: int = typer.Option(1500, help="CLUDI optimiser steps"),
     t = time.perf_counter()
     model = CLUDI(10, n_steps=n_steps, random_state=seed, verbose=not quiet).fit(X)
     rows["CLUDI"] = dict(evaluate(y, model.labels_), seconds=time.perf_counter() - t)
-    typer.echo(_metrics_table(rows))
+    _echo(_metrics_table(rows))
 
 
 @_command()
@@ -185,6 +184,8 @@ def fit(data: str = typer.Argument(..., help="features file (.npy/.npz/.pt/.csv)
                                                   help="hyperparameter KEY=VALUE (repeatable; "
                                                        "`diffclust methods` lists them)"),
         labels: Optional[Path] = typer.Option(None, help="true labels (.npy/.csv) for metrics"),
+        labels_key: Optional[str] = typer.Option(None, help="array key of the labels inside an "
+                                                            "--labels .npz/.pt file"),
         data_home: Optional[str] = typer.Option(None, help="folder of the shared datasets"),
         key: Optional[str] = typer.Option(None, help="array key inside an .npz/.pt file"),
         device: Optional[str] = typer.Option(None, help="cpu | cuda (default: auto)"),
@@ -203,7 +204,7 @@ def fit(data: str = typer.Argument(..., help="features file (.npy/.npz/.pt/.csv)
     est._validate_params()
     X, y, desc = load_input(data, data_home, key, flatten=_method_input_kind(method) != "images")
     if labels is not None:
-        y = _load_labels(labels)
+        y = _load_labels(labels, labels_key)
     if y is not None:
         y = check_labels(y, len(X), name=f"the labels of {labels or desc}")
     with staged_run(out, overwrite, info={"command": "fit", "method": method}) as tmp:
@@ -252,12 +253,24 @@ def _method_input_kind(method: str) -> str:
         return "features"
 
 
-def _load_labels(path: Path) -> np.ndarray:
+def _load_labels(path: Path, key: Optional[str] = None) -> np.ndarray:
+    """True labels from a .npy/.csv/.txt file, or an .npz/.pt under ``key`` (default: ``y`` /
+    ``labels`` / …, or the file's only array)."""
     from .data import load_array
 
     if not Path(path).exists():
         _fail(f"labels file {path} does not exist")
-    arr, y = load_array(path, label_key=None)
+    if key is None and Path(path).suffix == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            if len(z.files) == 1:
+                key = z.files[0]
+    if key is not None:
+        arr, _ = load_array(path, key=key)
+        return np.asarray(arr).reshape(-1)
+    try:
+        arr, y = load_array(path, label_key=None)
+    except KeyError as e:
+        raise KeyError(f"{_one_line(e)} (for labels, pass --labels-key)") from None
     return np.asarray(y if y is not None else arr).reshape(-1)
 
 
@@ -299,6 +312,8 @@ def predict(run_dir: Path = typer.Argument(..., help="run directory written by `
 @_command()
 def evaluate(run_dir: Path = typer.Argument(..., help="run directory (or a labels.csv file)"),
              labels: Optional[Path] = typer.Option(None, help="true labels (.npy/.npz/.csv)"),
+             labels_key: Optional[str] = typer.Option(None, help="array key of the labels "
+                                                                 "inside an .npz/.pt file"),
              data_home: Optional[str] = typer.Option(None)):
     """Score a run's labels.csv against true labels (ACC, NMI, ARI, AMI, purity)."""
     from .metrics import evaluate as _evaluate
@@ -312,7 +327,7 @@ def evaluate(run_dir: Path = typer.Argument(..., help="run directory (or a label
         csv_path, is_run = run_dir / "labels.csv", True
     pred, _ = read_labels_csv(csv_path)
     if labels is not None:
-        y = _load_labels(labels)
+        y = _load_labels(labels, labels_key)
     else:
         cfg_path = csv_path.parent / "config.json"
         cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
@@ -330,7 +345,7 @@ def evaluate(run_dir: Path = typer.Argument(..., help="run directory (or a label
 
         add_to_run(run_dir, "metrics.json",
                    lambda p: atomic_write_text(p, json.dumps(m, indent=2)))
-    typer.echo(json.dumps(m, indent=2))
+    _echo(json.dumps(m, indent=2))
 
 
 @_command("estimate-k")
@@ -368,8 +383,8 @@ def estimate_k(data: str = typer.Argument(..., help="features file (.npy/.npz/.p
                             random_state=seed, verbose=not quiet)
     except ValueError as e:
         _fail(str(e))
-    typer.echo(f"{desc}: {len(X)} samples, {X.shape[1]} features, clusterer {method}")
-    typer.echo(res.format_table())
+    _echo(f"{desc}: {len(X)} samples, {X.shape[1]} features, clusterer {method}")
+    _echo(res.format_table())
     if out is not None:
         atomic_write_text(out, res.to_json())
     if plot is not None:
@@ -404,7 +419,7 @@ def report(run_dir: Path = typer.Argument(..., help="run directory written by `f
                         max_points=max_points, verbose=not quiet)
     if Path(path).resolve().parent == Path(run_dir).resolve():
         add_to_run(run_dir, Path(path).name, lambda p: p)
-    typer.echo(f"report -> {path}")
+    _echo(f"report -> {path}")
 
 
 @_command("embed")
@@ -444,7 +459,7 @@ def embed_cmd(inputs: str = typer.Argument(..., metavar="INPUT",
     except (ValueError, FileNotFoundError, KeyError) as e:
         _fail(str(e).strip("'\""))
     m = f.meta
-    typer.echo(f"embedded {len(f)} images of {m['input']} with {backbone} (dim {m['dim']}, "
+    _echo(f"embedded {len(f)} images of {m['input']} with {backbone} (dim {m['dim']}, "
                f"{m['cache_hits']} from cache, {m['computed']} computed) in "
                f"{time.perf_counter() - t:.1f}s -> {out}")
     if f.failed:
@@ -492,7 +507,7 @@ def pretrain_diffusion(
                             n_samples=n_samples, seed=seed, device=device, verbose=not quiet)
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
-    typer.echo(f"pretrained a DDPM on {desc} ({len(X)} images): {res.steps} steps in "
+    _echo(f"pretrained a DDPM on {desc} ({len(X)} images): {res.steps} steps in "
                f"{res.seconds:.1f}s -> {out}" + (f" (samples: {out / 'samples.png'})"
                                                 if n_samples else ""))
 
@@ -513,7 +528,8 @@ def generate_cmd(
         seed: int = typer.Option(0, help="sample i uses seed + i"),
         out: Optional[Path] = typer.Option(None, "--out", "-o",
                                            help="PNG path (default RUN_DIR/generated.png)"),
-        device: Optional[str] = typer.Option(None, help="cpu | cuda (default: auto)")):
+        device: Optional[str] = typer.Option(None, help="cpu | cuda (default: auto)"),
+        quiet: bool = typer.Option(False, "--quiet", "-q")):
     """Sample images from a (cluster-conditioned) EDM generator and write a PNG grid."""
     from .diffusion.pretrain import save_image_grid
     from .generation import load_generator, sample
@@ -526,12 +542,13 @@ def generate_cmd(
         gen = load_generator(run_dir)
         clusters = cluster if cluster is not None else ("uniform" if uniform else "freq")
         imgs, ids = sample(gen, n, clusters=clusters, guidance=guidance, seed=seed,
-                           n_steps=steps, device=device, return_clusters=True)
+                           n_steps=steps, device=device, return_clusters=True,
+                           verbose=not quiet)
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
     path = save_image_grid(out or Path(run_dir) / "generated.png", imgs)
     used = sorted(set(ids.tolist()) - {-1})
-    typer.echo(f"wrote {n} images to {path}" + (f" (clusters {used})" if used else ""))
+    _echo(f"wrote {n} images to {path}" + (f" (clusters {used})" if used else ""))
 
 
 @_command("sample")
@@ -545,27 +562,84 @@ def sample_cmd(
         seed: int = typer.Option(0, help="random seed of the sampler"),
         out: Optional[Path] = typer.Option(None, "--out", "-o",
                                            help="PNG path (default RUN_DIR/samples[_cC].png)"),
-        device: Optional[str] = typer.Option(None, help="cpu | cuda (default: auto)")):
+        device: Optional[str] = typer.Option(None, help="cpu | cuda (default: auto)"),
+        quiet: bool = typer.Option(False, "--quiet", "-q")):
     """Generate images from a fitted generative clusterer and write a PNG grid."""
     from .diffusion.pretrain import save_image_grid
     from .methods.base import load_pretrained
 
     if n < 1:
         _fail(f"--n must be >= 1, got {n}")
-    model_dir = run_dir / "model" if (run_dir / "model").is_dir() else run_dir
     try:
-        est = load_pretrained(model_dir, device=device)
+        est = _load_run_model(run_dir, device=device)
         if not hasattr(est, "sample"):
             _fail(f"{type(est).__name__} cannot generate images (no sample method)")
         K = int(est.n_clusters)
         ids = [cluster] * n if cluster is not None else np.repeat(np.arange(K), n)
         imgs, _ = est.sample(len(ids), cluster=np.asarray(ids), guidance=guidance,
-                             random_state=seed)
+                             random_state=seed, verbose=not quiet)
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
     out = out or run_dir / ("samples.png" if cluster is None else f"samples_c{cluster}.png")
     path = save_image_grid(out, imgs, nrow=n if cluster is None else None)
-    typer.echo(f"wrote {len(ids)} images to {path}")
+    _echo(f"wrote {len(ids)} images to {path}")
+
+
+@_command("train-generator")
+def train_generator_cmd(
+        data: str = typer.Argument(..., help="images: dataset name, image .npz/.npy or folder"),
+        out: Path = typer.Option(..., "--out", "-o", help="generator folder to write (resumable)"),
+        clusters: Optional[Path] = typer.Option(
+            None, "--clusters", "-c", help="a run directory of `diffclust fit` on the same images "
+                                           "(its labels.csv), or a cluster_ids file (.npy/.txt/"
+                                           ".csv, one id per image, the C-EDM release format); "
+                                           "none: the unconditional baseline"),
+        freq: Optional[Path] = typer.Option(None, help="q(c) file of the C-EDM release (default: "
+                                                       "the histogram of the ids)"),
+        steps: int = typer.Option(5000, help="optimiser steps"),
+        batch_size: int = typer.Option(128, help="images per step"),
+        lr: float = typer.Option(1e-3, help="Adam learning rate (C-EDM: 1e-3)"),
+        p_uncond: float = typer.Option(0.1, help="label dropout for classifier-free guidance"),
+        max_minutes: Optional[float] = typer.Option(None, help="stop (and save) after this long"),
+        checkpoint_every: int = typer.Option(500, help="steps between crash-safe checkpoints"),
+        resume: bool = typer.Option(True, "--resume/--no-resume",
+                                    help="continue from OUT/checkpoint if present"),
+        n_samples: int = typer.Option(64, help="images in OUT/samples.png (0: none)"),
+        seed: int = typer.Option(0, help="random seed"),
+        data_home: Optional[str] = typer.Option(None, help="folder of the shared datasets"),
+        key: Optional[str] = typer.Option(None, help="image array key inside an .npz file"),
+        device: Optional[str] = typer.Option(None, help="cpu | cuda (default: auto)"),
+        quiet: bool = typer.Option(False, "--quiet", "-q")):
+    """Train a cluster-conditioned EDM generator (C-EDM) on images and their cluster ids, then
+    sample from it with `diffclust generate OUT`."""
+    from .generation import train_generator
+    from .generation.generator import load_cluster_files
+    from .report.artifacts import read_labels_csv
+    from .runs import open_run
+
+    X, _, desc = load_input(data, data_home, key, flatten=False)
+    if np.ndim(X) == 2:
+        _fail(f"{desc} holds feature vectors, not images; train-generator needs images "
+              f"(an image .npz, a folder, or an image dataset name)")
+    ids = q = None
+    if clusters is not None:
+        if clusters.is_dir():
+            open_run(clusters)
+            ids, _ = read_labels_csv(clusters / "labels.csv")
+            ids, q = load_cluster_files(ids, freq)
+        else:
+            ids, q = load_cluster_files(clusters, freq)
+        if len(ids) != len(X):
+            _fail(f"{clusters} holds {len(ids)} cluster ids but {desc} has {len(X)} images; "
+                  f"they must be the same images in the same order")
+    res = train_generator(X, ids, freq=q, out_dir=out, n_steps=steps, batch_size=batch_size,
+                          lr=lr, p_uncond=p_uncond, checkpoint_every=checkpoint_every,
+                          resume=resume, n_samples=n_samples, seed=seed, device=device,
+                          max_seconds=None if max_minutes is None else 60 * max_minutes,
+                          verbose=not quiet)
+    kind = f"{len(q)} clusters" if q is not None else "unconditional"
+    _echo(f"trained a C-EDM generator ({kind}) on {desc} ({len(X)} images): {res.steps} steps "
+          f"in {res.seconds:.1f}s -> {out}; sample with `diffclust generate {out}`")
 
 
 def main():

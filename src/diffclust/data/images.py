@@ -4,7 +4,6 @@ become feature vectors for the feature methods."""
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 

@@ -124,7 +124,7 @@ def image_grid(images, nrow: int | None = None, pad: int = 1, upscale: int | Non
     N, C, H, W = x.shape
     nrow = nrow or int(math.ceil(math.sqrt(N)))
     ncol = int(math.ceil(N / nrow))
-    u = upscale or max(1, 48 // max(H, W))
+    u = upscale or max(1, round(96 / max(H, W)))  # tiles of about 96 px
     x = ((x + 1) * 127.5).round().to(torch.uint8)
     if u > 1:
         x = x.repeat_interleave(u, 2).repeat_interleave(u, 3)

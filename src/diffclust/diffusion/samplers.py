@@ -117,7 +117,7 @@ def ddpm_sample(model_eps: Callable, sched: NoiseSchedule, shape, variance: str 
 
 
 def edm_heun_sample(denoiser: Callable, sigmas: torch.Tensor, shape, generator=None, device=None,
-                    dtype=torch.float32, x_T=None):
+                    dtype=torch.float32, x_T=None, progress=None):
     """Deterministic EDM Heun sampler (Karras et al. Alg. 2, S_churn = 0); NFE = 2N − 1.
 
     ``denoiser(x, sigma_batch)`` returns D(x; σ); ``sigmas`` ends with 0 (``edm_sigmas``).
@@ -133,4 +133,6 @@ def edm_heun_sample(denoiser: Callable, sigmas: torch.Tensor, shape, generator=N
             d2 = (x_next - denoiser(x_next, s_next.expand(x.shape[0]))) / s_next
             x_next = x + (s_next - s) * (d + d2) / 2
         x = x_next
+        if progress is not None:
+            progress.update(1)
     return x

@@ -159,6 +159,20 @@ def _cached_snapshot(repo_id: str) -> Path | None:
     return d if any((d / w).exists() for w in weights) else None
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One TCP connection to the Hub's host (``HF_ENDPOINT``), so that an offline machine fails
+    in seconds instead of spending ~25 s in the hub client's retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def _why(e: Exception) -> str:
     msg = str(e).strip().splitlines()
     return f"{type(e).__name__}: {msg[0] if msg else ''}"
@@ -246,6 +260,13 @@ class HFBackbone(Backbone):
                     f"directory, the Hugging Face cache ({_hf_cache()}) has no copy, and "
                     f"downloading is off (local_files_only / HF_HUB_OFFLINE=1) — "
                     f"{_why(e_local)}") from e_local
+            if not _hub_reachable():
+                raise BackboneLoadError(
+                    f"could not load the {what} of backbone {self.spec!r}: it is not a local "
+                    f"directory, the Hugging Face cache ({_hf_cache()}) has no copy, and the Hub "
+                    f"cannot be reached (no network). Download it once where there is internet "
+                    f"(model.save_pretrained(dir)) and pass that directory, or use the offline "
+                    f"backbones shipped in PyPI wheels") from None
             try:
                 return fn(local_files_only=False)
             except Exception as e:  # noqa: BLE001

@@ -183,7 +183,7 @@ def guided_denoiser(denoiser: EDMDenoiser, class_labels=None, guidance: float = 
 @torch.no_grad()
 def heun_sample(denoiser: EDMDenoiser, noise: torch.Tensor, class_labels=None,
                 guidance: float = 0.0, n_steps: int = 18, sigma_min: float = 0.002,
-                sigma_max: float = 80.0, rho: float = 7.0) -> torch.Tensor:
+                sigma_max: float = 80.0, rho: float = 7.0, progress=None) -> torch.Tensor:
     """Deterministic EDM Heun sampling (Alg. 2) of a whole batch from unit ``noise``.
 
     ``noise`` ``(B, C, S, S)`` on the padded grid is scaled to ``x_0 = σ_max · noise``; the
@@ -197,4 +197,5 @@ def heun_sample(denoiser: EDMDenoiser, noise: torch.Tensor, class_labels=None,
     sigmas = edm_sigmas(n_steps, sigma_min, sigma_max, rho)
     D = guided_denoiser(denoiser, class_labels, guidance)
     x_T = sigmas[0].to(noise.device) * noise.float()
-    return edm_heun_sample(D, sigmas, noise.shape, device=noise.device, x_T=x_T)
+    return edm_heun_sample(D, sigmas, noise.shape, device=noise.device, x_T=x_T,
+                           progress=progress)

@@ -33,6 +33,7 @@ Decisions marked [PROP] (the paper does not fix them for this setting):
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -44,7 +45,7 @@ from ..diffusion.pretrain import _prepare_images, save_image_grid
 from ..diffusion.trainer import CKPT_DIR, setup_distributed, train_denoiser
 from ..diffusion.unet import DiffusionUNet, make_unet
 from ..training.distributed import barrier
-from ..training.runtime import resolve_device, resolve_precision
+from ..training.runtime import progress, resolve_device, resolve_precision
 from .edm import EDM_DEFAULTS, EDMDenoiser, edm_loss, heun_sample
 
 __all__ = [
@@ -209,7 +210,8 @@ def _seeds(n, seed, seeds):
 @torch.no_grad()
 def sample(generator: ClusterGenerator, n: int, clusters="freq", guidance: float = 0.0,
            seed: int = 0, seeds=None, n_steps: int | None = None, batch_size: int = 256,
-           device=None, precision: str = "auto", return_clusters: bool = False):
+           device=None, precision: str = "auto", return_clusters: bool = False,
+           verbose: bool = False):
     """Draw ``n`` images ``(n, C, H, W)`` in [−1, 1] with the deterministic EDM Heun sampler.
 
     Parameters
@@ -267,11 +269,13 @@ def sample(generator: ClusterGenerator, n: int, clusters="freq", guidance: float
     e = generator.edm
     steps = int(n_steps or e["n_steps"])
     out = []
+    bar = progress(total=steps * math.ceil(n / batch_size), desc="sampling", verbose=verbose)
     for i0 in range(0, n, batch_size):
         cl = None if labels is None else labels[i0:i0 + batch_size]
         x = heun_sample(den, noise[i0:i0 + batch_size].to(dev), cl, guidance, steps,
-                        e["sigma_min"], e["sigma_max"], e["rho"])
+                        e["sigma_min"], e["sigma_max"], e["rho"], progress=bar)
         out.append(unet.crop(x).clamp(-1, 1).float().cpu())
+    bar.close()
     imgs = torch.cat(out)
     if return_clusters:
         used = torch.full((n,), -1, dtype=torch.long) if labels is None else labels.clone()

@@ -89,6 +89,11 @@ class DiffClusterMixin(ClusterMixin, BaseEstimator):
 
     # ----- shared plumbing --------------------------------------------------------------
     def _validate_input(self, X, fitting: bool):
+        if isinstance(X, (str, Path)) and Path(X).is_dir():  # a folder of images
+            from ..data import flatten_images, load_image_folder
+
+            X, _ = load_image_folder(X)
+            X = flatten_images(X) if self._input_kind == "features" else X
         if self._input_kind == "features":
             X = check_features(X)
             if fitting:

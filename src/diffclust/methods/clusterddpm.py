@@ -95,8 +95,17 @@ from ..diffusion.schedules import NoiseSchedule
 from ..diffusion.unet import DiffusionUNet, make_unet, unet_config
 from ..training.runtime import autocast, progress
 from .base import DiffClusterMixin
-from .params import AUTO, COMMON, Interval, Real, StrOptions, fraction, int_at_least, \
-    non_negative, positive
+from .params import (
+    AUTO,
+    COMMON,
+    Interval,
+    Real,
+    StrOptions,
+    fraction,
+    int_at_least,
+    non_negative,
+    positive,
+)
 
 __all__ = [
     "PAPER_DEFAULTS",
@@ -669,7 +678,8 @@ class ClusterDDPM(DiffClusterMixin):
         return self._embed(X).numpy()
 
     @torch.no_grad()
-    def sample(self, n, cluster=None, guidance=0.0, random_state=None, batch_size=256):
+    def sample(self, n, cluster=None, guidance=0.0, random_state=None, batch_size=256,
+               verbose=None):
         """Generate ``n`` images: ``c`` = ``cluster`` (an int, or an array of ``n`` ids; ``None``
         draws ``c ~ Cat(π)``), ``z ~ N(μ_c, σ_c²)``, then DDPM ancestral sampling from
         ``x_T ~ N(0, I)`` with ``σ_t² = β_t`` and a deterministic last step (§5.4). ``guidance``
@@ -706,6 +716,8 @@ class ClusterDDPM(DiffClusterMixin):
         C, S = unet.in_channels, unet.sample_size
         w = float(guidance)
         out = []
+        bar = progress(total=self.sched_.T * math.ceil(n / int(batch_size)), desc="sampling",
+                       verbose=self.verbose if verbose is None else verbose)
         for i0 in range(0, n, int(batch_size)):
             zb = Zs[i0:i0 + int(batch_size)].to(dev)
             b = len(zb)
@@ -721,8 +733,9 @@ class ClusterDDPM(DiffClusterMixin):
 
             x_T = torch.randn((b, C, S, S), generator=g).to(dev)
             x = ddpm_sample(model_eps, self.sched_, (b, C, S, S), variance="beta",
-                            generator=g, device=dev, x_T=x_T)
+                            generator=g, device=dev, x_T=x_T, progress=bar)
             out.append(unet.crop(x.clamp(-1, 1)).float().cpu())
+        bar.close()
         return torch.cat(out).numpy(), c.numpy()
 
     # ------------------------------------------------------------------ persistence

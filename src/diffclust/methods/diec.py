@@ -344,6 +344,17 @@ class DiEC(DiffClusterMixin):
                                     n_final=self.ots_final, verbose=self.verbose)
         return res
 
+    def _extra_warnings(self):
+        """The timestep search ending at the edge of its range (t* = 1 means the U-Net's
+        features barely depend on the noise level: usually an undertrained DDPM)."""
+        from ..diagnostics import edge_warning
+
+        if self.t_star != "auto" or not getattr(self, "ots_range_", None):
+            return []
+        T = self.sched_.T
+        lo, hi = self.ots_range if self.ots_range is not None else (1, T - 1)
+        return edge_warning("t*", self.t_star_, int(lo), int(hi))
+
     # ------------------------------------------------------------------ fit
     def _fit(self, X):
         n = len(X)
@@ -358,6 +369,8 @@ class DiEC(DiffClusterMixin):
             self.t_star_ = int(res.t_star)
             self.ots_scores_ = dict(res.scores)
             self.ots_n_evals_, self.ots_seconds_ = int(res.n_evals), float(res.seconds)
+            self.ots_range_ = (int(min(res.scores)), int(max(res.scores))) if res.scores \
+                else None
         else:
             if not 0 <= int(self.t_star) < T:
                 raise ValueError(f"t_star={self.t_star} is outside [0, {T - 1}]")

@@ -277,6 +277,10 @@ def build_report(run_dir, data=None, labels=None, out=None, *, data_home=None, k
     page.add(f'<p class="sub">{" · ".join(sub)}</p>')
     if input_note:
         page.note(input_note)
+    from ..diagnostics import cluster_warnings
+
+    for w in dict.fromkeys(list(cfg.get("warnings") or []) + cluster_warnings(pred, K)):
+        page.note(f"warning: {w}")
 
     sizes_fig = page.figure(lambda: viz.plot_cluster_sizes(pred, n_clusters=K),
                             "cluster sizes",

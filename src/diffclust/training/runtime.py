@@ -79,9 +79,12 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 def progress(iterable=None, total=None, desc=None, verbose=True, **kw):
-    """A tqdm bar, silenced by ``verbose=False`` or ``DIFFCLUST_NO_PROGRESS=1``."""
+    """A tqdm bar, silenced by ``verbose=False``, ``TQDM_DISABLE=1`` or
+    ``DIFFCLUST_NO_PROGRESS=1``, and shown on rank 0 only under torchrun."""
     from tqdm.auto import tqdm
 
-    disable = (not verbose) or os.environ.get("DIFFCLUST_NO_PROGRESS") == "1"
+    disable = ((not verbose) or os.environ.get("DIFFCLUST_NO_PROGRESS") == "1"
+               or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true")
+               or os.environ.get("RANK", "0") != "0")
     return tqdm(iterable, total=total, desc=desc, disable=disable, leave=False,
                 dynamic_ncols=True, **kw)
