@@ -24,9 +24,12 @@ def test_shared_datasets(shared_data):
 
 def test_missing_data_home_is_explained(tmp_path, monkeypatch):
     monkeypatch.delenv("DIFFCLUST_DATA", raising=False)
+    monkeypatch.setenv("DIFFCLUST_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match="DIFFCLUST_DATA"):
-        load_dataset("usps")
+        load_dataset("usps", download=False)  # no network in tests
+    with pytest.raises(FileNotFoundError, match="DIFFCLUST_DATA"):
+        load_dataset("coil20")  # no public source with a checksum: never downloaded
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_dataset("usps", data_home=tmp_path / "nope")
     with pytest.raises(ValueError, match="unknown dataset"):
@@ -83,7 +86,7 @@ def test_check_features_errors():
 
 def test_check_n_clusters():
     assert check_n_clusters(3, 10) == 3
-    with pytest.raises(ValueError, match="at least 2"):
+    with pytest.raises(ValueError, match="n_clusters"):
         check_n_clusters(1, 10)
     with pytest.raises(ValueError, match="larger than the number of samples"):
         check_n_clusters(11, 10)

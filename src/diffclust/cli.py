@@ -25,7 +25,7 @@ _STATE = {"debug": os.environ.get("DIFFCLUST_DEBUG") == "1"}
 def _options(debug: bool = typer.Option(False, "--debug",
                                         help="show Python tracebacks instead of one error line")):
     """Cluster unlabeled data with diffusion models (CLUDI, …) from the shell."""
-    _STATE["debug"] = _STATE["debug"] or debug
+    _STATE["debug"] = debug or os.environ.get("DIFFCLUST_DEBUG") == "1"
 
 
 def _one_line(e: BaseException) -> str:

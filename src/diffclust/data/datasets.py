@@ -69,9 +69,10 @@ def locate_dataset(name: str, data_home=None, download: bool = True, cache_dir=N
     if name in REMOTE_DATASETS and download:
         return fetch_dataset(name, cache_dir=cache_dir, verbose=verbose)
     where = ", ".join(str(f) for f in folders)
-    how = ("pass download=True (CLI: it downloads by default)" if name in REMOTE_DATASETS else
-           "it has no public source we can verify; put its .npz in a folder and pass "
-           "data_home= (CLI: --data-home) or set DIFFCLUST_DATA")
+    how = ("pass download=True to fetch it from its public source, or " if name in
+           REMOTE_DATASETS else "it has no public source we can verify here: ")
+    how += ("put its .npz in a folder and pass data_home= (CLI: --data-home) or set "
+            "DIFFCLUST_DATA")
     raise FileNotFoundError(f"dataset {name!r} ({fname}) was not found in {where}; {how}")
 
 

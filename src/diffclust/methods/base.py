@@ -14,7 +14,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ..data.io import atomic_write_bytes, atomic_write_text
 from ..data.validation import check_features, check_n_clusters
-from ..training.runtime import resolve_device, resolve_precision, seed_everything
+from ..training.runtime import resolve_device, resolve_precision, seed_everything, thread_policy
 
 __all__ = ["DiffClusterMixin", "load_pretrained"]
 
@@ -41,6 +41,7 @@ class DiffClusterMixin(ClusterMixin, BaseEstimator):
     """
 
     _input_kind = "features"  # or "images"
+    _thread_cap: int | None = None  # intra-op threads during fit (training/runtime.thread_policy)
 
     # ----- scikit-learn API -------------------------------------------------------------
     _parameter_constraints: dict = {}  # per estimator; see methods/params.py
@@ -50,7 +51,8 @@ class DiffClusterMixin(ClusterMixin, BaseEstimator):
         X = self._validate_input(X, fitting=True)
         check_n_clusters(self.n_clusters, len(X))
         self._setup_runtime()
-        self._fit(X)
+        with thread_policy(self._thread_cap):
+            self._fit(X)
         self._warn_if_degenerate()
         return self
 

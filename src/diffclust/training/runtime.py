@@ -9,7 +9,7 @@ import random
 import numpy as np
 import torch
 
-__all__ = ["seed_everything", "resolve_device", "resolve_precision", "autocast", "progress",
+__all__ = ["thread_policy", "seed_everything", "resolve_device", "resolve_precision", "autocast", "progress",
            "cpu_has_bf16"]
 
 
@@ -88,3 +88,34 @@ def progress(iterable=None, total=None, desc=None, verbose=True, **kw):
                or os.environ.get("RANK", "0") != "0")
     return tqdm(iterable, total=total, desc=desc, disable=disable, leave=False,
                 dynamic_ncols=True, **kw)
+
+
+@contextlib.contextmanager
+def thread_policy(cap: int | None = None):
+    """Torch's intra-op thread count for the duration of a fit (restored afterwards).
+
+    ``$DIFFCLUST_THREADS``: an integer sets it; ``"torch"`` keeps whatever torch uses.
+    Unset (``"auto"``): the estimator's ``cap`` (CLUDI and TEMI: see docs/DECISIONS.md,
+    "Threads" — their many small matmuls each end in a thread barrier, and a descheduled
+    thread stalls every barrier when another process shares the cores), unless
+    ``OMP_NUM_THREADS`` is set (the user's choice wins) or the estimator has no cap.
+    """
+    spec = os.environ.get("DIFFCLUST_THREADS", "auto")
+    before = torch.get_num_threads()
+    if spec == "torch" or (spec == "auto" and ("OMP_NUM_THREADS" in os.environ or not cap)):
+        want = before
+    elif spec == "auto":
+        want = min(before, int(cap))
+    else:
+        try:
+            want = max(1, int(spec))
+        except (TypeError, ValueError):
+            raise ValueError(f"DIFFCLUST_THREADS must be an integer, 'auto' or 'torch', got "
+                             f"{spec!r}") from None
+    if want != before:
+        torch.set_num_threads(want)
+    try:
+        yield want
+    finally:
+        if want != before:
+            torch.set_num_threads(before)

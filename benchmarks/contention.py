@@ -1,0 +1,135 @@
+"""Training speed of CLUDI and TEMI alone and next to one competing CPU-bound process.
+
+Each measurement is a fresh worker process that trains at the paper's sizes (synthetic
+features, D = 384, K = 50; CLUDI: B = 256, 8 chains, 25 teacher steps; TEMI: B = 512,
+16 heads) and reports training samples/s over the steps after a warm-up, read from the
+estimator's own history. "busy" runs the same worker while a second process spins on one core
+(a pure-Python loop, like a browser tab or another user's job). Policies:
+
+* ``torch-default``: torch's own intra-op thread count (one per core);
+* ``diffclust``: the library's default (``diffclust.training.runtime.thread_policy``);
+* ``threads=N``: an explicit ``torch.set_num_threads(N)``.
+
+Also measured: the bf16 matmul peak of this machine (a 2048³ product) and the GFLOP/s that the
+CLUDI step achieves, counted from its matmul shapes. Appends a record to
+``results/contention.json``.
+
+    python benchmarks/contention.py [--steps 40] [--policies torch-default diffclust]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+WORKER = r"""
+import json, os, sys, time
+import numpy as np, torch
+method, steps, policy = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+if policy.startswith("threads="):
+    torch.set_num_threads(int(policy.split("=")[1]))
+    os.environ["DIFFCLUST_THREADS"] = policy.split("=")[1]
+elif policy == "torch-default":
+    os.environ["DIFFCLUST_THREADS"] = "torch"
+from diffclust import CLUDI, TEMI
+rng = np.random.default_rng(0)
+X = rng.normal(size=(4096, 384)).astype(np.float32)
+if method == "cludi":
+    est = CLUDI(50, n_steps=steps, batch_size=256, eval_chains=1, eval_steps=2, verbose=False,
+                random_state=0)
+    B = 256
+else:
+    est = TEMI(50, n_steps=steps, batch_size=512, verbose=False, random_state=0)
+    B = 512
+est.fit(X)
+h = est.history_
+warm = max(len(h) // 4, 1)
+sps = B * (h[-1]["step"] - h[warm]["step"]) / (h[-1]["seconds"] - h[warm]["seconds"])
+print(json.dumps({"samples_per_s": sps, "threads": torch.get_num_threads()}))
+"""
+
+BUSY = "import time\nt = time.time()\nwhile time.time() - t < 3600: pass\n"
+
+
+def measure(method, steps, policy, busy):
+    hog = subprocess.Popen([sys.executable, "-c", BUSY]) if busy else None
+    try:
+        time.sleep(0.5 if busy else 0)
+        env = dict(os.environ, TQDM_DISABLE="1")
+        env.pop("OMP_NUM_THREADS", None)
+        out = subprocess.run([sys.executable, "-c", WORKER, method, str(steps), policy],
+                             capture_output=True, text=True, env=env, timeout=3600)
+        if out.returncode:
+            raise SystemExit(out.stderr[-2000:])
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    finally:
+        if hog is not None:
+            hog.kill()
+            hog.wait()
+
+
+def matmul_peak():
+    import torch
+
+    a = torch.randn(2048, 2048, dtype=torch.bfloat16)
+    b = torch.randn(2048, 2048, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    t = time.perf_counter()
+    n = 10
+    for _ in range(n):
+        a @ b
+    return 2 * 2048**3 * n / (time.perf_counter() - t) / 1e9
+
+
+def cludi_step_flops(B=256, S=8, D=384, d=64, teacher_steps=25, n_blocks=5):
+    """Matmul FLOPs of one CLUDI training step (forward; backward ≈ 2× forward where a graph
+    exists: the last teacher step and the student)."""
+    width, hc = D + D // 2, D // 2
+    rows = S * B
+    per_eval = 2 * rows * ((2 * d) * (2 * d) + (2 * d) * hc + hc * hc + hc * width
+                           + (n_blocks - 1) * width * width + width * d + 2 * d * d)
+    prepare = 2 * B * (3 * D * D + D * width)
+    teacher = teacher_steps * per_eval + prepare
+    student = 2 * per_eval + 2 * S * B * (3 * D * D + D * width)  # self-cond + step, S views
+    with_grad = per_eval + student
+    return teacher + 2 * with_grad
+
+
+def main():
+    from _common import RESULTS, append_results, command_line, machine
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--methods", nargs="+", default=["cludi", "temi"])
+    ap.add_argument("--policies", nargs="+", default=["torch-default", "diffclust"])
+    a = ap.parse_args()
+    peak = matmul_peak()
+    print(f"bf16 matmul peak (2048³): {peak:.0f} GFLOP/s", flush=True)
+    rows = []
+    for method in a.methods:
+        for policy in a.policies:
+            alone = measure(method, a.steps, policy, busy=False)
+            busy = measure(method, a.steps, policy, busy=True)
+            r = {"method": method, "policy": policy, "threads": alone["threads"],
+                 "alone_samples_per_s": round(alone["samples_per_s"], 1),
+                 "busy_samples_per_s": round(busy["samples_per_s"], 1),
+                 "slowdown": round(alone["samples_per_s"] / busy["samples_per_s"], 2)}
+            if method == "cludi":
+                gf = cludi_step_flops() * alone["samples_per_s"] / 256 / 1e9
+                r["gflops_alone"] = round(gf, 1)
+            rows.append(r)
+            print(json.dumps(r), flush=True)
+    append_results("contention", [{"benchmark": "contention", "machine": machine(),
+                                   "bf16_matmul_peak_gflops": round(peak, 1), "rows": rows,
+                                   "command": command_line(),
+                                   "date": time.strftime("%Y-%m-%d")}])
+    print(f"-> {RESULTS / 'contention.json'}")
+
+
+if __name__ == "__main__":
+    main()
