@@ -8,7 +8,8 @@ estimator's own history. "busy" runs the same worker while a second process spin
 
 * ``torch-default``: torch's own intra-op thread count (one per core);
 * ``diffclust``: the library's default (``diffclust.training.runtime.thread_policy``);
-* ``threads=N``: an explicit ``torch.set_num_threads(N)``.
+* ``threads=N``: an explicit ``torch.set_num_threads(N)``;
+* ``…+passive``: the same with ``OMP_WAIT_POLICY=PASSIVE`` (OpenMP threads sleep at barriers).
 
 Also measured: the bf16 matmul peak of this machine (a 2048³ product) and the GFLOP/s that the
 CLUDI step achieves, counted from its matmul shapes. Appends a record to
@@ -61,6 +62,9 @@ def measure(method, steps, policy, busy):
         time.sleep(0.5 if busy else 0)
         env = dict(os.environ, TQDM_DISABLE="1")
         env.pop("OMP_NUM_THREADS", None)
+        if policy.endswith("+passive"):  # OpenMP threads sleep at barriers instead of spinning
+            env["OMP_WAIT_POLICY"] = "PASSIVE"
+            policy = policy[: -len("+passive")]
         out = subprocess.run([sys.executable, "-c", WORKER, method, str(steps), policy],
                              capture_output=True, text=True, env=env, timeout=3600)
         if out.returncode:

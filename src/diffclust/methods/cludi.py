@@ -212,6 +212,8 @@ class CLUDI(DiffClusterMixin):
         evenly over the ranks (must be divisible by the world size).
     """
 
+    _thread_cap = 1  # one intra-op thread by default: docs/DECISIONS.md, "Threads"
+
     _parameter_constraints = {
         **COMMON,
         "embedding_dim": [int_at_least(2), AUTO],

@@ -210,6 +210,8 @@ class TEMI(DiffClusterMixin):
         Backend of the neighbour mining.
     """
 
+    _thread_cap = 1  # one intra-op thread by default: docs/DECISIONS.md, "Threads"
+
     _parameter_constraints = {
         **COMMON,
         "n_heads": [int_at_least(1)], "n_neighbors": [int_at_least(1), AUTO],
