@@ -55,9 +55,9 @@ def test_cli_errors_are_clear(tmp_path):
     _blobs(tmp_path)
     r = runner.invoke(app, ["fit", "nope.npz", "-k", "3", "-o", str(tmp_path / "r")])
     assert r.exit_code == 2 and "neither an existing file nor a dataset" in r.output
-    r = runner.invoke(app, ["fit", str(tmp_path / "feats.npz"), "-k", "1", "-o",
+    r = runner.invoke(app, ["fit", str(tmp_path / "feats.npz"), "-k", "0", "-o",
                             str(tmp_path / "r")])
-    assert r.exit_code == 2 and "n_clusters" in r.output and "[2, inf)" in r.output
+    assert r.exit_code == 2 and "n_clusters" in r.output and "[1, inf)" in r.output
     r = runner.invoke(app, ["fit", str(tmp_path / "feats.npz"), "-k", "3", "-o",
                             str(tmp_path / "r"), "-p", "bogus=1"])
     assert r.exit_code == 2 and "unknown parameter" in r.output

@@ -74,7 +74,7 @@ def test_augmentation_and_reembedding():
 def test_errors():
     X = np.random.default_rng(0).normal(size=(20, 4))
     with pytest.raises(ValueError, match="n_clusters"):
-        CLUDI(1).fit(X)
+        CLUDI(0).fit(X)
     with pytest.raises(ValueError, match="larger than the number of samples"):
         CLUDI(30).fit(X)
     with pytest.raises(ValueError, match="NaN"):

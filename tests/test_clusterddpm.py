@@ -287,7 +287,7 @@ def test_divergence_raises(usps3):
 def test_bad_input(usps3):
     X, _ = usps3
     with pytest.raises(ValueError, match="n_clusters"):
-        ClusterDDPM(1, **TINY).fit(X[:10])
+        ClusterDDPM(0, **TINY).fit(X[:10])
     with pytest.raises(ValueError, match="larger than the number"):
         ClusterDDPM(20, **TINY).fit(X[:10])
     bad = X[:10].astype(np.float32) / 255

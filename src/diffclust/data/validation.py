@@ -24,7 +24,7 @@ def _to_numpy(X, what: str):
     except Exception as e:  # ragged lists and the like
         raise ValueError(f"{what} could not be converted to a numeric array: {e}") from e
     if np.iscomplexobj(X):
-        raise ValueError(f"{what} is complex ({X.dtype}); diffclust needs real numbers: pass "
+        raise ValueError(f"Complex data not supported: {what} is {X.dtype}; pass "
                          f"np.abs({what}), {what}.real, or the real and imaginary parts as "
                          f"separate features")
     return X
@@ -50,6 +50,13 @@ def _check_range(X, name):
 def check_features(X, name: str = "X", min_samples: int = 1) -> np.ndarray:
     """Return ``X`` as a finite float32 ``(N, D)`` array or raise a ``ValueError`` saying why."""
     X = _to_numpy(X, name)
+    if X.dtype == object:  # numbers stored as objects are converted; anything else is refused
+        try:
+            X = X.astype(np.float64)
+        except TypeError as e:
+            raise TypeError(f"{name} holds non-numeric objects ({e})") from None
+        except ValueError:
+            pass
     if X.dtype == object or not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
         raise ValueError(f"{name} must be numeric, got dtype {X.dtype}; convert it with "
                          f"np.asarray({name}, dtype=np.float32)")
@@ -57,14 +64,17 @@ def check_features(X, name: str = "X", min_samples: int = 1) -> np.ndarray:
         hint = (" Images? Use an image method (DiEC, ClusterDDPM, GCC) or flatten them with "
                 "X.reshape(len(X), -1)." if X.ndim in (3, 4) else "")
         if X.ndim == 1:
-            hint = " A single feature? Use X.reshape(-1, 1); a single sample? X.reshape(1, -1)."
+            hint = (" Reshape your data: X.reshape(-1, 1) for a single feature, "
+                    "X.reshape(1, -1) for a single sample.")
         raise ValueError(f"{name} must be a 2-D array (n_samples, n_features), got shape "
                          f"{X.shape}.{hint}")
-    if X.shape[0] == 0 or X.shape[1] == 0:
-        raise ValueError(f"{name} is empty (shape {X.shape}); it needs at least one sample and "
-                         f"one feature")
-    if X.shape[0] < min_samples:
-        raise ValueError(f"{name} has {X.shape[0]} samples; at least {min_samples} are needed")
+    if X.shape[0] < max(min_samples, 1):
+        raise ValueError(f"{name} is empty or too small: Found array with {X.shape[0]} "
+                         f"sample(s) (shape={X.shape}) while a minimum of {max(min_samples, 1)} "
+                         f"is required.")
+    if X.shape[1] == 0:
+        raise ValueError(f"{name} is empty: Found array with 0 feature(s) (shape={X.shape}) "
+                         f"while a minimum of 1 is required.")
     if X.dtype.kind == "f":
         _check_range(X, name)
     X = X.astype(np.float32, copy=False)
@@ -78,11 +88,11 @@ def check_features(X, name: str = "X", min_samples: int = 1) -> np.ndarray:
 def check_n_clusters(n_clusters, n_samples: int) -> int:
     if isinstance(n_clusters, bool) or not isinstance(n_clusters, (int, np.integer)):
         raise ValueError(f"n_clusters must be an integer, got {n_clusters!r}")
-    if n_clusters < 2:
-        raise ValueError(f"n_clusters must be at least 2, got {n_clusters}")
+    if n_clusters < 1:
+        raise ValueError(f"n_clusters must be at least 1, got {n_clusters}")
     if n_clusters > n_samples:
         raise ValueError(f"n_clusters={n_clusters} is larger than the number of samples "
-                         f"({n_samples}); use fewer clusters or more data")
+                         f"(n_samples = {n_samples}); use fewer clusters or more data")
     return int(n_clusters)
 
 

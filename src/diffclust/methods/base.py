@@ -9,14 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClusterMixin
+from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from ..data.io import atomic_write_bytes, atomic_write_text
 from ..data.validation import check_features, check_n_clusters
 from ..training.runtime import resolve_device, resolve_precision, seed_everything, thread_policy
 
-__all__ = ["DiffClusterMixin", "load_pretrained"]
+__all__ = ["DiffClusterMixin", "EmbeddingMixin", "load_pretrained"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -101,8 +101,9 @@ class DiffClusterMixin(ClusterMixin, BaseEstimator):
             if fitting:
                 self.n_features_in_ = X.shape[1]
             elif X.shape[1] != self.n_features_in_:
-                raise ValueError(f"X has {X.shape[1]} features but {type(self).__name__} was "
-                                 f"fitted on {self.n_features_in_}")
+                raise ValueError(f"X has {X.shape[1]} features, but {type(self).__name__} is "
+                                 f"expecting {self.n_features_in_} features as input (the "
+                                 f"data it was fitted on)")
             return X
         from ..data.validation import check_images
 
@@ -160,6 +161,7 @@ class DiffClusterMixin(ClusterMixin, BaseEstimator):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.non_deterministic = getattr(self, "random_state", None) is None
+        tags.input_tags.sparse = False
         return tags
 
     # ----- persistence ------------------------------------------------------------------
@@ -215,6 +217,16 @@ class DiffClusterMixin(ClusterMixin, BaseEstimator):
 
 def _bad(path, what):
     return ValueError(f"{path} is not a usable diffclust model: {what}")
+
+
+class EmbeddingMixin(TransformerMixin):
+    """For estimators whose ``transform`` returns float32 embeddings (CLUDI, TEMI); comes
+    before :class:`DiffClusterMixin` in the bases, as scikit-learn requires."""
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float32"]
+        return tags
 
 
 def load_pretrained(path, device=None):

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from sklearn.cluster import KMeans
 from sklearn.mixture import GaussianMixture
+from sklearn.utils.validation import check_is_fitted
 
 from .base import DiffClusterMixin
 from .params import COMMON, StrOptions, int_at_least, non_negative
@@ -18,8 +19,8 @@ class KMeansClusterer(DiffClusterMixin):
     ``softmax(−‖x − c_k‖² / temperature)`` for :meth:`predict_proba`, ``temperature`` defaulting
     to the mean within-cluster squared distance."""
 
-    _parameter_constraints = {**COMMON, "n_init": [int_at_least(1)],
-                              "max_iter": [int_at_least(1)]}
+    _parameter_constraints = {**COMMON, "n_clusters": [int_at_least(1)],
+                              "n_init": [int_at_least(1)], "max_iter": [int_at_least(1)]}
 
     def __init__(self, n_clusters=10, n_init=10, max_iter=300, random_state=None, device=None,
                  verbose=False):
@@ -36,6 +37,7 @@ class KMeansClusterer(DiffClusterMixin):
         self.cluster_centers_ = km.cluster_centers_.astype(np.float32)
         self.labels_ = km.labels_.astype(np.int64)
         self.inertia_ = float(km.inertia_)
+        self.n_iter_ = int(km.n_iter_)
         self.temperature_ = max(self.inertia_ / len(X), 1e-12)
 
     def _predict_proba(self, X):
@@ -47,15 +49,18 @@ class KMeansClusterer(DiffClusterMixin):
         return p / p.sum(1, keepdims=True)
 
     def predict(self, X):
+        check_is_fitted(self, "labels_")
         X = self._validate_input(X, fitting=False)
         return _sqdist(X, self.cluster_centers_).argmin(1)
 
     def _get_state(self):
-        return ({"inertia_": self.inertia_, "temperature_": self.temperature_},
+        return ({"inertia_": self.inertia_, "temperature_": self.temperature_,
+                 "n_iter_": self.n_iter_},
                 {"cluster_centers_": torch.from_numpy(self.cluster_centers_)})
 
     def _set_state(self, meta, tensors):
         self.inertia_, self.temperature_ = meta["inertia_"], meta["temperature_"]
+        self.n_iter_ = int(meta.get("n_iter_", 0))
         self.cluster_centers_ = tensors["cluster_centers_"].numpy()
         _check_shape("cluster_centers_", self.cluster_centers_,
                      (self.n_clusters, self.n_features_in_))
@@ -75,7 +80,8 @@ class GMMClusterer(DiffClusterMixin):
     """Gaussian mixture (scikit-learn ``GaussianMixture``), diagonal covariances by default."""
 
     _parameter_constraints = {
-        **COMMON, "n_init": [int_at_least(1)], "max_iter": [int_at_least(1)],
+        **COMMON, "n_clusters": [int_at_least(1)], "n_init": [int_at_least(1)],
+        "max_iter": [int_at_least(1)],
         "covariance_type": [StrOptions({"full", "tied", "diag", "spherical"})],
         "reg_covar": [non_negative],
     }
@@ -96,6 +102,7 @@ class GMMClusterer(DiffClusterMixin):
                                     n_init=self.n_init, max_iter=self.max_iter,
                                     reg_covar=self.reg_covar, random_state=self.seed_).fit(X)
         self.labels_ = self.gmm_.predict(X).astype(np.int64)
+        self.n_iter_ = int(self.gmm_.n_iter_)
 
     def _predict_proba(self, X):
         return self.gmm_.predict_proba(X)
@@ -103,7 +110,7 @@ class GMMClusterer(DiffClusterMixin):
     _FIELDS = ("weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_")
 
     def _get_state(self):
-        return ({"converged_": bool(self.gmm_.converged_)},
+        return ({"converged_": bool(self.gmm_.converged_), "n_iter_": self.n_iter_},
                 {k: torch.as_tensor(getattr(self.gmm_, k)) for k in self._FIELDS})
 
     def _set_state(self, meta, tensors):
@@ -112,5 +119,6 @@ class GMMClusterer(DiffClusterMixin):
             setattr(g, k, tensors[k].numpy())
         _check_shape("means_", g.means_, (self.n_clusters, self.n_features_in_))
         g.converged_ = meta["converged_"]
+        self.n_iter_ = int(meta.get("n_iter_", 0))
         g.n_features_in_ = self.n_features_in_
         self.gmm_ = g

@@ -98,7 +98,7 @@ from ..training.distributed import (
 )
 from ..training.optim import EMA, clip_per_parameter, param_groups, warmup_cosine
 from ..training.runtime import autocast, progress
-from .base import DiffClusterMixin
+from .base import DiffClusterMixin, EmbeddingMixin
 from .params import (
     AUTO,
     COMMON,
@@ -189,7 +189,7 @@ class CLUDINet(nn.Module):
         return math.sqrt(self.z_dim) * F.normalize(p.float() @ E_bar, dim=-1)
 
 
-class CLUDI(DiffClusterMixin):
+class CLUDI(EmbeddingMixin, DiffClusterMixin):
     """CLUDI clustering of feature vectors (e.g. DINO ViT embeddings).
 
     Parameters

@@ -30,7 +30,7 @@ flag = ["boolean"]
 
 #: parameters every estimator has
 COMMON = {
-    "n_clusters": [int_at_least(2)],
+    "n_clusters": [int_at_least(1)],
     "random_state": ["random_state"],
     "device": [None, str, torch.device],
     "precision": [StrOptions({"auto", "bf16", "fp16", "fp32", "bfloat16", "float16",

@@ -89,7 +89,7 @@ from ..training.distributed import (
 )
 from ..training.optim import EMA, cosine_value, warmup_cosine
 from ..training.runtime import autocast, progress
-from .base import DiffClusterMixin
+from .base import DiffClusterMixin, EmbeddingMixin
 from .params import (
     AUTO,
     COMMON,
@@ -166,7 +166,7 @@ class MultiHeadDINO(nn.Module):
         return out.to(self.W1.device)
 
 
-class TEMI(DiffClusterMixin):
+class TEMI(EmbeddingMixin, DiffClusterMixin):
     """TEMI clustering of feature vectors (e.g. DINO ViT embeddings), scikit-learn style.
 
     Parameters
