@@ -72,3 +72,14 @@ def test_help_lists_commands():
     assert r.exit_code == 0
     for cmd in ("demo", "fit", "predict", "evaluate"):
         assert cmd in r.output
+
+
+def test_methods_lists_every_parameter():
+    from diffclust.methods.registry import get_method, method_names
+
+    r = runner.invoke(app, ["methods"])
+    assert r.exit_code == 0, r.output
+    for name in method_names():
+        assert f"{name} (" in r.output
+        for p in get_method(name)().get_params():
+            assert p == "n_clusters" or f"  {p} " in r.output, (name, p)

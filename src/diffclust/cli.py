@@ -7,6 +7,7 @@ import functools
 import io
 import json
 import os
+import sys
 import time
 import warnings
 from datetime import date
@@ -53,6 +54,9 @@ def _cli_errors(fn):
             return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
+        except BrokenPipeError:  # `diffclust methods | head`
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(0) from None
         except _USER_ERRORS as e:
             if _STATE["debug"]:
                 raise
@@ -583,6 +587,39 @@ def sample_cmd(
     out = out or run_dir / ("samples.png" if cluster is None else f"samples_c{cluster}.png")
     path = save_image_grid(out, imgs, nrow=n if cluster is None else None)
     _echo(f"wrote {len(ids)} images to {path}")
+
+
+@_command("methods")
+def methods_cmd(name: Optional[str] = typer.Argument(None, help="one method (default: all)")):
+    """List every method with its hyperparameters (the `-p KEY=VALUE` keys of `fit`), their
+    defaults and allowed values."""
+    from .methods.registry import get_method, method_names
+
+    for key in [name] if name else method_names():
+        cls = get_method(key)
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        kind = getattr(cls, "_input_kind", "features")
+        _echo(f"{key} ({cls.__name__}, {kind}): {doc}")
+        cons = getattr(cls, "_parameter_constraints", {})
+        for p, default in cls().get_params().items():
+            if p == "n_clusters":
+                continue
+            c = cons.get(p)
+            allowed = ("any" if c in (None, "no_validation") else
+                       " or ".join(_constraint_text(x) for x in c))
+            _echo(f"  {p:<26} = {default!r:<18} {allowed}")
+
+
+def _constraint_text(c) -> str:
+    from sklearn.utils._param_validation import make_constraint
+
+    if c is None:
+        return "None"
+    if c is callable:
+        return "a callable"
+    if c == "boolean":
+        return "a bool"
+    return str(make_constraint(c)).replace("an instance of ", "")
 
 
 @_command("train-generator")
