@@ -83,3 +83,16 @@ def test_methods_lists_every_parameter():
         assert f"{name} (" in r.output
         for p in get_method(name)().get_params():
             assert p == "n_clusters" or f"  {p} " in r.output, (name, p)
+
+
+def test_demo_writes_a_complete_run_and_report(tmp_path, monkeypatch):
+    from diffclust import demo as demo_mod
+    from diffclust.runs import open_run
+
+    monkeypatch.setattr(demo_mod, "DEMO_PARAMS", dict(n_steps=4, teacher_steps=2, eval_steps=2,
+                                                      eval_chains=2, center=True))
+    r = runner.invoke(app, ["demo", "-q", "-o", str(tmp_path / "demo")])
+    assert r.exit_code == 0, r.output
+    assert "k-means" in r.output and "CLUDI" in r.output and "report:" in r.output
+    doc = open_run(tmp_path / "demo", verify=True)
+    assert {"labels.csv", "model/model.safetensors", "report.html"} <= set(doc["files"])

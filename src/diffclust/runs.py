@@ -20,7 +20,8 @@ import uuid
 from pathlib import Path
 
 __all__ = ["MANIFEST", "RunError", "check_output_location", "staged_run", "open_run",
-           "write_manifest", "sha256_file", "clean_stale"]
+           "write_manifest", "sha256_file", "clean_stale", "add_to_run", "write_labels_csv",
+           "write_run_files"]
 
 MANIFEST = "run.json"
 _PARTIAL, _OLD = ".partial-", ".old-"
@@ -210,3 +211,53 @@ def add_to_run(run_dir, rel: str, write) -> Path:
         doc["files"][rel] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
         atomic_write_text(run_dir / MANIFEST, json.dumps(doc, indent=2))
     return path
+
+
+def write_labels_csv(path, labels, proba=None) -> Path:
+    """``labels.csv``: ``index, cluster, confidence`` (the largest probability), atomically."""
+    import csv
+    import io
+
+    import numpy as np
+
+    from .data.io import atomic_write_text
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["index", "cluster", "confidence"])
+    conf = proba.max(1) if proba is not None else np.ones(len(labels))
+    for i, (c, p) in enumerate(zip(labels, conf)):
+        w.writerow([i, int(c), f"{float(p):.6f}"])
+    return atomic_write_text(path, buf.getvalue())
+
+
+def write_run_files(folder, est, X, y=None, *, method: str, data: str, seed, fit_seconds: float,
+                    warnings=()) -> dict | None:
+    """Everything a fitted run holds, into ``folder`` (the staging folder of
+    :func:`staged_run`): ``model/``, ``labels.csv``, ``metrics.jsonl``, ``config.json`` and,
+    with true labels ``y``, ``metrics.json``. Returns the metrics (or ``None``)."""
+    from datetime import date
+
+    import numpy as np
+
+    from .data.io import atomic_write_text
+    from .metrics import evaluate
+
+    folder = Path(folder)
+    est.save_pretrained(folder / "model")
+    crash_point("model")
+    proba = est.train_proba_ if hasattr(est, "train_proba_") else est.predict_proba(X)
+    write_labels_csv(folder / "labels.csv", est.labels_, proba)
+    hist = getattr(est, "history_", [])
+    atomic_write_text(folder / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in hist))
+    cfg = {"method": method, "data": data, "n_samples": int(len(X)),
+           "n_features": int(getattr(est, "n_features_in_", np.shape(X)[-1])),
+           "n_clusters": int(est.n_clusters), "seed": seed, "params": est.get_params(),
+           "fit_seconds": fit_seconds, "date": date.today().isoformat(),
+           "warnings": list(warnings)}
+    atomic_write_text(folder / "config.json", json.dumps(cfg, indent=2, default=str))
+    if y is None:
+        return None
+    m = evaluate(y, est.labels_, extended=True)
+    atomic_write_text(folder / "metrics.json", json.dumps(m, indent=2))
+    return m

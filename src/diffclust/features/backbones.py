@@ -472,11 +472,21 @@ class CallableBackbone(Backbone):
         return out
 
 
+def _offline_backbones():
+    from .efficientnet import EFFICIENTNET_LITE
+
+    return EFFICIENTNET_LITE
+
+
 def load_backbone(spec, device=None, precision: str = "auto", pooling: str = "auto",
                   local_files_only: bool = False, name: str | None = None) -> Backbone:
     """A :class:`Backbone` from an id, a local directory, a callable or a Backbone."""
     if isinstance(spec, Backbone):
         return spec
+    if isinstance(spec, str) and spec in _offline_backbones():
+        from .efficientnet import efficientnet_lite_backbone
+
+        return efficientnet_lite_backbone(spec, device=device, precision=precision)
     if isinstance(spec, (str, Path)):
         return HFBackbone(str(spec), device=device, precision=precision, pooling=pooling,
                           local_files_only=local_files_only)

@@ -1,0 +1,51 @@
+"""The main job on bundled data: CLUDI next to k-means on scikit-learn's handwritten digits
+(1,797 8×8 images, 10 classes), the same input for both, written as a run directory with an
+HTML report. ``benchmarks/demo.py`` runs it for seeds 0–4 in fp32 and bf16."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+
+__all__ = ["DEMO_PARAMS", "run_demo"]
+
+#: CLUDI's settings in the demo (a 1-minute budget on 2 cores): 500 optimiser steps, a 10-step
+#: teacher, and the features centred before CLUDI's unit normalisation (raw pixels share a large
+#: mean component; centring them spreads the digits over the sphere: docs/DECISIONS.md, "Demo")
+DEMO_PARAMS = dict(n_steps=500, teacher_steps=10, center=True)
+
+
+def run_demo(seed: int = 0, precision: str = "auto", out="runs/demo-digits",
+             report: bool = True, verbose: bool = True) -> dict:
+    """Fit k-means and CLUDI on the digits, write ``out`` (a complete run directory, replaced
+    if present) and its ``report.html``. Returns ``{"rows": {name: metrics + seconds}, "out",
+    "report", "warnings"}``."""
+    from . import CLUDI, KMeansClusterer, evaluate, load_dataset
+    from .runs import add_to_run, staged_run, write_run_files
+
+    X, y = load_dataset("digits", return_X_y=True, flatten=True)
+    rows = {}
+    t = time.perf_counter()
+    km = KMeansClusterer(10, random_state=seed).fit(X)
+    rows["k-means"] = dict(evaluate(y, km.labels_), seconds=time.perf_counter() - t)
+    est = CLUDI(10, random_state=seed, precision=precision, verbose=verbose, **DEMO_PARAMS)
+    with staged_run(out, overwrite=True, info={"command": "demo"}) as tmp:
+        t = time.perf_counter()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            est.fit(X)
+        fit_s = time.perf_counter() - t
+        msgs = list(dict.fromkeys(str(w.message) for w in caught
+                                  if issubclass(w.category, UserWarning)))
+        write_run_files(tmp, est, X, y, method="cludi", data="digits", seed=seed,
+                        fit_seconds=fit_s, warnings=msgs)
+    rows["CLUDI"] = dict(evaluate(y, est.labels_), seconds=fit_s)
+    path = None
+    if report:
+        from .report import build_report
+
+        path = build_report(out, embed_method="pca", verbose=False)
+        add_to_run(out, Path(path).name, lambda p: p)
+    return {"rows": rows, "out": Path(out), "report": path, "warnings": msgs,
+            "precision": str(est.amp_dtype_ or "fp32")}
