@@ -21,6 +21,7 @@ from diffclust import (
     DiEC,
     GMMClusterer,
     KMeansClusterer,
+    SelfClassifier,
     load_pretrained,
 )
 from diffclust.cli import app
@@ -236,7 +237,7 @@ def test_incomplete_run_is_refused(run, files):
 
 ESTIMATORS = [
     lambda: KMeansClusterer(3), lambda: GMMClusterer(3), lambda: CLUDI(3), lambda: TEMI(3),
-    lambda: DiEC(3), lambda: ClusterDDPM(3), lambda: GCC(3),
+    lambda: DiEC(3), lambda: ClusterDDPM(3), lambda: GCC(3), lambda: SelfClassifier(3),
 ]
 
 
@@ -288,7 +289,8 @@ def test_numpy_integers_are_valid_n_clusters():
 
 
 def test_every_parameter_has_a_declared_constraint():
-    for cls in (KMeansClusterer, GMMClusterer, CLUDI, TEMI, DiEC, ClusterDDPM, GCC):
+    for cls in (KMeansClusterer, GMMClusterer, CLUDI, TEMI, DiEC, ClusterDDPM, GCC,
+                SelfClassifier):
         missing = set(cls().get_params()) - set(cls._parameter_constraints)
         assert not missing, f"{cls.__name__}: no constraint for {sorted(missing)}"
 

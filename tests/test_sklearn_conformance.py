@@ -7,11 +7,12 @@ import warnings
 
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from diffclust import CLUDI, TEMI, GMMClusterer, KMeansClusterer
+from diffclust import CLUDI, TEMI, GMMClusterer, KMeansClusterer, SelfClassifier
 
 ESTIMATORS = [
     KMeansClusterer(3, n_init=2, random_state=0),
     GMMClusterer(3, random_state=0),
+    SelfClassifier(3, n_steps=60, hidden_dim=32, batch_size=16, verbose=False, random_state=0),
     TEMI(3, n_steps=60, n_heads=2, batch_size=16, verbose=False, random_state=0),
     CLUDI(3, n_steps=20, n_chains=2, teacher_steps=2, eval_steps=2, eval_chains=2,
           batch_size=16, verbose=False, random_state=0),

@@ -12,6 +12,7 @@ from .methods.cludi import CLUDI
 from .methods.clusterddpm import ClusterDDPM
 from .methods.diec import DiEC
 from .methods.gcc import GCC
+from .methods.self_classifier import SelfClassifier
 from .methods.temi import TEMI
 from .metrics import evaluate
 from .selection import CmaxResult, estimate_cmax, set_default_clusterer
@@ -21,4 +22,4 @@ set_default_clusterer(lambda C, seed: TEMI(C, random_state=seed, verbose=False))
 __all__ = ["CLUDI", "KMeansClusterer", "GMMClusterer", "load_dataset", "load_array", "evaluate",
            "load_pretrained", "__version__", "TEMI", "estimate_cmax", "CmaxResult", "DiEC",
            "train_generator", "load_generator", "ClusterGenerator", "GCC",
-           "ClusterDDPM"]
+           "ClusterDDPM", "SelfClassifier"]

@@ -8,6 +8,7 @@ _METHODS = {
     "cludi": ("diffclust.methods.cludi", "CLUDI"),
     "kmeans": ("diffclust.methods.baselines", "KMeansClusterer"),
     "gmm": ("diffclust.methods.baselines", "GMMClusterer"),
+    "self-classifier": ("diffclust.methods.self_classifier", "SelfClassifier"),
     "temi": ("diffclust.methods.temi", "TEMI"),
     "diec": ("diffclust.methods.diec", "DiEC"),
     "gcc": ("diffclust.methods.gcc", "GCC"),
