@@ -1,0 +1,57 @@
+"""k-means, Self-Classifier, TEMI and CLUDI on the feature sets of `features.py` (EfficientNet-
+Lite0, built by the project's own `embed`), each with its library defaults on the same matrix.
+
+The 1,280-d features are reduced by PCA to ``--dim`` (384, the width CLUDI was designed at:
+DINO ViT-S/16) for every method alike: CLUDI's denoiser is 1.5·D wide, and at D = 1,280 one of
+its steps costs ~2 TFLOP (hours per fit on a 2-core CPU). Appends records (with fit seconds and
+peak memory) to results/features_bench.json.
+
+    python benchmarks/features_bench.py --set usps --seeds 0 [--methods kmeans sc temi cludi]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+from _common import Timer, append_results, record
+from features import DEFAULT_CACHE, build
+
+from diffclust import CLUDI, TEMI, KMeansClusterer, SelfClassifier, evaluate
+
+METHODS = {"kmeans": KMeansClusterer, "sc": SelfClassifier, "temi": TEMI, "cludi": CLUDI}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--set", required=True)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--methods", nargs="+", default=list(METHODS))
+    ap.add_argument("--dim", type=int, default=384)
+    ap.add_argument("--backbone", default="efficientnet-lite0")
+    ap.add_argument("--cache", default=str(DEFAULT_CACHE))
+    a = ap.parse_args()
+    z = np.load(build(a.set, a.backbone, a.cache))
+    X, y = z["x"], z["y"]
+    K = len(np.unique(y))
+    if a.dim and a.dim < X.shape[1]:
+        from sklearn.decomposition import PCA
+
+        X = PCA(a.dim, random_state=0).fit_transform(X).astype(np.float32)
+    for seed in a.seeds:
+        for m in a.methods:
+            kw = {} if m == "kmeans" else {"verbose": False}
+            with Timer() as t:
+                est = METHODS[m](K, random_state=seed, **kw).fit(X)
+            r = evaluate(y, est.labels_)
+            rec = record(m, f"{a.set}-{a.backbone}-pca{a.dim}", len(X), K, seed, r, t.seconds,
+                         n_used=int(len(np.unique(est.labels_))),
+                         n_steps=getattr(est, "n_steps_", None))
+            append_results("features_bench", [rec])
+            print(f"{a.set} seed {seed} {m}: {100 * r['acc']:.1f} / {100 * r['nmi']:.1f} / "
+                  f"{100 * r['ari']:.1f} in {t.seconds:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
