@@ -7,7 +7,6 @@ import json
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import List, Optional
 
@@ -188,6 +187,7 @@ def fit(data: str = typer.Argument(..., help="features file (.npy/.npz/.pt/.csv)
     metrics.json (when labels are known), model/ and run.json (the manifest, written last).
     The run is staged beside --out and renamed into place whole: it is complete or absent."""
     from .data import check_labels
+    from .diagnostics import fit_with_warnings
     from .runs import check_output_location, staged_run, write_run_files
 
     check_output_location(out, overwrite)  # before loading or fitting anything
@@ -199,13 +199,7 @@ def fit(data: str = typer.Argument(..., help="features file (.npy/.npz/.pt/.csv)
     if y is not None:
         y = check_labels(y, len(X), name=f"the labels of {labels or desc}")
     with staged_run(out, overwrite, info={"command": "fit", "method": method}) as tmp:
-        t = time.perf_counter()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            est.fit(X)
-        fit_s = time.perf_counter() - t
-        fit_warnings = list(dict.fromkeys(str(w.message) for w in caught
-                                          if issubclass(w.category, UserWarning)))
+        fit_s, fit_warnings = fit_with_warnings(est, X)
         m = write_run_files(tmp, est, X, y, method=method, data=desc, seed=seed,
                             fit_seconds=fit_s, warnings=fit_warnings)
     _echo(f"fitted {type(est).__name__} on {desc} ({len(X)} samples) in {fit_s:.1f}s -> {out}")

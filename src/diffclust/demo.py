@@ -5,7 +5,6 @@ HTML report. ``benchmarks/demo.py`` runs it for seeds 0–4 in fp32 and bf16."""
 from __future__ import annotations
 
 import time
-import warnings
 from pathlib import Path
 
 __all__ = ["DEMO_PARAMS", "run_demo"]
@@ -22,6 +21,7 @@ def run_demo(seed: int = 0, precision: str = "auto", out="runs/demo-digits",
     if present) and its ``report.html``. Returns ``{"rows": {name: metrics + seconds}, "out",
     "report", "warnings"}``."""
     from . import CLUDI, KMeansClusterer, evaluate, load_dataset
+    from .diagnostics import fit_with_warnings
     from .runs import add_to_run, staged_run, write_run_files
 
     X, y = load_dataset("digits", return_X_y=True, flatten=True)
@@ -31,13 +31,7 @@ def run_demo(seed: int = 0, precision: str = "auto", out="runs/demo-digits",
     rows["k-means"] = dict(evaluate(y, km.labels_), seconds=time.perf_counter() - t)
     est = CLUDI(10, random_state=seed, precision=precision, verbose=verbose, **DEMO_PARAMS)
     with staged_run(out, overwrite=True, info={"command": "demo"}) as tmp:
-        t = time.perf_counter()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            est.fit(X)
-        fit_s = time.perf_counter() - t
-        msgs = list(dict.fromkeys(str(w.message) for w in caught
-                                  if issubclass(w.category, UserWarning)))
+        fit_s, msgs = fit_with_warnings(est, X)
         write_run_files(tmp, est, X, y, method="cludi", data="digits", seed=seed,
                         fit_seconds=fit_s, warnings=msgs)
     rows["CLUDI"] = dict(evaluate(y, est.labels_), seconds=fit_s)

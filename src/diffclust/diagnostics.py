@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["cluster_warnings", "loss_warnings", "edge_warning", "MIN_USED_FRACTION"]
+__all__ = ["cluster_warnings", "loss_warnings", "edge_warning", "MIN_USED_FRACTION",
+           "fit_with_warnings"]
 
 #: a fit that uses fewer than this share of its n_clusters is flagged
 MIN_USED_FRACTION = 0.5
@@ -49,3 +50,19 @@ def edge_warning(name: str, value, low, high) -> list[str]:
         return [f"the search for {name} stopped at the edge of its range [{low}, {high}] "
                 f"({name} = {value}); the optimum may lie outside it: widen the range"]
     return []
+
+
+def fit_with_warnings(est, X):
+    """``est.fit(X)``, timed, with every ``UserWarning`` it raised collected (each message
+    once) instead of printed: ``(seconds, messages)``; the CLI prints them as ``warning:``
+    lines and writes them into the run's ``config.json``."""
+    import time
+    import warnings
+
+    t = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        est.fit(X)
+    msgs = list(dict.fromkeys(str(w.message) for w in caught
+                              if issubclass(w.category, UserWarning)))
+    return time.perf_counter() - t, msgs

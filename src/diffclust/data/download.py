@@ -139,26 +139,31 @@ _MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
 _FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 _LIBSVM_URL = "https://www.csie.ntu.edu.tw/~cjlin/libsvmtools/datasets/multiclass/"
 
+_IDX_NAMES = {"train_images": "train-images-idx3-ubyte.gz",
+              "train_labels": "train-labels-idx1-ubyte.gz",
+              "test_images": "t10k-images-idx3-ubyte.gz",
+              "test_labels": "t10k-labels-idx1-ubyte.gz"}
+
+
+def _idx_files(base: str, sha256: tuple) -> dict:
+    """The four IDX files of an MNIST-like set under ``base``, with their SHA-256 in the order
+    train images, train labels, test images, test labels."""
+    return {role: RemoteFile(base + name, sha256=h) for (role, name), h in
+            zip(_IDX_NAMES.items(), sha256)}
+
+
 REMOTE_DATASETS: dict[str, RemoteDataset] = {
-    "mnist": RemoteDataset(
-        {"train_images": RemoteFile(_MNIST_URL + "train-images-idx3-ubyte.gz", sha256=(
-            "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609")),
-         "train_labels": RemoteFile(_MNIST_URL + "train-labels-idx1-ubyte.gz", sha256=(
-             "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c")),
-         "test_images": RemoteFile(_MNIST_URL + "t10k-images-idx3-ubyte.gz", sha256=(
-             "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6")),
-         "test_labels": RemoteFile(_MNIST_URL + "t10k-labels-idx1-ubyte.gz", sha256=(
-             "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"))},
+    "mnist": RemoteDataset(_idx_files(_MNIST_URL, (
+        "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+        "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+        "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+        "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6")),
         _mnist_like(), source="LeCun, Cortes & Burges' IDX files (the PyTorch mirror)"),
-    "fashion_mnist": RemoteDataset(
-        {"train_images": RemoteFile(_FASHION_URL + "train-images-idx3-ubyte.gz", sha256=(
-            "08dc20ab1689590a0bcd66e874647b6ee8464e2d501b5a3f1f78831db19a3fdc")),
-         "train_labels": RemoteFile(_FASHION_URL + "train-labels-idx1-ubyte.gz", sha256=(
-             "b0197879cbda89f3dc7b894f9fd52b858e68ea4182b6947c9d8c2b67e5f18dcc")),
-         "test_images": RemoteFile(_FASHION_URL + "t10k-images-idx3-ubyte.gz", sha256=(
-             "78dcbbfb5a27efaf1b6c1d616caca68560be8766c5bffcb2791df9273a534229")),
-         "test_labels": RemoteFile(_FASHION_URL + "t10k-labels-idx1-ubyte.gz", sha256=(
-             "42bd18137a62d5998cdeae52bf3a0676ac6b706f5cf8439b47bb5b151ae3dccf"))},
+    "fashion_mnist": RemoteDataset(_idx_files(_FASHION_URL, (
+        "08dc20ab1689590a0bcd66e874647b6ee8464e2d501b5a3f1f78831db19a3fdc",
+        "b0197879cbda89f3dc7b894f9fd52b858e68ea4182b6947c9d8c2b67e5f18dcc",
+        "78dcbbfb5a27efaf1b6c1d616caca68560be8766c5bffcb2791df9273a534229",
+        "42bd18137a62d5998cdeae52bf3a0676ac6b706f5cf8439b47bb5b151ae3dccf")),
         _mnist_like(_FASHION), source="Zalando Research's IDX files (MIT licence)"),
     "usps": RemoteDataset(
         {"train": RemoteFile(_LIBSVM_URL + "usps.bz2", md5="ec16c51db3855ca6c91edd34d0e9b197"),
