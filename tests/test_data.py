@@ -87,7 +87,7 @@ def test_check_features_errors():
 def test_check_n_clusters():
     assert check_n_clusters(3, 10) == 3
     with pytest.raises(ValueError, match="n_clusters"):
-        check_n_clusters(1, 10)
+        check_n_clusters(0, 10)
     with pytest.raises(ValueError, match="larger than the number of samples"):
         check_n_clusters(11, 10)
     with pytest.raises(ValueError, match="integer"):
