@@ -182,6 +182,10 @@ def fit(data: str = typer.Argument(..., help="features file (.npy/.npz/.pt/.csv)
         device: Optional[str] = typer.Option(None, help="cpu | cuda (default: auto)"),
         overwrite: bool = typer.Option(False, "--overwrite",
                                        help="replace an existing run directory at --out"),
+        resume: bool = typer.Option(False, "--resume",
+                                    help="continue an interrupted fit from its checkpoint "
+                                         "(.OUT.checkpoint beside --out; CLUDI)"),
+        checkpoint_every: int = typer.Option(200, help="steps between checkpoints (CLUDI)"),
         quiet: bool = typer.Option(False, "--quiet", "-q")):
     """Fit a clusterer and write a run directory: config.json, labels.csv, metrics.jsonl,
     metrics.json (when labels are known), model/ and run.json (the manifest, written last).
@@ -198,15 +202,39 @@ def fit(data: str = typer.Argument(..., help="features file (.npy/.npz/.pt/.csv)
         y = _load_labels(labels, labels_key)
     if y is not None:
         y = check_labels(y, len(X), name=f"the labels of {labels or desc}")
+    ckdir = _checkpoint_dir(est, out, resume)
+    fit_kw = {} if ckdir is None else {"checkpoint_dir": ckdir,
+                                       "checkpoint_every": checkpoint_every}
     with staged_run(out, overwrite, info={"command": "fit", "method": method}) as tmp:
-        fit_s, fit_warnings = fit_with_warnings(est, X)
+        fit_s, fit_warnings = fit_with_warnings(est, X, **fit_kw)
         m = write_run_files(tmp, est, X, y, method=method, data=desc, seed=seed,
                             fit_seconds=fit_s, warnings=fit_warnings)
+    if ckdir is not None:  # the run is complete: its checkpoint is no longer needed
+        import shutil
+
+        shutil.rmtree(ckdir, ignore_errors=True)
     _echo(f"fitted {type(est).__name__} on {desc} ({len(X)} samples) in {fit_s:.1f}s -> {out}")
     for w in fit_warnings:
         typer.secho(f"warning: {w}", fg=typer.colors.YELLOW, err=True)
     if m is not None:
         _echo(_metrics_table({method: dict(m, seconds=fit_s)}))
+
+
+def _checkpoint_dir(est, out: Path, resume: bool):
+    """``.NAME.checkpoint`` beside the run for estimators whose ``fit`` takes a
+    ``checkpoint_dir`` (cleared unless ``resume``); ``None`` for the others."""
+    import inspect
+    import shutil
+
+    if "checkpoint_dir" not in inspect.signature(type(est).fit).parameters:
+        if resume:
+            _fail(f"--resume is not available for {type(est).__name__} yet (CLUDI only); "
+                  f"fit again without --resume")
+        return None
+    ckdir = Path(out).absolute().parent / f".{Path(out).name}.checkpoint"
+    if not resume and ckdir.exists():
+        shutil.rmtree(ckdir)
+    return ckdir
 
 
 def _echo(msg: str):

@@ -52,7 +52,7 @@ def edge_warning(name: str, value, low, high) -> list[str]:
     return []
 
 
-def fit_with_warnings(est, X):
+def fit_with_warnings(est, X, **fit_kw):
     """``est.fit(X)``, timed, with every ``UserWarning`` it raised collected (each message
     once) instead of printed: ``(seconds, messages)``; the CLI prints them as ``warning:``
     lines and writes them into the run's ``config.json``."""
@@ -62,7 +62,7 @@ def fit_with_warnings(est, X):
     t = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        est.fit(X)
+        est.fit(X, **fit_kw)
     msgs = list(dict.fromkeys(str(w.message) for w in caught
                               if issubclass(w.category, UserWarning)))
     return time.perf_counter() - t, msgs
