@@ -131,15 +131,23 @@ def test_stale_atomic_temp_files_are_removed(tmp_path):
     assert not stale.exists()
 
 
-def test_killed_cludi_fit_resumes_to_the_same_labels(feats, tmp_path):
+RESUMABLE = {
+    "cludi": (["-p", "n_steps=60", "-p", "teacher_steps=3", "-p", "eval_steps=3", "-p",
+               "n_chains=2", "-p", "batch_size=60", "--checkpoint-every", "5"], 60),
+    "temi": (["-p", "n_steps=600", "-p", "n_heads=2", "-p", "batch_size=60",
+              "--checkpoint-every", "5"], 600),
+}
+
+
+@pytest.mark.parametrize("method", sorted(RESUMABLE))
+def test_killed_fit_resumes_to_the_same_labels(method, feats, tmp_path):
     """kill -9 mid-fit, `fit --resume` with the same arguments: the run ends with the labels of
     an uninterrupted fit (same seed, same thread count)."""
-    args = ["-p", "n_steps=60", "-p", "teacher_steps=3", "-p", "eval_steps=3",
-            "-p", "n_chains=2", "-p", "batch_size=60", "--checkpoint-every", "5"]
-    ref = _fit(feats, tmp_path / "ref", *args, method="cludi")
+    args, total = RESUMABLE[method]
+    ref = _fit(feats, tmp_path / "ref", *args, method=method)
     assert ref.returncode == 0, ref.stderr
     out = tmp_path / "run"
-    p = subprocess.Popen([*CLI, "fit", str(feats), "-m", "cludi", "-k", "3", "-o", str(out),
+    p = subprocess.Popen([*CLI, "fit", str(feats), "-m", method, "-k", "3", "-o", str(out),
                           "-q", *args], env=_env(), stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL)
     state = tmp_path / ".run.checkpoint" / "state.json"
@@ -153,8 +161,8 @@ def test_killed_cludi_fit_resumes_to_the_same_labels(feats, tmp_path):
         time.sleep(0.05)
     p.send_signal(signal.SIGKILL)
     p.wait(timeout=60)
-    assert not out.exists() and json.loads(state.read_text())["step"] < 60
-    r = _fit(feats, out, *args, "--resume", method="cludi")
+    assert not out.exists() and json.loads(state.read_text())["step"] < total
+    r = _fit(feats, out, *args, "--resume", method=method)
     assert r.returncode == 0, r.stderr
     assert (out / "labels.csv").read_text() == (tmp_path / "ref" / "labels.csv").read_text()
     assert not state.parent.exists()  # removed once the run is complete

@@ -184,8 +184,9 @@ def fit(data: str = typer.Argument(..., help="features file (.npy/.npz/.pt/.csv)
                                        help="replace an existing run directory at --out"),
         resume: bool = typer.Option(False, "--resume",
                                     help="continue an interrupted fit from its checkpoint "
-                                         "(.OUT.checkpoint beside --out; CLUDI)"),
-        checkpoint_every: int = typer.Option(200, help="steps between checkpoints (CLUDI)"),
+                                         "(.OUT.checkpoint beside --out; CLUDI, TEMI)"),
+        checkpoint_every: int = typer.Option(200, help="steps between checkpoints (CLUDI, "
+                                                       "TEMI)"),
         quiet: bool = typer.Option(False, "--quiet", "-q")):
     """Fit a clusterer and write a run directory: config.json, labels.csv, metrics.jsonl,
     metrics.json (when labels are known), model/ and run.json (the manifest, written last).
@@ -228,8 +229,8 @@ def _checkpoint_dir(est, out: Path, resume: bool):
 
     if "checkpoint_dir" not in inspect.signature(type(est).fit).parameters:
         if resume:
-            _fail(f"--resume is not available for {type(est).__name__} yet (CLUDI only); "
-                  f"fit again without --resume")
+            _fail(f"--resume is not available for {type(est).__name__} yet (CLUDI and TEMI "
+                  f"only); fit again without --resume")
         return None
     ckdir = Path(out).absolute().parent / f".{Path(out).name}.checkpoint"
     if not resume and ckdir.exists():

@@ -16,7 +16,7 @@ from ..data.io import atomic_write_bytes, atomic_write_text
 from ..data.validation import check_features, check_n_clusters
 from ..training.runtime import resolve_device, resolve_precision, seed_everything, thread_policy
 
-__all__ = ["DiffClusterMixin", "EmbeddingMixin", "load_pretrained"]
+__all__ = ["DiffClusterMixin", "EmbeddingMixin", "ResumableMixin", "load_pretrained"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -217,6 +217,49 @@ class DiffClusterMixin(ClusterMixin, BaseEstimator):
 
 def _bad(path, what):
     return ValueError(f"{path} is not a usable diffclust model: {what}")
+
+
+class ResumableMixin:
+    """``fit(X, checkpoint_dir=..., checkpoint_every=...)`` for estimators whose training loop
+    checkpoints itself (CLUDI, TEMI) through :mod:`diffclust.training.checkpoint`: the loop
+    calls :meth:`_restore_training` before its first step and :meth:`_checkpoint_training`
+    after every step."""
+
+    def fit(self, X, y=None, checkpoint_dir=None, checkpoint_every: int = 200):
+        """Fit on ``X``. With ``checkpoint_dir`` the training state (weights, EMA, optimiser,
+        schedule, every random state, the batch order, the history) is written there every
+        ``checkpoint_every`` steps, atomically; a later ``fit`` with the same data, settings
+        and folder continues from it and ends with the labels of an uninterrupted run (same
+        machine and thread count). A checkpoint written for other data or settings is
+        refused."""
+        if checkpoint_every is None or int(checkpoint_every) < 1:
+            raise ValueError(f"checkpoint_every must be a positive number of steps, got "
+                             f"{checkpoint_every!r}")
+        self._checkpoint = ((Path(checkpoint_dir), int(checkpoint_every))
+                            if checkpoint_dir is not None else None)
+        try:
+            return super().fit(X, y)
+        finally:
+            del self._checkpoint
+
+    def _restore_training(self, X, state: dict, **fingerprint_extra):
+        """``(start_step, tensors, extra)`` from the checkpoint, if there is one."""
+        from ..training.checkpoint import fingerprint, load_training_state
+
+        ck = getattr(self, "_checkpoint", None)
+        if ck is None:
+            return 0, {}, {}
+        self._fingerprint = fingerprint(self, X, **fingerprint_extra)
+        return load_training_state(ck[0], fingerprint=self._fingerprint, **state)
+
+    def _checkpoint_training(self, step: int, total: int, state: dict, tensors=None,
+                             extra=None):
+        from ..training.checkpoint import save_training_state
+
+        ck = getattr(self, "_checkpoint", None)
+        if ck is not None and (step % ck[1] == 0 or step == total):
+            save_training_state(ck[0], step, fingerprint=self._fingerprint, tensors=tensors,
+                                extra=extra, **state)
 
 
 class EmbeddingMixin(TransformerMixin):

@@ -75,10 +75,8 @@ points of every global batch, and W ranks reproduce the single-process run with 
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -100,7 +98,7 @@ from ..training.distributed import (
 )
 from ..training.optim import EMA, clip_per_parameter, param_groups, warmup_cosine
 from ..training.runtime import autocast, progress
-from .base import DiffClusterMixin, EmbeddingMixin
+from .base import DiffClusterMixin, EmbeddingMixin, ResumableMixin
 from .params import (
     AUTO,
     COMMON,
@@ -191,7 +189,7 @@ class CLUDINet(nn.Module):
         return math.sqrt(self.z_dim) * F.normalize(p.float() @ E_bar, dim=-1)
 
 
-class CLUDI(EmbeddingMixin, DiffClusterMixin):
+class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
     """CLUDI clustering of feature vectors (e.g. DINO ViT embeddings).
 
     Parameters
@@ -288,20 +286,6 @@ class CLUDI(EmbeddingMixin, DiffClusterMixin):
         self.device = device
         self.precision = precision
         self.verbose = verbose
-
-    def fit(self, X, y=None, checkpoint_dir=None, checkpoint_every: int = 200):
-        """Fit on ``X`` (N, D). With ``checkpoint_dir`` the training state (weights, EMA,
-        optimiser, schedule, every random state, the batch order, the history) is written there
-        every ``checkpoint_every`` steps, atomically; a later ``fit`` with the same data,
-        settings and folder continues from it and ends with the same labels as an
-        uninterrupted run (same machine and thread count). A checkpoint written for other data
-        or settings is refused."""
-        self._checkpoint = ((Path(checkpoint_dir), int(checkpoint_every))
-                            if checkpoint_dir is not None else None)
-        try:
-            return super().fit(X, y)
-        finally:
-            del self._checkpoint
 
     # ------------------------------------------------------------------ resolved settings
     def _z_dim(self):
@@ -483,11 +467,11 @@ class CLUDI(EmbeddingMixin, DiffClusterMixin):
         gather = (lambda t: all_gather_cat(t, dim=-2)) if info.distributed else None
         step_fn = wrap_ddp(_TrainStep(self, net), info)  # DDP over the whole step, or as is
         run = {"loss": 0.0, "l_emb": 0.0, "l_ce": 0.0}
-        ck = getattr(self, "_checkpoint", None)
-        start = 0
-        if ck is not None:
-            fingerprint = self._fingerprint(X, steps)
-            start = self._resume(ck[0], fingerprint, net, ema, opt, sched, sampler, history, run)
+        state = dict(modules={"net": net, **({"ema": ema.module} if ema else {})},
+                     optimizer=opt, scheduler=sched, sampler=sampler, generator=g)
+        start, _, extra = self._restore_training(X, state, n_steps=steps)
+        history.extend(extra.get("history", []))
+        run.update(extra.get("run", {}))
         bar = progress(range(start, steps), desc="CLUDI", verbose=self.verbose and info.is_main,
                        initial=start, total=steps)
         log_every = max(steps // 50, 1)
@@ -520,9 +504,9 @@ class CLUDI(EmbeddingMixin, DiffClusterMixin):
                 history.append(rec)
                 bar.set_postfix(loss=f"{run['loss']:.4f}", ce=f"{run['l_ce']:.3f}")
                 run = dict.fromkeys(run, 0.0)
-            if ck is not None and info.is_main and ((step + 1) % ck[1] == 0 or step + 1 == steps):
-                self._save_checkpoint(ck[0], step + 1, fingerprint, net, ema, opt, sched,
-                                      sampler, history, run)
+            if info.is_main:
+                self._checkpoint_training(step + 1, steps, state,
+                                          extra={"history": history, "run": run})
         bar.close()
         del step_fn  # drop the DDP wrapper (and its gradient hooks) before the labelling pass
         final = ema.module if ema is not None else net
@@ -535,53 +519,6 @@ class CLUDI(EmbeddingMixin, DiffClusterMixin):
         proba = self._predict_proba(X, centered=True)
         self.labels_ = proba.argmax(1)
         self.train_proba_ = proba
-
-    # ------------------------------------------------------------------ checkpoints
-    def _fingerprint(self, X, steps) -> dict:
-        import hashlib
-
-        params = {k: v for k, v in self.get_params().items() if k not in ("verbose", "device")}
-        return {"method": "CLUDI", "params": json.loads(json.dumps(params, default=str)),
-                "seed": int(self.seed_), "n_steps": int(steps),
-                "data": hashlib.sha1(np.ascontiguousarray(X).tobytes()).hexdigest()[:16]}
-
-    def _save_checkpoint(self, ckdir, step, fingerprint, net, ema, opt, sched, sampler,
-                         history, run):
-        from ..diffusion.trainer import save_checkpoint
-
-        info = {"fingerprint": fingerprint, "scheduler": sched.state_dict(),
-                "sampler_pos": int(sampler.pos), "history": history, "run": run}
-        extra = nn.Module()
-        extra.register_buffer("perm", sampler.perm.clone())
-        if ema is not None:
-            extra.add_module("ema", ema.module)
-        save_checkpoint(Path(ckdir), step, net, extra, opt, self.generator_, info)
-
-    def _resume(self, ckdir, fingerprint, net, ema, opt, sched, sampler, history, run) -> int:
-        """Load the checkpoint in ``ckdir`` (if any) into the training state; returns the step
-        to start from (0 without a checkpoint)."""
-        from ..diffusion.trainer import load_checkpoint, optimizer_from_tensors
-
-        found = load_checkpoint(Path(ckdir))
-        if found is None:
-            return 0
-        info, t = found
-        if info.get("fingerprint") != fingerprint:
-            raise ValueError(f"the checkpoint in {ckdir} was written for other data or settings "
-                             f"than this fit; use another checkpoint_dir or delete {ckdir} to "
-                             f"start over")
-        net.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")})
-        if ema is not None:
-            ema.module.load_state_dict({k[8:]: v for k, v in t.items()
-                                        if k.startswith("ema.ema.")})
-        optimizer_from_tensors(opt, info["optimizer"], t)
-        sched.load_state_dict(info["scheduler"])
-        sampler.perm, sampler.pos = t["ema.perm"].clone(), int(info["sampler_pos"])
-        self.generator_.set_state(t["rng.generator"])
-        torch.set_rng_state(t["rng.torch"])
-        history.extend(info["history"])
-        run.update(info["run"])
-        return int(info["step"])
 
     def _center(self, X, fitting=False):
         """``center=True``: subtract the training mean before the unit normalisation (features

@@ -89,7 +89,7 @@ from ..training.distributed import (
 )
 from ..training.optim import EMA, cosine_value, warmup_cosine
 from ..training.runtime import autocast, progress
-from .base import DiffClusterMixin, EmbeddingMixin
+from .base import DiffClusterMixin, EmbeddingMixin, ResumableMixin
 from .params import (
     AUTO,
     COMMON,
@@ -166,7 +166,7 @@ class MultiHeadDINO(nn.Module):
         return out.to(self.W1.device)
 
 
-class TEMI(EmbeddingMixin, DiffClusterMixin):
+class TEMI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
     """TEMI clustering of feature vectors (e.g. DINO ViT embeddings), scikit-learn style.
 
     Parameters
@@ -372,7 +372,14 @@ class TEMI(EmbeddingMixin, DiffClusterMixin):
         # the partner draws exactly as in one process; each rank keeps its slice of both
         sampler = DistributedBatchSampler(n, B, info=info, generator=g)
         local, b = sampler.local_slice(), sampler.local_batch_size
-        bar = progress(range(steps), desc="TEMI", verbose=self.verbose and info.is_main)
+        state = dict(modules={"net": net, "teacher": teacher.module}, optimizer=opt,
+                     scheduler=sched, sampler=sampler, generator=g)
+        start, saved, extra = self._restore_training(X, state, n_steps=steps)
+        if start:
+            q_tilde, head_sum = saved["q_tilde"].to(dev), saved["head_sum"]
+            history, run_loss = extra["history"], extra["run_loss"]
+        bar = progress(range(start, steps), desc="TEMI", verbose=self.verbose and info.is_main,
+                       initial=start, total=steps)
         for step in bar:
             idx = sampler.next_global_batch()
             j = torch.randint(0, m, (B,), generator=g)
@@ -416,6 +423,10 @@ class TEMI(EmbeddingMixin, DiffClusterMixin):
                                 "seconds": time.perf_counter() - t0})
                 bar.set_postfix(loss=f"{run_loss:.4f}")
                 run_loss = 0.0
+            if info.is_main:
+                self._checkpoint_training(step + 1, steps, state,
+                                          tensors={"q_tilde": q_tilde, "head_sum": head_sum},
+                                          extra={"history": history, "run_loss": run_loss})
         bar.close()
         del student  # drop the DDP wrapper (and its gradient hooks) before the labelling pass
 

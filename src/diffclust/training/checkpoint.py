@@ -1,0 +1,104 @@
+"""Resumable training state in one folder, for the estimators' own loops (CLUDI, TEMI).
+
+``state.json`` (the step, a fingerprint of the data and settings, the scheduler, the batch
+sampler's position, the history and other JSON values) points at ``state-STEP.safetensors``
+(module weights, optimiser moments, every random state, the sampler's permutation and any other
+tensors). Both are written atomically, the tensors first, so a kill leaves the previous complete
+state. A checkpoint whose fingerprint differs from the current fit's is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.io import atomic_write_bytes, atomic_write_text
+
+__all__ = ["fingerprint", "save_training_state", "load_training_state"]
+
+STATE_JSON = "state.json"
+
+
+def fingerprint(est, X, **more) -> dict:
+    """What a checkpoint must agree with: the estimator's class and settings (not ``verbose``
+    or ``device``), its seed, a hash of the data, and ``more``."""
+    params = {k: v for k, v in est.get_params().items() if k not in ("verbose", "device")}
+    return {"method": type(est).__name__, "params": json.loads(json.dumps(params, default=str)),
+            "seed": int(est.seed_), **more,
+            "data": hashlib.sha1(np.ascontiguousarray(X).tobytes()).hexdigest()[:16]}
+
+
+def _opt_to_tensors(opt):
+    sd = opt.state_dict()
+    tensors, keys = {}, {}
+    for i, st in sd["state"].items():
+        keys[str(i)] = sorted(st)
+        for k, v in st.items():
+            tensors[f"opt.{i}.{k}"] = torch.as_tensor(v)
+    return {"state_keys": keys, "param_groups": sd["param_groups"]}, tensors
+
+
+def save_training_state(folder, step: int, *, fingerprint: dict, modules: dict, optimizer,
+                        scheduler, sampler, generator: torch.Generator, tensors=None,
+                        extra=None):
+    """Write the state after ``step`` optimiser steps (see the module docstring)."""
+    from safetensors.torch import save
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    opt_meta, t = _opt_to_tensors(optimizer)
+    for name, m in modules.items():
+        t.update({f"module.{name}.{k}": v for k, v in m.state_dict().items()})
+    t.update({f"tensor.{k}": v for k, v in (tensors or {}).items()})
+    t["rng.generator"] = generator.get_state()
+    t["rng.torch"] = torch.get_rng_state()
+    t["sampler.perm"] = sampler.perm
+    t = {k: v.detach().cpu().contiguous() for k, v in t.items()}
+    name = f"state-{step:08d}.safetensors"
+    atomic_write_bytes(folder / name, save(t))
+    doc = {"step": int(step), "fingerprint": fingerprint, "weights": name,
+           "optimizer": opt_meta, "scheduler": scheduler.state_dict(),
+           "sampler_pos": int(sampler.pos), "extra": extra or {}}
+    atomic_write_text(folder / STATE_JSON, json.dumps(doc, indent=1, default=float))
+    for old in folder.glob("state-*.safetensors"):  # keep the one state.json points at
+        if old.name != name:
+            old.unlink(missing_ok=True)
+
+
+def load_training_state(folder, *, fingerprint: dict, modules: dict, optimizer, scheduler,
+                        sampler, generator: torch.Generator):
+    """Restore the state in ``folder`` into the given objects; returns ``(step, tensors,
+    extra)``, or ``(0, {}, {})`` when the folder holds no checkpoint."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    js = folder / STATE_JSON
+    if not js.exists():
+        return 0, {}, {}
+    try:
+        doc = json.loads(js.read_text())
+        t = load_file(str(folder / doc["weights"]))
+    except Exception as e:  # noqa: BLE001 - any damage: say so, with what to do
+        raise ValueError(f"the checkpoint in {folder} is damaged ({type(e).__name__}: {e}); "
+                         f"delete {folder} to start over") from None
+    if doc.get("fingerprint") != fingerprint:
+        raise ValueError(f"the checkpoint in {folder} was written for other data or settings "
+                         f"than this fit; use another checkpoint folder or delete {folder} to "
+                         f"start over")
+    for name, m in modules.items():
+        p = f"module.{name}."
+        m.load_state_dict({k[len(p):]: v for k, v in t.items() if k.startswith(p)})
+    meta = doc["optimizer"]
+    state = {int(i): {k: t[f"opt.{i}.{k}"] for k in keys}
+             for i, keys in meta["state_keys"].items()}
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    scheduler.load_state_dict(doc["scheduler"])
+    sampler.perm, sampler.pos = t["sampler.perm"].clone(), int(doc["sampler_pos"])
+    generator.set_state(t["rng.generator"])
+    torch.set_rng_state(t["rng.torch"])
+    tensors = {k[len("tensor."):]: v for k, v in t.items() if k.startswith("tensor.")}
+    return int(doc["step"]), tensors, doc.get("extra", {})
