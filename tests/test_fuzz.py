@@ -344,3 +344,23 @@ def test_torch_tensors_and_lists_are_accepted():
     a = KMeansClusterer(3, random_state=0).fit(torch.from_numpy(X)).labels_
     b = KMeansClusterer(3, random_state=0).fit(X.tolist()).labels_
     assert np.array_equal(a, b)
+
+
+def test_degenerate_results_warn():
+    from diffclust.diagnostics import cluster_warnings, edge_warning, loss_warnings
+
+    assert cluster_warnings(np.zeros(100, int), 10)  # one cluster of ten used
+    assert not cluster_warnings(np.arange(100) % 10, 10)
+    assert loss_warnings([{"loss": v} for v in (1.0, 1.2, 1.1, 1.3)])
+    assert not loss_warnings([{"loss": v} for v in (1.0, 0.8, 0.7, 0.5)])
+    assert not loss_warnings([{"phase": "a", "loss": 0.1}] +  # only the last phase counts
+                             [{"phase": "b", "loss": v} for v in (2.0, 1.5, 1.2, 1.0)])
+    assert edge_warning("t*", 1, 1, 999) and not edge_warning("t*", 300, 1, 999)
+    import warnings as w
+
+    with w.catch_warnings(record=True) as caught:
+        w.simplefilter("always")
+        X = np.zeros((30, 2), "f4")
+        X[:4] = np.arange(1, 9).reshape(4, 2)  # 26 identical points: one cluster holds 87 %
+        KMeansClusterer(5, random_state=0).fit(X)
+    assert any("degenerate" in str(c.message) for c in caught)

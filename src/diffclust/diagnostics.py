@@ -35,8 +35,12 @@ def cluster_warnings(labels, n_clusters: int) -> list[str]:
 
 
 def loss_warnings(history, key: str = "loss") -> list[str]:
-    """A loss whose last logged value is not below its first (at least 4 records)."""
-    vals = [r[key] for r in history or [] if isinstance(r, dict) and key in r]
+    """A loss whose last logged value is not below its first (at least 4 records; within the
+    last training phase when the records name one)."""
+    recs = [r for r in history or [] if isinstance(r, dict) and key in r]
+    if recs and "phase" in recs[-1]:
+        recs = [r for r in recs if r.get("phase") == recs[-1]["phase"]]
+    vals = [r[key] for r in recs]
     vals = [v for v in vals if np.isfinite(v)]
     if len(vals) >= 4 and vals[-1] >= vals[0]:
         return [f"the training loss did not decrease ({vals[0]:.4g} at the first record, "

@@ -42,6 +42,9 @@ class DiffClusterMixin(ClusterMixin, BaseEstimator):
 
     _input_kind = "features"  # or "images"
     _thread_cap: int | None = None  # intra-op threads during fit (training/runtime.thread_policy)
+    #: a loss with fixed targets (an ELBO), so that one that never went down is worth a warning;
+    #: self-distillation losses (CLUDI, TEMI, DEC) chase moving targets and may rise
+    _loss_should_decrease = False
 
     # ----- scikit-learn API -------------------------------------------------------------
     _parameter_constraints: dict = {}  # per estimator; see methods/params.py
@@ -63,8 +66,10 @@ class DiffClusterMixin(ClusterMixin, BaseEstimator):
 
         from ..diagnostics import cluster_warnings, loss_warnings
 
-        msgs = (cluster_warnings(self.labels_, int(self.n_clusters))
-                + loss_warnings(getattr(self, "history_", None)) + self._extra_warnings())
+        msgs = cluster_warnings(self.labels_, int(self.n_clusters))
+        if self._loss_should_decrease:
+            msgs += loss_warnings(getattr(self, "history_", None))
+        msgs += self._extra_warnings()
         self.fit_warnings_ = msgs
         for m in msgs:
             warnings.warn(f"{type(self).__name__}: {m}", UserWarning, stacklevel=3)

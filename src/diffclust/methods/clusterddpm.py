@@ -340,6 +340,7 @@ class ClusterDDPM(DiffClusterMixin):
     """
 
     _input_kind = "images"
+    _loss_should_decrease = True
 
     _parameter_constraints = {
         **COMMON,
