@@ -40,37 +40,7 @@ Decisions where METHODS.md leaves a choice (all switchable):
 * ``embedding_dim="auto"`` is 64 for K ≤ 50 and 128 above (the paper uses a larger d for
   K ≥ 100; the value is lost).
 
-Distributed training (``torchrun --nproc_per_node=W script.py``; DistributedDataParallel, gloo
-on CPU, nccl on CUDA with each rank on ``cuda:LOCAL_RANK``), as for TEMI: ``fit`` uses the
-process group the script initialised or, under torchrun (``WORLD_SIZE > 1``), initialises one
-itself, so an unchanged ``CLUDI(...).fit(X)`` script trains data-parallel. ``batch_size`` is
-the *global* batch B (it must be divisible by W); each rank holds a contiguous slice of B/W
-points of every global batch, and W ranks reproduce the single-process run with batch B:
-
-* every rank uses rank 0's seed, so the networks start identical (DDP also broadcasts them)
-  and the shared generator draws the same numbers on every rank;
-* every random tensor of a step is drawn for the *global* batch, in the single-process order,
-  and sliced to the rank's rows (:class:`~diffclust.training.distributed.GlobalBatchRandom`): the batch indices
-  (:class:`~diffclust.training.distributed.DistributedBatchSampler`), the teacher's z_T and
-  its DDIM noise, the augmentation directions and dropout masks, the forward-diffusion noise ε;
-  per-chain draws (augmentation strengths, timesteps t) and the self-conditioning coin are the
-  same on every rank anyway;
-* the dropout masks of the student's denoiser (torch's default generator, seeded alike on every
-  rank) are drawn for the global batch too (:class:`_GlobalBatchDropout` replaces
-  ``nn.Dropout`` while training distributed). On CPU the masks are then bit-identical to the
-  single process; on CUDA they are as well in distribution and, with the same fused kernel and
-  element count, in practice (the product is rounded differently: float tolerance);
-* the whole step (teacher pass, through which gradients may flow, and student pass) is the
-  forward of one module wrapped in DDP; the embedding MSE is the mean over the local rows, and
-  the Self-Classifier CE is computed on the all-gathered global-batch logits
-  (``self_classifier_pair_matrix(..., gather_fn=all_gather_cat)``, differentiable): every rank
-  computes the same global CE, the gather's backward sums the ranks' (identical) gradients onto
-  each rank's rows (×W) and DDP's average divides by W, so the update is the gradient of the
-  single-process loss on the global batch, up to float rounding;
-* per-parameter clipping, the optimiser and the EMA teacher then act on identical gradients and
-  weights on every rank; the logged losses (and the divergence check) use the global values;
-* every rank computes the (identical) training labels; ``save_pretrained`` writes on rank 0
-  only; the progress bar shows on rank 0 only.
+Distributed training under ``torchrun``: docs/DISTRIBUTED.md.
 """
 
 from __future__ import annotations

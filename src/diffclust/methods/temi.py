@@ -46,27 +46,7 @@ Implementation decisions (METHODS.md leaves them open or they are CPU-specific):
 * Inputs are used raw (``l2_norm=False``, ``embed_norm=False``, the TEMI code's defaults; both
   switchable [PROP]).
 
-Distributed training (``torchrun --nproc_per_node=W script.py``; DistributedDataParallel, gloo
-on CPU, nccl on CUDA with each rank on ``cuda:LOCAL_RANK``). ``fit`` uses the process group the
-script initialised (:func:`diffclust.training.distributed.init_distributed`) or, when the
-environment says torchrun (``WORLD_SIZE > 1``) and none is, initialises one itself and leaves it
-at exit — an unchanged ``TEMI(...).fit(X)`` script trains data-parallel. W ranks × B/W points
-give the single-process run with batch B (``batch_size``, the *global* batch; it must be
-divisible by W), up to float rounding:
-
-* every rank uses rank 0's seed, so the heads start identical (DDP also broadcasts them);
-* rank 0 mines the neighbours and broadcasts them;
-* every rank draws the whole global batch *and* its neighbour partners from the shared seeded
-  generator, in the single-process order, and keeps its contiguous slice
-  (:class:`~diffclust.training.distributed.DistributedBatchSampler`);
-* the student is wrapped in DDP: the loss is the mean over the local slice and DDP averages the
-  gradients, i.e. the gradient of the global-batch mean; the optimiser step, and hence the EMA
-  teacher update, are the same on every rank;
-* the prior q̃ is updated with the global-batch mean of the teacher probabilities
-  (``temi_loss(..., batch_mean_fn=all_reduce_mean)``), so it is identical on all ranks;
-* the per-head losses (logs, divergence check, head selection) are all-reduced;
-* every rank computes the (identical) head selection and training labels; ``save_pretrained``
-  writes on rank 0 only. The progress bar shows on rank 0 only.
+Distributed training under ``torchrun``: docs/DISTRIBUTED.md.
 """
 
 from __future__ import annotations
