@@ -206,6 +206,9 @@ def fit(data: str = typer.Argument(..., help="features file (.npy/.npz/.pt/.csv)
     ckdir = _checkpoint_dir(est, out, resume)
     fit_kw = {} if ckdir is None else {"checkpoint_dir": ckdir,
                                        "checkpoint_every": checkpoint_every}
+    if os.environ.get("RANK", "0") != "0":  # under torchrun: train with the others, rank 0 writes
+        est.fit(X, **fit_kw)
+        return
     with staged_run(out, overwrite, info={"command": "fit", "method": method}) as tmp:
         fit_s, fit_warnings = fit_with_warnings(est, X, **fit_kw)
         m = write_run_files(tmp, est, X, y, method=method, data=desc, seed=seed,
@@ -233,7 +236,7 @@ def _checkpoint_dir(est, out: Path, resume: bool):
                   f"only); fit again without --resume")
         return None
     ckdir = Path(out).absolute().parent / f".{Path(out).name}.checkpoint"
-    if not resume and ckdir.exists():
+    if not resume and ckdir.exists() and os.environ.get("RANK", "0") == "0":
         shutil.rmtree(ckdir)
     return ckdir
 
