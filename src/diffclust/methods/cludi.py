@@ -180,6 +180,13 @@ class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
     batch_size : int
         B (256; the whole data when smaller). Under torch.distributed the global batch, split
         evenly over the ranks (must be divisible by the world size).
+    center : bool
+        [PROP] Subtract the training mean before the unit normalisation (False: the paper's
+        raw features). Raw pixels share a large mean component; on the digits centring took
+        ACC from 62.5 to 76.7 (docs/DECISIONS.md, "Demo").
+    neighbor_views : int
+        [PROP] With k > 0 the student sees a random one of the k nearest neighbours of each
+        point instead of the point itself (SCAN-like); 0 (default) is the paper's.
     """
 
     _thread_cap = 1  # one intra-op thread by default: docs/DECISIONS.md, "Threads"
