@@ -168,3 +168,16 @@ def test_killed_fit_resumes_to_the_same_labels(method, feats, tmp_path):
     assert not state.parent.exists()  # removed once the run is complete
     r = _fit(feats, tmp_path / "k", "--resume")  # k-means has no checkpoints (yet)
     assert r.returncode == 2 and "not available" in r.stderr
+
+
+def test_killed_checkpoint_writes_are_cleaned(tmp_path):
+    from diffclust.data.io import clean_stale_tmp
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".state-00000400.safetensors.tmp{dead.pid}"
+    live = tmp_path / f".state-00000600.safetensors.tmp{os.getpid()}"
+    stale.write_bytes(b"half")
+    live.write_bytes(b"being written")
+    clean_stale_tmp(tmp_path)
+    assert not stale.exists() and live.exists()

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["load_array", "atomic_write_bytes", "atomic_write_text", "atomic_save_npy"]
+__all__ = ["load_array", "atomic_write_bytes", "atomic_write_text", "atomic_save_npy",
+           "clean_stale_tmp"]
 
 _X_KEYS = ("x", "X", "features", "feats", "embeddings", "data")
 _Y_KEYS = ("y", "labels", "targets", "label")
@@ -122,11 +123,11 @@ def _load_csv(path: Path, delimiter: str):
     return data.astype(np.float32), y
 
 
-def _clean_stale_tmp(path: Path):
-    """Remove ``.NAME.tmpPID`` files left by writers of ``path`` that were killed."""
-    for p in path.parent.glob(f".{path.name}.tmp*"):
+def clean_stale_tmp(folder, name: str = "*"):
+    """Remove ``.NAME.tmpPID`` files (``name`` a glob) in ``folder`` whose writer was killed."""
+    for p in Path(folder).glob(f".{name}.tmp*"):
         try:
-            pid = int(p.name[len(path.name) + 5:])
+            pid = int(p.name.rsplit(".tmp", 1)[1])
             os.kill(pid, 0)
         except ProcessLookupError:
             p.unlink(missing_ok=True)
@@ -137,7 +138,7 @@ def _clean_stale_tmp(path: Path):
 def _atomic(path, write):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _clean_stale_tmp(path)
+    clean_stale_tmp(path.parent, path.name)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         write(tmp)

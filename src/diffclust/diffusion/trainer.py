@@ -48,7 +48,7 @@ from typing import Callable
 
 import torch
 
-from ..data.io import atomic_write_bytes, atomic_write_text
+from ..data.io import atomic_write_bytes, atomic_write_text, clean_stale_tmp
 from ..training.distributed import (
     DistInfo,
     GlobalBatchRandom,
@@ -94,6 +94,7 @@ def save_checkpoint(ckdir: Path, step, model, ema, opt, gen, info: dict):
     from safetensors.torch import save
 
     ckdir.mkdir(parents=True, exist_ok=True)
+    clean_stale_tmp(ckdir)  # half-written states of killed runs
     opt_meta, tensors = optimizer_to_tensors(opt)
     tensors.update({f"model.{k}": v for k, v in model.state_dict().items()})
     tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})

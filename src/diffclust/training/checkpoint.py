@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.io import atomic_write_bytes, atomic_write_text
+from ..data.io import atomic_write_bytes, atomic_write_text, clean_stale_tmp
 
 __all__ = ["fingerprint", "save_training_state", "load_training_state"]
 
@@ -50,6 +50,7 @@ def save_training_state(folder, step: int, *, fingerprint: dict, modules: dict, 
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    clean_stale_tmp(folder)  # half-written states of killed runs
     opt_meta, t = _opt_to_tensors(optimizer)
     for name, m in modules.items():
         t.update({f"module.{name}.{k}": v for k, v in m.state_dict().items()})
