@@ -73,9 +73,13 @@ def record(method, dataset, n, k, seed, metrics, fit_seconds, predict_seconds=No
 
 def append_results(name: str, records: list[dict]) -> Path:
     """Append ``records`` to ``benchmarks/results/<name>.json`` (a JSON list), atomically."""
+    import fcntl
+
     path = RESULTS / f"{name}.json"
-    old = json.loads(path.read_text()) if path.exists() else []
-    atomic_write_text(path, json.dumps(old + list(records), indent=1) + "\n")
+    with open(RESULTS / f".{name}.lock", "a+") as lock:  # benchmarks may run side by side
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        old = json.loads(path.read_text()) if path.exists() else []
+        atomic_write_text(path, json.dumps(old + list(records), indent=1) + "\n")
     return path
 
 
