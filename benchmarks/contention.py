@@ -56,6 +56,24 @@ print(json.dumps({"samples_per_s": sps, "threads": torch.get_num_threads()}))
 BUSY = "import time\nt = time.time()\nwhile time.time() - t < 3600: pass\n"
 
 
+def measure_demo(busy):
+    """Wall seconds of `diffclust demo -q --no-report`, alone or next to the busy loop."""
+    import tempfile
+
+    hog = subprocess.Popen([sys.executable, "-c", BUSY]) if busy else None
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "diffclust.cli", "demo", "-q", "--no-report",
+                            "-o", f"{d}/demo"], check=True, capture_output=True, timeout=3600,
+                           env=dict(os.environ, TQDM_DISABLE="1"))
+            return time.perf_counter() - t
+    finally:
+        if hog is not None:
+            hog.kill()
+            hog.wait()
+
+
 def measure(method, steps, policy, busy):
     hog = subprocess.Popen([sys.executable, "-c", BUSY]) if busy else None
     try:
@@ -111,6 +129,7 @@ def main():
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--methods", nargs="+", default=["cludi", "temi"])
     ap.add_argument("--policies", nargs="+", default=["torch-default", "diffclust"])
+    ap.add_argument("--demo", action="store_true", help="also time `diffclust demo`")
     a = ap.parse_args()
     peak = matmul_peak()
     print(f"bf16 matmul peak (2048³): {peak:.0f} GFLOP/s", flush=True)
@@ -128,6 +147,11 @@ def main():
                 r["gflops_alone"] = round(gf, 1)
             rows.append(r)
             print(json.dumps(r), flush=True)
+    if a.demo:
+        alone, busy = measure_demo(False), measure_demo(True)
+        rows.append({"method": "diffclust demo", "alone_seconds": round(alone, 1),
+                     "busy_seconds": round(busy, 1), "slowdown": round(busy / alone, 2)})
+        print(json.dumps(rows[-1]), flush=True)
     append_results("contention", [{"benchmark": "contention", "machine": machine(),
                                    "bf16_matmul_peak_gflops": round(peak, 1), "rows": rows,
                                    "command": command_line(),
