@@ -88,11 +88,10 @@ TEMI_WORKER = Path(__file__).with_name("_ddp_temi.py")
 def test_temi_two_process_gloo_matches_single_process(tmp_path):
     """TEMI.fit under torchrun (2 gloo ranks × 16 points) = one process × 32 points."""
     import numpy as np
+    from _ddp_temi import blobs  # tests/ is on sys.path (pytest's rootdir-less import)
     from sklearn.metrics import normalized_mutual_info_score
 
     from diffclust import load_pretrained
-
-    from _ddp_temi import blobs  # tests/ is on sys.path (pytest's rootdir-less import)
 
     one, two = _single_and_ddp(TEMI_WORKER, tmp_path)
     assert one["world_size"] == 1 and two["world_size"] == 2 and two["backend"] == "gloo"
@@ -219,11 +218,10 @@ def test_cludi_two_process_gloo_matches_single_process(tmp_path):
     """CLUDI.fit under torchrun (2 gloo ranks × 12 points) = one process × 24 points: the same
     synced gradients (dropout 0.15 included), losses and predictions, up to float rounding."""
     import numpy as np
+    from _ddp_cludi import blobs  # tests/ is on sys.path (pytest's rootdir-less import)
     from sklearn.metrics import normalized_mutual_info_score
 
     from diffclust import load_pretrained
-
-    from _ddp_cludi import blobs  # tests/ is on sys.path (pytest's rootdir-less import)
 
     one, two = _single_and_ddp(CLUDI_WORKER, tmp_path)
     assert one["world_size"] == 1 and two["world_size"] == 2 and two["backend"] == "gloo"
@@ -267,7 +265,8 @@ def test_cludi_global_draws_and_dropout_split_like_one_process():
     are the halves of the single process's draws, bit for bit, on CPU."""
     from torch import nn
 
-    from diffclust.methods.cludi import _GlobalBatchDropout, _rows
+    from diffclust.methods.cludi import _rows
+    from diffclust.training.distributed import GlobalBatchDropout
 
     alone = _rows()
     for draw in ("randn", "rand"):
@@ -283,9 +282,9 @@ def test_cludi_global_draws_and_dropout_split_like_one_process():
     parts = []
     for r in range(2):
         torch.manual_seed(1)
-        parts.append(_GlobalBatchDropout(0.3, r, 2).train()(x[:, 5 * r:5 * r + 5]))
+        parts.append(GlobalBatchDropout(0.3, r, 2).train()(x[:, 5 * r:5 * r + 5]))
     assert torch.equal(torch.cat(parts, dim=1), ref)
-    assert torch.equal(_GlobalBatchDropout(0.3, 1, 2).eval()(x), x)
+    assert torch.equal(GlobalBatchDropout(0.3, 1, 2).eval()(x), x)
 
 
 def test_self_classifier_gather_fn_gives_the_global_loss_and_gradient():

@@ -61,9 +61,11 @@ from ..diffusion.weighting import min_snr_weight
 from ..losses import self_classifier_pair_matrix
 from ..training.distributed import (
     DistributedBatchSampler,
+    GlobalBatchDropout,
     GlobalBatchRandom,
     all_gather_cat,
     all_reduce_mean,
+    swap_dropout,
     wrap_ddp,
 )
 from ..training.optim import EMA, clip_per_parameter, param_groups, warmup_cosine
@@ -95,34 +97,6 @@ def _rows(global_batch=None, rank=0, world_size=1) -> GlobalBatchRandom:
 
 
 _ALONE = _rows()
-
-
-class _GlobalBatchDropout(nn.Dropout):
-    """``nn.Dropout`` whose mask (torch's default generator, seeded alike on every rank) is drawn
-    for the global batch — the batch in dimension −2, W·b rows — and sliced to this rank's b
-    rows, so that W ranks drop exactly what one process with the whole batch drops."""
-
-    def __init__(self, p, rank, world_size):
-        super().__init__(p)
-        self.rank, self.world_size = rank, world_size
-
-    def forward(self, x):
-        if not self.training or self.p == 0 or self.world_size == 1:
-            return super().forward(x)
-        b = x.shape[-2]
-        shape = (*x.shape[:-2], b * self.world_size, x.shape[-1])
-        # dropout of ones = the mask scaled by 1/(1 − p), drawn like F.dropout of a global batch
-        mask = F.dropout(torch.ones(shape, dtype=x.dtype, device=x.device), self.p, True)
-        return x * mask.narrow(-2, self.rank * b, b)
-
-
-def _swap_dropout(module: nn.Module, make):
-    """Replace every ``nn.Dropout`` below ``module`` by ``make(child)`` (in place)."""
-    for name, child in module.named_children():
-        if isinstance(child, nn.Dropout):
-            setattr(module, name, make(child))
-        else:
-            _swap_dropout(child, make)
 
 
 class _TrainStep(nn.Module):
@@ -427,7 +401,7 @@ class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
         g = self.generator_
         net = self._build(D)
         if info.distributed:  # dropout masks drawn for the global batch, then sliced
-            _swap_dropout(net, lambda m: _GlobalBatchDropout(m.p, info.rank, W))
+            swap_dropout(net, lambda m: GlobalBatchDropout(m.p, info.rank, W))
         ema = EMA(net, self.ema_decay) if self.teacher == "ema" else None
         opt = torch.optim.AdamW(param_groups(net, self.weight_decay), lr=self.lr,
                                 betas=(0.9, 0.98))
@@ -488,7 +462,7 @@ class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
         del step_fn  # drop the DDP wrapper (and its gradient hooks) before the labelling pass
         final = ema.module if ema is not None else net
         if info.distributed:  # back to plain dropout (inactive in eval mode anyway)
-            _swap_dropout(final, lambda m: nn.Dropout(m.p))
+            swap_dropout(final, lambda m: nn.Dropout(m.p))
         self.net_ = final.eval()
         self.history_ = history
         self.n_steps_ = steps

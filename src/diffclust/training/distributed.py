@@ -36,8 +36,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
 
-__all__ = ["GlobalBatchRandom", "DistInfo", "init_distributed", "ensure_distributed",
+__all__ = ["GlobalBatchDropout", "swap_dropout", "GlobalBatchRandom", "DistInfo",
+           "init_distributed", "ensure_distributed",
            "cleanup_distributed",
            "dist_info", "is_main_process", "barrier", "wrap_ddp", "unwrap",
            "DistributedBatchSampler", "all_reduce_mean", "all_gather_cat", "broadcast_object",
@@ -333,3 +336,31 @@ class GlobalBatchRandom:
     def randint(self, low: int, high: int, shape, generator=None, device=None, dim=None,
                 dtype=torch.int64):
         return self._draw(torch.randint, (low, high), shape, generator, device, dim, dtype)
+
+
+class GlobalBatchDropout(nn.Dropout):
+    """``nn.Dropout`` whose mask (torch's default generator, seeded alike on every rank) is drawn
+    for the global batch — the batch in dimension −2, W·b rows — and sliced to this rank's b
+    rows, so that W ranks drop exactly what one process with the whole batch drops."""
+
+    def __init__(self, p, rank, world_size):
+        super().__init__(p)
+        self.rank, self.world_size = rank, world_size
+
+    def forward(self, x):
+        if not self.training or self.p == 0 or self.world_size == 1:
+            return super().forward(x)
+        b = x.shape[-2]
+        shape = (*x.shape[:-2], b * self.world_size, x.shape[-1])
+        # dropout of ones = the mask scaled by 1/(1 − p), drawn like F.dropout of a global batch
+        mask = F.dropout(torch.ones(shape, dtype=x.dtype, device=x.device), self.p, True)
+        return x * mask.narrow(-2, self.rank * b, b)
+
+
+def swap_dropout(module: nn.Module, make):
+    """Replace every ``nn.Dropout`` below ``module`` by ``make(child)`` (in place)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.Dropout):
+            setattr(module, name, make(child))
+        else:
+            swap_dropout(child, make)
