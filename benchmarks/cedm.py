@@ -43,7 +43,6 @@ import torch
 from _common import DATA_HOME, RESULTS, append_results, command_line, machine, peak_mem_mb
 
 from diffclust import KMeansClusterer, load_dataset
-from diffclust.diffusion.pretrain import save_image_grid
 from diffclust.generation import (
     confidence_extremes,
     extract_features,
@@ -53,6 +52,7 @@ from diffclust.generation import (
     train_feature_extractor,
     train_generator,
 )
+from diffclust.viz.images import save_image_grid
 
 
 def steps_to_reach(curve, target):

@@ -127,7 +127,7 @@ def main():
         if not args.no_knn:
             extra.update(knn_check(m.transform(X), P, y))
         if not args.no_grid:
-            from diffclust.diffusion.pretrain import save_image_grid
+            from diffclust.viz.images import save_image_grid
 
             per = 8
             imgs, _ = m.sample(per * k, cluster=np.repeat(np.arange(k), per), random_state=seed)

@@ -537,8 +537,8 @@ def generate_cmd(
         device: Optional[str] = typer.Option(None, help="cpu | cuda (default: auto)"),
         quiet: bool = typer.Option(False, "--quiet", "-q")):
     """Sample images from a (cluster-conditioned) EDM generator and write a PNG grid."""
-    from .diffusion.pretrain import save_image_grid
     from .generation import load_generator, sample
+    from .viz.images import save_image_grid
 
     if n < 1:
         _fail(f"--n must be >= 1, got {n}")
@@ -571,7 +571,7 @@ def sample_cmd(
         device: Optional[str] = typer.Option(None, help="cpu | cuda (default: auto)"),
         quiet: bool = typer.Option(False, "--quiet", "-q")):
     """Generate images from a fitted generative clusterer and write a PNG grid."""
-    from .diffusion.pretrain import save_image_grid
+    from .viz.images import save_image_grid
 
     if n < 1:
         _fail(f"--n must be >= 1, got {n}")

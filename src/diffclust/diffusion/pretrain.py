@@ -30,9 +30,7 @@ Under ``torchrun`` (DistributedDataParallel, see :mod:`diffclust.diffusion.train
 
 from __future__ import annotations
 
-import io
 import json
-import math
 import time
 from pathlib import Path
 
@@ -40,10 +38,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.io import atomic_write_bytes, atomic_write_text
+from ..data.io import atomic_write_text
 from ..data.validation import check_images
 from ..training.distributed import barrier
 from ..training.runtime import autocast, resolve_device, resolve_precision
+from .guidance import check_guidance, guided_call
 from .process import predict_x0_from_eps, q_sample
 from .samplers import ddim_sample, ddim_time_pairs
 from .schedules import NoiseSchedule
@@ -59,7 +58,7 @@ from .trainer import (
 )
 from .unet import DiffusionUNet, make_unet
 
-__all__ = ["pretrain_ddpm", "sample_images", "image_grid", "save_image_grid", "PretrainResult"]
+__all__ = ["pretrain_ddpm", "sample_images", "PretrainResult"]
 
 
 
@@ -79,12 +78,13 @@ class PretrainResult:
 # ---------------------------------------------------------------------- sampling and grids
 @torch.no_grad()
 def sample_images(unet: DiffusionUNet, n: int, n_steps: int = 50, eta: float = 0.0,
-                  class_labels=None, guidance_scale: float = 1.0, generator=None, device=None,
+                  class_labels=None, guidance: float = 0.0, generator=None, device=None,
                   dtype=None, batch_size: int = 256, schedule: NoiseSchedule | None = None):
     """Draw ``n`` images with DDIM(η) (η = 0: deterministic given the start noise), cropped to
     ``unet.image_size`` and clipped to [−1, 1]. With ``class_labels`` (a class-conditional
-    U-Net) the prediction uses classifier-free guidance
-    ``ε̂ = ε̂_∅ + w (ε̂_c − ε̂_∅)`` with ``w = guidance_scale``."""
+    U-Net) the prediction uses classifier-free guidance with weight ``guidance``
+    (:mod:`diffclust.diffusion.guidance`; 0 = the conditional model)."""
+    guidance = check_guidance(guidance)
     sched = schedule or unet.noise_schedule()
     device = device or next(unet.parameters()).device
     unet = unet.eval()
@@ -102,13 +102,9 @@ def sample_images(unet: DiffusionUNet, n: int, n_steps: int = 50, eta: float = 0
             with autocast(torch.device(device), dtype):
                 if cl is None:
                     eps = unet(x, t).float()
-                elif guidance_scale == 1.0:
-                    eps = unet(x, t, class_labels=cl).float()
                 else:
-                    null = torch.full_like(cl, unet.null_class)
-                    e = unet(torch.cat([x, x]), t, class_labels=torch.cat([cl, null])).float()
-                    e_c, e_u = e.chunk(2)
-                    eps = e_u + guidance_scale * (e_c - e_u)
+                    eps = guided_call(lambda x, t, c: unet(x, t, class_labels=c).float(), x, t,
+                                      cl, torch.full_like(cl, unet.null_class), guidance)
             return predict_x0_from_eps(sched, x, t, eps)
 
         x_T = torch.randn((b, C, S, S), generator=generator).to(device)
@@ -116,36 +112,6 @@ def sample_images(unet: DiffusionUNet, n: int, n_steps: int = 50, eta: float = 0
                            generator=generator, time_pairs=pairs, x_T=x_T)
         out.append(unet.crop(x.clamp(-1, 1)).float().cpu())
     return torch.cat(out)
-
-
-def image_grid(images, nrow: int | None = None, pad: int = 1, upscale: int | None = None):
-    """A uint8 grid ``(H', W', C)`` of images ``(N, C, H, W)`` in [−1, 1] (white borders)."""
-    x = torch.as_tensor(images).float().clamp(-1, 1)
-    N, C, H, W = x.shape
-    nrow = nrow or int(math.ceil(math.sqrt(N)))
-    ncol = int(math.ceil(N / nrow))
-    u = upscale or max(1, round(96 / max(H, W)))  # tiles of about 96 px
-    x = ((x + 1) * 127.5).round().to(torch.uint8)
-    if u > 1:
-        x = x.repeat_interleave(u, 2).repeat_interleave(u, 3)
-    H, W = H * u, W * u
-    grid = torch.full((C, ncol * (H + pad) + pad, nrow * (W + pad) + pad), 255, dtype=torch.uint8)
-    for i in range(N):
-        r, c = divmod(i, nrow)
-        grid[:, pad + r * (H + pad):pad + r * (H + pad) + H,
-             pad + c * (W + pad):pad + c * (W + pad) + W] = x[i]
-    return grid.permute(1, 2, 0).numpy()
-
-
-def save_image_grid(path, images, nrow: int | None = None, upscale: int | None = None) -> Path:
-    """Write :func:`image_grid` as a PNG (PIL), atomically."""
-    from PIL import Image
-
-    g = image_grid(images, nrow=nrow, upscale=upscale)
-    img = Image.fromarray(g[..., 0] if g.shape[-1] == 1 else g[..., :3])
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return atomic_write_bytes(path, buf.getvalue())
 
 
 # names kept for callers written against the first version of this module
@@ -253,7 +219,9 @@ def pretrain_ddpm(images, out_dir=None, *, unet: DiffusionUNet | None = None,
             if y is not None:
                 cl = torch.arange(n_samples) % unet.n_classes
             imgs = sample_images(model, n_samples, sample_steps, class_labels=cl,
-                                 guidance_scale=1.0, generator=g, device=dev, dtype=amp)
+                                 guidance=0.0, generator=g, device=dev, dtype=amp)
+            from ..viz.images import save_image_grid
+
             save_image_grid(out / "samples.png", imgs)
             summary["sample_seconds"] = time.perf_counter() - ts
         atomic_write_text(out / "pretrain.json", json.dumps(summary, indent=1))

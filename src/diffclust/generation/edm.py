@@ -31,11 +31,10 @@ this is ``s = 1 + w``.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
+from ..diffusion.guidance import check_guidance, guided_call
 from ..diffusion.samplers import edm_heun_sample, randn
 from ..diffusion.schedules import edm_sigmas
 from ..diffusion.unet import DiffusionUNet
@@ -153,9 +152,7 @@ def guided_denoiser(denoiser: EDMDenoiser, class_labels=None, guidance: float = 
     U-Net, the plain model for an unconditional one). ``w = 0`` is the conditional model (one
     U-Net call); ``w ≠ 0`` evaluates both branches in one batched call.
     """
-    guidance = float(guidance)
-    if not math.isfinite(guidance):
-        raise ValueError(f"guidance must be finite, got {guidance}")
+    guidance = check_guidance(guidance)
     if class_labels is None:
         if guidance != 0.0:
             raise ValueError("guidance needs class_labels (cluster ids)")
@@ -173,9 +170,7 @@ def guided_denoiser(denoiser: EDMDenoiser, class_labels=None, guidance: float = 
         cc = c.to(x.device)
         null = torch.full_like(cc, denoiser.unet.null_class)
         s = torch.as_tensor(s, device=x.device).reshape(-1).expand(x.shape[0])
-        D = denoiser(torch.cat([x, x]), torch.cat([s, s]), torch.cat([cc, null]))
-        D_c, D_u = D.chunk(2)
-        return D_c + guidance * (D_c - D_u)
+        return guided_call(denoiser, x, s, cc, null, guidance)
 
     return guided
 

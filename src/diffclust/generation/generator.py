@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from ..data.io import atomic_write_text
-from ..diffusion.pretrain import _prepare_images, save_image_grid
+from ..diffusion.pretrain import _prepare_images
 from ..diffusion.trainer import CKPT_DIR, setup_distributed, train_denoiser
 from ..diffusion.unet import DiffusionUNet, make_unet
 from ..training.distributed import barrier
@@ -418,6 +418,8 @@ def train_generator(images, cluster_ids=None, *, clusterer=None, freq=None, out_
             ts = time.perf_counter()
             imgs = sample(model, n_samples, seed=int(seed) + 12345, device=dev,
                           precision=precision)
+            from ..viz.images import save_image_grid
+
             save_image_grid(out / "samples.png", imgs)
             info["sample_seconds"] = time.perf_counter() - ts
         model.save(out)

@@ -90,6 +90,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..diffusion.guidance import check_guidance, guided_call
 from ..diffusion.process import q_sample
 from ..diffusion.schedules import NoiseSchedule
 from ..diffusion.unet import DiffusionUNet, make_unet, unet_config
@@ -715,7 +716,7 @@ class ClusterDDPM(DiffClusterMixin):
             Zs = self.gmm_means_[c] + eps_z @ torch.linalg.cholesky(self.gmm_covariances_).T
         unet, dev = self.unet_.eval(), self.device_
         C, S = unet.in_channels, unet.sample_size
-        w = float(guidance)
+        w = check_guidance(guidance)
         out = []
         bar = progress(total=self.sched_.T * math.ceil(n / int(batch_size)), desc="sampling",
                        verbose=self.verbose if verbose is None else verbose)
@@ -725,12 +726,8 @@ class ClusterDDPM(DiffClusterMixin):
 
             def model_eps(x, t, zb=zb):
                 with autocast(dev, self.amp_dtype_):
-                    if w == 0:
-                        return unet(x, t, cond=zb).float()
-                    e = unet(torch.cat([x, x]), torch.cat([t, t]),
-                             cond=torch.cat([zb, torch.zeros_like(zb)])).float()
-                    e_c, e_u = e.chunk(2)
-                    return (1 + w) * e_c - w * e_u
+                    return guided_call(lambda x, t, z: unet(x, t, cond=z).float(), x, t, zb,
+                                       torch.zeros_like(zb), w)
 
             x_T = torch.randn((b, C, S, S), generator=g).to(dev)
             x = ddpm_sample(model_eps, self.sched_, (b, C, S, S), variance="beta",

@@ -43,7 +43,7 @@ Decisions where the paper is silent ([PROP], METHODS.md §6):
   residual blocks are not reproduced exactly), dropout 0.1, AdamW lr 2e-4 with EMA, batch
   ``ddpm_batch_size`` (128), ``ddpm_epochs`` (300) epochs; the cluster id goes through a learned
   embedding added to the time embedding (diffusers ``num_class_embeds``), with null-id dropout
-  ``p_uncond`` (0.1) so ``guidance_scale`` > 1 is possible (default 1: plain conditional).
+  ``p_uncond`` (0.1) so ``guidance`` w > 0 is possible (default 0: plain conditional).
 * Generated pool: ``n_generate`` images per round (default N) with DDIM ``sample_steps`` (100),
   η = 0, labels drawn from the current pseudo-label distribution; a real image of label k is
   paired with a random pool image of label k (clusters absent from the pool are skipped in L_d).
@@ -277,7 +277,7 @@ _STAGE_KEYS = {"stage1_contrastive": _CLR_KEYS, "stage1_head": _HEAD_KEYS,
                "stage2": _HEAD_KEYS + ("unet_preset", "unet_dropout", "n_timesteps",
                                        "ddpm_epochs", "ddpm_batch_size", "ddpm_lr", "p_uncond",
                                        "calib_epochs", "gen_epochs", "calib_lr", "batch_size",
-                                       "n_generate", "sample_steps", "guidance_scale", "use_mmd",
+                                       "n_generate", "sample_steps", "guidance", "use_mmd",
                                        "use_cwm", "use_ml", "mmd_bandwidths", "ml_on",
                                        "mmd_reduce", "label_update", "anchor_weight",
                                        "anchor_threshold")}
@@ -315,7 +315,8 @@ class GCC(DiffClusterMixin):
     calib_lr, batch_size : Adam lr of F and C in Stage II (1e-4) and the real batch (256).
     n_generate : "auto" or int
         Generated pool per round ("auto" = N images).
-    sample_steps, guidance_scale : DDIM steps (100) and CFG scale (1.0) for the pool.
+    sample_steps, guidance : DDIM steps (100) and the classifier-free guidance weight w
+        (0: the conditional model) for the pool.
     use_mmd, use_cwm, use_ml : bool
         The three Stage-II losses (ablation switches).
     mmd_bandwidths : tuple, multiples of the median distance; ``ml_on`` : "proba" | "logits".
@@ -347,7 +348,7 @@ class GCC(DiffClusterMixin):
         "calib_epochs": [int_at_least(0)], "gen_epochs": [int_at_least(0)],
         "calib_lr": [positive], "batch_size": [int_at_least(1)],
         "n_generate": [int_at_least(1), AUTO], "sample_steps": [int_at_least(1)],
-        "guidance_scale": [non_negative], "use_mmd": flag, "use_cwm": flag, "use_ml": flag,
+        "guidance": [non_negative], "use_mmd": flag, "use_cwm": flag, "use_ml": flag,
         "mmd_bandwidths": pair, "mmd_reduce": [StrOptions({"sum", "mean"})],
         "ml_on": [StrOptions({"proba", "logits"})],
         "label_update": [StrOptions({"round", "epoch", "batch"})],
@@ -361,7 +362,7 @@ class GCC(DiffClusterMixin):
                  head_batch_size=256, unet_preset="auto", unet_dropout=0.1, n_timesteps=1000,
                  ddpm_epochs=300, ddpm_batch_size=128, ddpm_lr=2e-4, p_uncond=0.1,
                  n_rounds=10, calib_epochs=5, gen_epochs=2, calib_lr=1e-4, batch_size=256,
-                 n_generate="auto", sample_steps=100, guidance_scale=1.0, use_mmd=True,
+                 n_generate="auto", sample_steps=100, guidance=0.0, use_mmd=True,
                  use_cwm=True, use_ml=True, mmd_bandwidths=(0.5, 1.0, 2.0, 4.0, 8.0),
                  ml_on="proba", mmd_reduce="mean", label_update="round", anchor_weight=1.0,
                  anchor_threshold=0.9, checkpoint_dir=None, embed_batch_size=512, random_state=None,
@@ -394,7 +395,7 @@ class GCC(DiffClusterMixin):
         self.batch_size = batch_size
         self.n_generate = n_generate
         self.sample_steps = sample_steps
-        self.guidance_scale = guidance_scale
+        self.guidance = guidance
         self.use_mmd = use_mmd
         self.use_cwm = use_cwm
         self.use_ml = use_ml
@@ -457,7 +458,7 @@ class GCC(DiffClusterMixin):
                 "head_epochs", "head_lr", "head_batch_size", "unet_preset", "unet_dropout",
                 "n_timesteps", "ddpm_epochs", "ddpm_batch_size", "ddpm_lr", "p_uncond",
                 "calib_epochs", "gen_epochs", "calib_lr", "batch_size", "n_generate",
-                "sample_steps", "guidance_scale", "use_mmd", "use_cwm", "use_ml",
+                "sample_steps", "guidance", "use_mmd", "use_cwm", "use_ml",
                 "mmd_bandwidths", "ml_on", "mmd_reduce", "label_update", "anchor_weight",
                 "anchor_threshold")
         fp = {k: (list(v) if isinstance(v, tuple) else v)
@@ -673,7 +674,7 @@ class GCC(DiffClusterMixin):
         g = torch.Generator().manual_seed(int(seed))
         return sample_images(self.generator_unet_, n, int(self.sample_steps), eta=0.0,
                              class_labels=torch.as_tensor(labels), generator=g,
-                             guidance_scale=float(self.guidance_scale), device=self.device_,
+                             guidance=float(self.guidance), device=self.device_,
                              dtype=self.amp_dtype_, batch_size=int(self.embed_batch_size))
 
     def _stage_calibrate(self, X, ck):

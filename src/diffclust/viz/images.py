@@ -1,5 +1,6 @@
 """Image grids: per-cluster galleries (most / least confident members, as in CLUDI's appendix)
-and sample grids of generators."""
+and sample grids of generators, as matplotlib figures or (``image_grid``) as plain PNG pixels.
+Every grid is laid out by :func:`~diffclust.viz._common.mosaic`."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from ._common import mosaic, new_figure, save_figure, to_display_images
 
 __all__ = [
     "cluster_gallery_indices",
+    "image_grid",
     "plot_cluster_gallery",
     "plot_sample_grid",
     "save_cluster_gallery",
+    "save_image_grid",
     "save_sample_grid",
 ]
 
@@ -131,3 +134,38 @@ def plot_sample_grid(samples, nrow=None, row_labels=None, image_shape=None, titl
 def save_sample_grid(path, samples, dpi: int = 100, **kw):
     """:func:`plot_sample_grid` written as PNG to ``path`` (atomic)."""
     return save_figure(plot_sample_grid(samples, **kw), path, dpi=dpi)
+
+
+def image_grid(images, nrow: int | None = None, pad: int = 1,
+               upscale: int | None = None) -> np.ndarray:
+    """A uint8 RGB grid ``(H', W', 3)`` of images ``(N, C, H, W)`` in [−1, 1] (the diffusion
+    convention), ``nrow`` per row (default ≈ √N), white borders, each tile enlarged by pixel
+    repetition to about 96 px unless ``upscale`` is given."""
+    x = np.clip(np.asarray(images, dtype=np.float32), -1.0, 1.0)
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"image_grid needs (N, C, H, W) images with C in (1, 3), got {x.shape}")
+    N, C, H, W = x.shape
+    if N == 0:
+        raise ValueError("no images to show")
+    u = int(upscale or max(1, round(96 / max(H, W))))
+    x = ((x + 1.0) / 2.0).transpose(0, 2, 3, 1).repeat(u, 1).repeat(u, 2)
+    x = np.repeat(x, 3, axis=-1) if C == 1 else x
+    nrow = int(nrow or int(np.ceil(np.sqrt(N))))
+    R = int(np.ceil(N / nrow))
+    tiles = np.full((R * nrow,) + x.shape[1:], np.nan, np.float32)
+    tiles[:N] = x
+    grid = mosaic(tiles.reshape((R, nrow) + x.shape[1:]), pad=pad)
+    return np.round(grid * 255.0).astype(np.uint8)
+
+
+def save_image_grid(path, images, nrow: int | None = None, upscale: int | None = None):
+    """Write :func:`image_grid` as a PNG (Pillow) to ``path``, atomically; returns the path."""
+    import io
+
+    from PIL import Image
+
+    from ..data import atomic_write_bytes
+
+    buf = io.BytesIO()
+    Image.fromarray(image_grid(images, nrow=nrow, upscale=upscale)).save(buf, format="PNG")
+    return atomic_write_bytes(path, buf.getvalue())
