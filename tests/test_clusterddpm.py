@@ -1,4 +1,4 @@
-"""ClusterDDPM: loss terms, the KL identity, the E-step, a short real fit, persistence, divergence."""
+"""ClusterDDPM: loss terms, the KL identity, the E-step, a short fit, persistence, divergence."""
 
 import json
 import math
@@ -8,13 +8,8 @@ import pytest
 import torch
 
 from diffclust import ClusterDDPM, evaluate, load_pretrained
-from diffclust.methods.clusterddpm import (
-    DivergenceError,
-    fit_diag_gmm,
-    fit_gmm,
-    gmm_log_posterior,
-    prior_matching_terms,
-)
+from diffclust.errors import DivergenceError
+from diffclust.mixture import fit_diag_gmm, fit_gmm, gmm_log_posterior, prior_matching_terms
 
 TINY = dict(unet_preset="tiny", latent_dim=4, n_timesteps=50, pretrain_epochs=1, n_em_iters=1,
             batch_size=32, gmm_n_init=1, verbose=False)
@@ -334,7 +329,7 @@ def test_auto_pretrain_epochs_floor():
     assert ClusterDDPM(3, pretrain_epochs=4)._n_pretrain_epochs(2000) == 4
     for bad in (-1, "ten", True):
         with pytest.raises(ValueError, match="pretrain_epochs"):
-            ClusterDDPM(3, pretrain_epochs=bad)._check_params()
+            ClusterDDPM(3, pretrain_epochs=bad)._validate_params()
 
 
 def test_loads_a_model_saved_before_covariance_type(usps3, tmp_path):

@@ -213,19 +213,10 @@ class DiEC(DiffClusterMixin):
 
     # ------------------------------------------------------------------ the U-Net
     def _check_params(self, n):
-        for name in ("ots_repeats", "n_noise_train", "n_noise_infer", "n_epochs", "batch_size",
-                     "n_neighbors", "knn_rebuild_every", "embed_batch_size", "ots_stride"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
-        if self.t_star != "auto" and not isinstance(self.t_star, (int, np.integer)):
-            raise ValueError(f"t_star must be 'auto' or an int timestep, got {self.t_star!r}")
-        if self.update_interval != "epoch" and int(self.update_interval) < 1:
-            raise ValueError("update_interval must be 'epoch' or a positive number of iterations")
+        """The rule that needs the data (each parameter alone is declared above)."""
         if self.n_neighbors >= n:
             raise ValueError(f"n_neighbors={self.n_neighbors} needs more than that many images "
                              f"(got {n}); lower n_neighbors")
-        if min(self.alpha, self.beta, self.gamma, self.denoise_weight) < 0 or self.gamma == 0:
-            raise ValueError("alpha, beta, denoise_weight must be ≥ 0 and gamma > 0")
 
     def _resolve_unet(self, X) -> DiffusionUNet:
         from diffusers import UNet2DModel

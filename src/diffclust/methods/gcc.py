@@ -414,36 +414,7 @@ class GCC(DiffClusterMixin):
 
     # ------------------------------------------------------------------ checks
     def _check_params(self, X):
-        for name in ("backbone_width", "proj_dim", "clr_batch_size", "kmeans_n_init",
-                     "head_hidden", "head_batch_size", "ddpm_batch_size", "batch_size",
-                     "sample_steps", "embed_batch_size", "n_timesteps"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
-        for name in ("clr_epochs", "head_epochs", "ddpm_epochs", "n_rounds", "calib_epochs",
-                     "gen_epochs"):
-            if int(getattr(self, name)) < 0:
-                raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
-        if self.ddpm_epochs < 1:
-            raise ValueError("ddpm_epochs must be ≥ 1 (GCC needs a generator)")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.ml_on not in ("proba", "logits"):
-            raise ValueError(f"ml_on must be 'proba' or 'logits', got {self.ml_on!r}")
-        if self.mmd_reduce not in ("sum", "mean"):
-            raise ValueError(f"mmd_reduce must be 'sum' or 'mean', got {self.mmd_reduce!r}")
-        if self.label_update not in ("round", "epoch", "batch"):
-            raise ValueError(f"label_update must be 'round', 'epoch' or 'batch', got "
-                             f"{self.label_update!r}")
-        if self.anchor_weight < 0 or not 0 <= self.anchor_threshold < 1:
-            raise ValueError(f"need anchor_weight ≥ 0 and 0 ≤ anchor_threshold < 1, got "
-                             f"{self.anchor_weight}, {self.anchor_threshold}")
-        if self.n_generate != "auto" and int(self.n_generate) < 1:
-            raise ValueError(f"n_generate must be 'auto' or ≥ 1, got {self.n_generate!r}")
-        if not 0 <= self.p_uncond < 1:
-            raise ValueError(f"p_uncond must be in [0, 1), got {self.p_uncond}")
-        if self.augment is not None and not callable(self.augment):
-            raise ValueError("augment must be None or a callable(x, generator) such as "
-                             "SimCLRAugment")
+        """The rules that need the data (each parameter alone is declared above)."""
         if X.shape[2] != X.shape[3]:
             raise ValueError(f"GCC needs square images (for the U-Net), got "
                              f"{X.shape[2]}×{X.shape[3]}")

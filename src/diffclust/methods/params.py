@@ -16,8 +16,15 @@ __all__ = ["COMMON", "Interval", "StrOptions", "Integral", "Real", "int_at_least
 AUTO = StrOptions({"auto"})
 
 
+class _Int(Interval):
+    """An integer interval that refuses booleans (``True`` is an ``Integral`` in Python)."""
+
+    def is_satisfied_by(self, val):
+        return not isinstance(val, bool) and super().is_satisfied_by(val)
+
+
 def int_at_least(k: int):
-    return Interval(Integral, k, None, closed="left")
+    return _Int(Integral, k, None, closed="left")
 
 
 positive = Interval(Real, 0, None, closed="neither")

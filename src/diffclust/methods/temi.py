@@ -248,31 +248,6 @@ class TEMI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
             return int(np.clip(n // (2 * self.n_clusters), 5, 50))
         return int(self.n_neighbors)
 
-    def _check_params(self):
-        if not 0.0 < float(self.gamma) <= 1.0:
-            raise ValueError(f"gamma must be in (0, 1] (the paper uses 0.6), got {self.gamma}")
-        for name in ("student_temp", "teacher_temp", "lr"):
-            if not float(getattr(self, name)) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("probs_momentum", "teacher_momentum", "max_teacher_momentum"):
-            if not 0.0 <= float(getattr(self, name)) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.n_neighbors != "auto":
-            v = self.n_neighbors
-            if not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"n_neighbors must be a positive integer or 'auto', got {v!r}")
-        for name in ("n_heads", "hidden_dim", "bottleneck_dim", "batch_size",
-                     "predict_batch_size"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        for name in ("n_steps", "warmup_steps", "freeze_last_layer_steps"):
-            v = getattr(self, name)
-            if v != "auto" and (not isinstance(v, (int, np.integer)) or v < 0 or
-                                (name == "n_steps" and v < 1)):
-                raise ValueError(f"{name} must be 'auto' or a non-negative integer "
-                                 f"(n_steps ≥ 1), got {v!r}")
-
     def _resolve_schedule(self, n):
         B = int(min(self.batch_size, n))
         per_epoch = max(n // B, 1)
@@ -302,7 +277,6 @@ class TEMI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
 
     # ------------------------------------------------------------------ fit
     def _fit(self, X):
-        self._check_params()
         n, D = X.shape
         B, steps, warm, freeze, window = self._resolve_schedule(n)
         info = self._setup_distributed(B, n)  # world 1 unless torch.distributed / torchrun

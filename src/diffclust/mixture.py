@@ -1,0 +1,138 @@
+"""Gaussian-mixture maths of ClusterDDPM (Yan et al., 2023; METHODS.md §5): the posterior
+``p(c | z)`` (eq. 22), the prior-matching terms of the ELBO (eq. A.17) and the E-step's mixture
+fit (scikit-learn's GaussianMixture, warm-started), for diagonal and tied covariances.
+
+A mixture is ``(weights (K,), means (K, J), covariances)`` with scikit-learn's layout of
+``covariances_``: ``"diag"`` → (K, J) per-component variances σ_c² (the paper), ``"tied"`` → one
+(J, J) covariance Σ shared by all components.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .errors import DivergenceError
+
+__all__ = ["COVARIANCE_TYPES", "fit_diag_gmm", "fit_gmm", "gmm_log_posterior",
+           "prior_matching_terms"]
+
+_LOG2PI = math.log(2 * math.pi)
+
+COVARIANCE_TYPES = ("diag", "tied")
+
+
+def check_covariance_type(covariance_type):
+    if covariance_type not in COVARIANCE_TYPES:
+        raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES}, "
+                         f"got {covariance_type!r}")
+
+
+def _tied_mahalanobis(diff, cov):
+    """``(diffᵀ Σ⁻¹ diff, log|Σ|, L)`` for ``diff`` (B, K, J) and a tied ``Σ = L Lᵀ`` (J, J),
+    by one Cholesky factorisation and a triangular solve (no explicit inverse)."""
+    L = torch.linalg.cholesky(cov.float())
+    u = torch.linalg.solve_triangular(L, diff.reshape(-1, diff.shape[-1]).T, upper=False)
+    return (u ** 2).sum(0).reshape(diff.shape[:2]), 2 * torch.log(torch.diagonal(L)).sum(), L
+
+
+def gmm_log_posterior(z, weights, means, covariances, covariance_type="diag"):
+    """``log p(c | z)`` (eq. 22): ``(B, K)`` log-softmax over c of
+    ``log π_c + log N(z; μ_c, Σ_c)``, with ``Σ_c = diag σ_c²`` (``covariances`` (K, J)) or a tied
+    ``Σ`` (``covariances`` (J, J)). ``z`` (B, J), ``weights`` (K,), ``means`` (K, J).
+    Differentiable in ``z``."""
+    check_covariance_type(covariance_type)
+    z = z.float()
+    diff = z[:, None, :] - means[None]  # (B, K, J)
+    if covariance_type == "diag":
+        log_n = -0.5 * (_LOG2PI + torch.log(covariances)[None]
+                        + diff ** 2 / covariances[None]).sum(-1)
+    else:
+        maha, log_det, _ = _tied_mahalanobis(diff, covariances)
+        log_n = -0.5 * (diff.shape[-1] * _LOG2PI + log_det + maha)
+    return torch.log_softmax(torch.log(weights)[None] + log_n, dim=1)
+
+
+def prior_matching_terms(mu, logvar, z, weights, means, covariances, w=None,
+                         covariance_type="diag"):
+    """The prior-matching part of eq. A.17, per sample (without λ).
+
+    Returns a dict of ``(B,)`` tensors: ``kl_c = Σ_c w_c log(w_c/π_c)``,
+    ``kl_z = ½ Σ_c w_c [log|Σ_c| + tr(Σ_c⁻¹ diag σ_φ²) + (μ_φ − μ_c)ᵀ Σ_c⁻¹ (μ_φ − μ_c)]``
+    (for the paper's diagonal ``Σ_c`` this is ``½ Σ_c w_c Σ_j [log σ_c² + σ_φ²/σ_c² +
+    (μ_φ − μ_c)²/σ_c²]``), ``entropy = −½ Σ_j (1 + log σ_φ²)`` and their sum ``total``, which
+    equals ``KL(q_φ(z|x) q(c|x) ‖ p(z, c))``; plus ``w`` (B, K). ``w`` defaults to the posterior
+    ``p(c | z)`` at the sampled ``z`` with the mixture constant (the paper's choice).
+    """
+    check_covariance_type(covariance_type)
+    mu, logvar = mu.float(), logvar.float()
+    if w is None:
+        log_w = gmm_log_posterior(z, weights, means, covariances, covariance_type)
+        w = log_w.exp()
+    else:
+        log_w = torch.log(w.clamp_min(1e-30))
+    log_pi = torch.log(weights)[None]
+    kl_c = (w * (log_w - log_pi)).sum(1)
+    var_phi = logvar.exp()
+    diff = mu[:, None, :] - means[None]  # (B, K, J)
+    if covariance_type == "diag":
+        per_c = (torch.log(covariances)[None] + var_phi[:, None, :] / covariances[None]
+                 + diff ** 2 / covariances[None]).sum(-1)  # (B, K)
+    else:  # tr(Σ⁻¹ diag σ_φ²) = Σ_j (Σ⁻¹)_jj σ_φj²
+        maha, log_det, L = _tied_mahalanobis(diff, covariances)
+        prec_diag = torch.diagonal(torch.cholesky_inverse(L))
+        per_c = log_det + (var_phi * prec_diag[None]).sum(1, keepdim=True) + maha
+    kl_z = 0.5 * (w * per_c).sum(1)
+    entropy = -0.5 * (1.0 + logvar).sum(1)
+    return {"kl_c": kl_c, "kl_z": kl_z, "entropy": entropy, "total": kl_c + kl_z + entropy,
+            "w": w}
+
+
+def fit_gmm(Z, n_components, covariance_type="diag", init=None, reg_covar=1e-4, max_iter=100,
+            tol=1e-3, n_init=1, seed=0):
+    """Fit a GMM with ``covariance_type`` (``"diag"`` or ``"tied"``) to ``Z`` (N, J) with
+    scikit-learn and return its parameters as float32 tensors ``(weights (K,), means (K, J),
+    covariances)`` (see :data:`COVARIANCE_TYPES`) plus a fit-info dict.
+
+    ``init`` = a previous ``(weights, means, covariances)``: warm start (one run from there);
+    otherwise k-means initialisation with ``n_init`` restarts."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.mixture import GaussianMixture
+
+    check_covariance_type(covariance_type)
+    Z = np.asarray(Z, dtype=np.float64)
+    if not np.isfinite(Z).all():
+        raise DivergenceError("the latent codes passed to the E-step contain NaN/inf")
+    kw = dict(n_components=int(n_components), covariance_type=covariance_type,
+              reg_covar=reg_covar, max_iter=int(max_iter), tol=tol,
+              random_state=int(seed) % (2**32))
+    if init is not None:
+        w0, m0, c0 = (np.asarray(a.detach().cpu() if torch.is_tensor(a) else a, np.float64)
+                      for a in init)
+        w0 = np.clip(w0, 1e-8, None)
+        prec0 = (1.0 / np.clip(c0, 1e-12, None) if covariance_type == "diag"
+                 else np.linalg.inv(c0))
+        gm = GaussianMixture(weights_init=w0 / w0.sum(), means_init=m0, precisions_init=prec0,
+                             n_init=1, **kw)
+    else:
+        gm = GaussianMixture(init_params="kmeans", n_init=int(n_init), **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gm.fit(Z)
+    params = [torch.as_tensor(a, dtype=torch.float32)
+              for a in (gm.weights_, gm.means_, gm.covariances_)]
+    if not all(torch.isfinite(p).all() for p in params):
+        raise DivergenceError("the E-step produced a non-finite mixture")
+    params[0] = params[0].clamp_min(1e-8)
+    params[0] = params[0] / params[0].sum()
+    return tuple(params), {"converged": bool(gm.converged_), "n_iter": int(gm.n_iter_),
+                           "lower_bound": float(gm.lower_bound_)}
+
+
+def fit_diag_gmm(Z, n_components, **kwargs):
+    """:func:`fit_gmm` with the paper's diagonal covariances."""
+    return fit_gmm(Z, n_components, "diag", **kwargs)
