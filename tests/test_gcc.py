@@ -16,10 +16,10 @@ from diffclust.augment import (
     random_grayscale,
     random_resized_crop,
 )
-from diffclust.losses import nt_xent_loss
-from diffclust.methods.gcc import (
+from diffclust.losses import (
     category_matching_loss,
     classwise_mmd,
+    nt_xent_loss,
     rbf_kernel,
     reliable_metric_loss,
 )

@@ -1,4 +1,5 @@
-"""Clustering losses shared by several methods (METHODS.md §1.8).
+"""Clustering losses (METHODS.md §1.8): Self-Classifier, DEC, TEMI, NT-Xent, and GCC's
+calibration losses (§4: class-wise MMD, category matching, reliable metric).
 
 All are computed in fp32 whatever the autocast context (the logs are fragile in bf16/fp16).
 """
@@ -10,7 +11,8 @@ import torch.nn.functional as F
 
 __all__ = ["self_classifier_parts", "self_classifier_loss", "self_classifier_pair_matrix",
            "dec_soft_assignment", "dec_target_distribution",
-           "temi_loss", "nt_xent_loss"]
+           "temi_loss", "nt_xent_loss", "rbf_kernel", "classwise_mmd",
+           "category_matching_loss", "reliable_metric_loss"]
 
 
 def self_classifier_parts(logits: torch.Tensor, tau_row: float = 0.1, tau_col: float = 0.05,
@@ -136,3 +138,79 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1) -
     target = torch.cat([torch.arange(B, 2 * B), torch.arange(0, B)]).to(z.device)
     return F.cross_entropy(sim, target)
 
+
+# ---------------------------------------------------------------- GCC's calibration (§4)
+def rbf_kernel(a: torch.Tensor, b: torch.Tensor, bandwidths=(0.5, 1, 2, 4, 8),
+               base: torch.Tensor | float | None = None) -> torch.Tensor:
+    """Multi-bandwidth Gaussian kernel ``Σ_s exp(−‖a_i − b_j‖² / (2 (s·m)²))`` (DAN/JAN style).
+    ``m`` (``base``) defaults to the median pairwise distance of ``[a; b]`` (no gradient)."""
+    d2 = torch.cdist(a.float(), b.float()).pow(2)
+    if base is None:
+        z = (a if b is a else torch.cat([a, b])).detach().float()
+        dz = torch.cdist(z, z)
+        off = dz[~torch.eye(len(z), dtype=torch.bool, device=z.device)]
+        base = off.median() if off.numel() else torch.ones((), device=z.device)
+    base = torch.as_tensor(base, device=d2.device).clamp_min(1e-6)
+    out = torch.zeros_like(d2)
+    for s in bandwidths:
+        out = out + torch.exp(-d2 / (2 * (float(s) * base) ** 2))
+    return out
+
+
+def classwise_mmd(f_real: torch.Tensor, y_real: torch.Tensor, f_gen: torch.Tensor,
+                  y_gen: torch.Tensor, n_clusters: int, bandwidths=(0.5, 1, 2, 4, 8),
+                  normalize: bool = True, reduce: str = "sum") -> torch.Tensor:
+    """``L_d = Σ_k (d_r^k + d_g^k − 2 d_rg^k)`` (eq. 9, restored form): the squared kernel MMD
+    between the real and the generated features of each cluster k (biased V-statistic, as
+    written), over the clusters present in both sets (vectorised with normalised one-hot
+    masks). ``reduce="sum"`` is eq. 9; ``reduce="mean"`` [PROP] averages over the clusters
+    present, so the loss no longer grows with the number of clusters a batch holds.
+
+    The bandwidth (median pairwise distance) is detached, as in DAN: at a fixed bandwidth every
+    MMD term shrinks when all features contract, so on its own this loss drives F towards a
+    constant map (each MMD is then 0) — see the GCC docstring."""
+    if reduce not in ("sum", "mean"):
+        raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
+    if normalize:
+        f_real, f_gen = F.normalize(f_real.float(), dim=1), F.normalize(f_gen.float(), dim=1)
+    z = torch.cat([f_real, f_gen]).float()
+    Kz = rbf_kernel(z, z, bandwidths)
+    nr = len(f_real)
+    R = F.one_hot(y_real.long(), n_clusters).float()
+    G = F.one_hot(y_gen.long(), n_clusters).float()
+    cr, cg = R.sum(0), G.sum(0)
+    Rn, Gn = R / cr.clamp_min(1), G / cg.clamp_min(1)
+    d_r = (Rn * (Kz[:nr, :nr] @ Rn)).sum(0)
+    d_g = (Gn * (Kz[nr:, nr:] @ Gn)).sum(0)
+    d_rg = (Rn * (Kz[:nr, nr:] @ Gn)).sum(0)
+    present = (cr > 0) & (cg > 0)
+    total = ((d_r + d_g - 2 * d_rg) * present).sum()
+    return total / present.sum().clamp_min(1) if reduce == "mean" else total
+
+
+def category_matching_loss(f_gen: torch.Tensor, y_gen: torch.Tensor) -> torch.Tensor:
+    """``L_cwm = mean_{ŷ_i≠ŷ_j} cos(f_i, f_j) − mean_{i≠j, ŷ_i=ŷ_j} cos(f_i, f_j)`` on generated
+    features (eq. 10; the diagonal is excluded from the same-label mean). Ranges in [−2, 2]:
+    negative when same-label features are closer than different-label ones. A term with no
+    pairs is 0."""
+    z = F.normalize(f_gen.float(), dim=1)
+    S = z @ z.T
+    same = y_gen[:, None] == y_gen[None, :]
+    eye = torch.eye(len(z), dtype=torch.bool, device=z.device)
+    same_off, diff = same & ~eye, ~same
+    n_s, n_d = same_off.sum(), diff.sum()
+    m_s = (S * same_off).sum() / n_s.clamp_min(1)
+    m_d = (S * diff).sum() / n_d.clamp_min(1)
+    return m_d - m_s
+
+
+def reliable_metric_loss(scores: torch.Tensor, y_gen: torch.Tensor,
+                         on: str = "proba") -> torch.Tensor:
+    """``L_ml = (1/B) Σ_i Σ_k 1[p̃_ik > p̃_{i,j(i)}] (p̃_ik − p̃_{i,j(i)})²`` (eq. 11), j(i) the
+    label sample i was generated with; ``scores`` are logits, turned into probabilities when
+    ``on="proba"`` (default) or used as they are with ``on="logits"``."""
+    if on not in ("proba", "logits"):
+        raise ValueError(f"on must be 'proba' or 'logits', got {on!r}")
+    p = torch.softmax(scores.float(), 1) if on == "proba" else scores.float()
+    diff = p - p.gather(1, y_gen.long().view(-1, 1))
+    return F.relu(diff).pow(2).sum() / max(1, len(p))
