@@ -5,6 +5,7 @@ to ``config.json`` + ``model.safetensors``.
 """
 
 from .data import load_array, load_dataset
+from .errors import DivergenceError
 from .generation import ClusterGenerator, load_generator, train_generator
 from .methods.base import load_pretrained
 from .methods.baselines import GMMClusterer, KMeansClusterer
@@ -22,4 +23,4 @@ set_default_clusterer(lambda C, seed: TEMI(C, random_state=seed, verbose=False))
 __all__ = ["CLUDI", "KMeansClusterer", "GMMClusterer", "load_dataset", "load_array", "evaluate",
            "load_pretrained", "__version__", "TEMI", "estimate_cmax", "CmaxResult", "DiEC",
            "train_generator", "load_generator", "ClusterGenerator", "GCC",
-           "ClusterDDPM", "SelfClassifier"]
+           "ClusterDDPM", "SelfClassifier", "DivergenceError"]

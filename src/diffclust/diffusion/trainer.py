@@ -49,6 +49,7 @@ from typing import Callable
 import torch
 
 from ..data.io import atomic_write_bytes, atomic_write_text, clean_stale_tmp
+from ..errors import DivergenceError
 from ..training.distributed import (
     DistInfo,
     GlobalBatchRandom,
@@ -293,7 +294,7 @@ def train_denoiser(unet, X: torch.Tensor, loss_fn: Callable, optimizer, *, n_ste
             loss = loss_fn(net, x0, cl, rng)
             loss_value = float(all_reduce_mean(loss.detach()).item())  # global-batch loss
             if not math.isfinite(loss_value):
-                raise FloatingPointError(f"{desc}: the loss became {loss_value} at step {step};"
+                raise DivergenceError(f"{desc}: the loss became {loss_value} at step {step};"
                                          f" lower lr (now {lr}) or use precision='fp32'")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # DDP: gradients averaged over the ranks

@@ -58,6 +58,7 @@ from ..diffusion.process import q_sample
 from ..diffusion.samplers import ddim_sample, ddim_time_pairs
 from ..diffusion.schedules import NoiseSchedule
 from ..diffusion.weighting import min_snr_weight
+from ..errors import DivergenceError
 from ..losses import self_classifier_pair_matrix
 from ..training.distributed import (
     DistributedBatchSampler,
@@ -426,7 +427,7 @@ class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
             idx = gidx[local].to(self.device_)
             loss, parts = step_fn(Xt[idx], ema.module if ema else net, g, rows, gather, x_view)
             if not math.isfinite(parts["loss"]):
-                raise FloatingPointError(
+                raise DivergenceError(
                     f"CLUDI training diverged at step {step} (loss={parts['loss']}); lower lr "
                     f"(now {self.lr}) or ce_weight (now {self.ce_weight}), or use "
                     f"precision='fp32'")

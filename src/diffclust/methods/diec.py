@@ -60,6 +60,7 @@ from torch import nn
 
 from ..diffusion.process import q_sample
 from ..diffusion.unet import DiffusionUNet, bottleneck_features
+from ..errors import DivergenceError
 from ..knn import knn_search
 from ..losses import dec_soft_assignment, dec_target_distribution
 from ..training.runtime import autocast, progress
@@ -471,7 +472,7 @@ class DiEC(DiffClusterMixin):
                     l_re = F.mse_loss(pred.float(), eps)
                     loss = loss + self.denoise_weight * l_re
                 if not math.isfinite(loss.item()):
-                    raise FloatingPointError(f"DiEC loss became {loss.item()} at iteration {it};"
+                    raise DivergenceError(f"DiEC loss became {loss.item()} at iteration {it};"
                                              f" lower lr_unet/lr_head or use precision='fp32'")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -109,6 +109,7 @@ from torch import nn
 
 from ..augment import SimCLRAugment
 from ..data.io import atomic_write_bytes, atomic_write_text
+from ..errors import DivergenceError
 from ..losses import (
     category_matching_loss,
     classwise_mmd,
@@ -456,7 +457,7 @@ class GCC(DiffClusterMixin):
                     z = proj(F_(v)).float()
                 loss = nt_xent_loss(z[:len(x)], z[len(x):], self.temperature)
                 if not math.isfinite(loss.item()):
-                    raise FloatingPointError(f"NT-Xent became {loss.item()} in epoch {ep}; lower "
+                    raise DivergenceError(f"NT-Xent became {loss.item()} in epoch {ep}; lower "
                                              f"clr_lr or use precision='fp32'")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -659,7 +660,7 @@ class GCC(DiffClusterMixin):
                             loss = loss + v
                             sums[k_] += float(v.detach())
                         if not math.isfinite(loss.item()):
-                            raise FloatingPointError(f"GCC Stage-II loss became {loss.item()} in "
+                            raise DivergenceError(f"GCC Stage-II loss became {loss.item()} in "
                                                      f"round {r + 1}; lower calib_lr or use "
                                                      f"precision='fp32'")
                         opt.zero_grad(set_to_none=True)

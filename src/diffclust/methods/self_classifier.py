@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import DivergenceError
 from ..losses import self_classifier_loss
 from ..training.optim import warmup_cosine
 from ..training.runtime import autocast, progress
@@ -103,7 +104,7 @@ class SelfClassifier(DiffClusterMixin):
                 l1, l2 = head(v1).float(), head(v2).float()
             loss = self_classifier_loss(l1, l2, self.tau_row, self.tau_col)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"Self-Classifier diverged at step {step}; lower lr "
+                raise DivergenceError(f"Self-Classifier diverged at step {step}; lower lr "
                                          f"(now {self.lr})")
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -59,6 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import DivergenceError
 from ..knn import knn_search
 from ..losses import temi_loss
 from ..training.distributed import (
@@ -355,7 +356,7 @@ class TEMI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
             global_losses = all_reduce_mean(head_losses.detach())
             loss_value = global_losses.mean().item()
             if not math.isfinite(loss_value):
-                raise FloatingPointError(
+                raise DivergenceError(
                     f"TEMI training diverged at step {step} (loss={loss_value}); lower lr "
                     f"(now {self.lr}) or use precision='fp32'")
             opt.zero_grad(set_to_none=True)
