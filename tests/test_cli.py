@@ -90,7 +90,8 @@ def test_demo_writes_a_complete_run_and_report(tmp_path, monkeypatch):
     from diffclust.runs import open_run
 
     monkeypatch.setattr(demo_mod, "DEMO_PARAMS", dict(n_steps=4, teacher_steps=2, eval_steps=2,
-                                                      eval_chains=2, center=True))
+                                                      eval_chains=2, center=True,
+                                                      neighbor_views=3, marginal_entropy=1.0))
     r = runner.invoke(app, ["demo", "-q", "-o", str(tmp_path / "demo")])
     assert r.exit_code == 0, r.output
     assert "k-means" in r.output and "CLUDI" in r.output and "report:" in r.output

@@ -140,6 +140,25 @@ def test_teacher_grad_reaches_the_teacher_only_when_asked():
     torch.testing.assert_close(g1["last"], g1["all"])
 
 
+def test_marginal_entropy_adds_log_k_minus_entropy_of_the_mean_assignment():
+    """marginal_entropy λ adds λ (log K − H(p̄)), p̄ the student's mean assignment: with the
+    same draws, the losses at λ = 2 and λ = 0 differ by 2·g with g in (0, log K] (an untrained
+    3-cluster model's p̄ is not exactly uniform, and log K − H ≤ log K)."""
+    X = np.random.default_rng(3).normal(size=(32, 6)).astype(np.float32)
+    x = torch.from_numpy(X)
+    m = CLUDI(3, random_state=0, **TINY).fit(X)
+    losses = {}
+    for lam in (0.0, 2.0):
+        m.set_params(marginal_entropy=lam)
+        torch.manual_seed(0)
+        with torch.no_grad():
+            losses[lam], _ = m._train_step(m.net_, m.net_, x, torch.Generator().manual_seed(0))
+    gap = float(losses[2.0] - losses[0.0]) / 2.0
+    assert 0.0 < gap <= math.log(3) + 1e-6
+    with pytest.raises(ValueError, match="marginal_entropy"):
+        CLUDI(3, marginal_entropy=-1.0, **TINY).fit(X)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_same_seed_same_thread_count_gives_identical_runs(threads):
     """The documented guarantee (README, Reproducibility): same seed, machine, precision and

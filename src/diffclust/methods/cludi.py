@@ -162,6 +162,10 @@ class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
     neighbor_views : int
         [PROP] With k > 0 the student sees a random one of the k nearest neighbours of each
         point instead of the point itself (SCAN-like); 0 (default) is the paper's.
+    marginal_entropy : float
+        [PROP] Weight λ_H of ``log K − H(p̄)``, p̄ the student's mean assignment over the batch
+        and chains (SCAN's entropy term): a stronger push against merged clusters than the
+        Self-Classifier's uniform prior. 0 (default) is the paper's loss.
     """
 
     _thread_cap = 1  # one intra-op thread by default: docs/DECISIONS.md, "Threads"
@@ -184,7 +188,7 @@ class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
         "n_timesteps": [int_at_least(2)], "schedule": [str], "eval_chains": [int_at_least(1)],
         "eval_steps": [int_at_least(1)], "average": [StrOptions({"probs", "logits"})],
         "predict_batch_size": [int_at_least(1)], "center": flag,
-        "neighbor_views": [int_at_least(0)],
+        "neighbor_views": [int_at_least(0)], "marginal_entropy": [non_negative],
     }
 
     def __init__(self, n_clusters=10, *, embedding_dim="auto", noise_scale=49.0,
@@ -196,7 +200,7 @@ class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
                  teacher_grad="last", ema_decay=0.999, code_faithful_weighting=False,
                  learn_E=False, n_timesteps=1000, schedule="sqrt", eval_chains=8,
                  eval_steps=50, average="probs", predict_batch_size=1024, center=False,
-                 neighbor_views=0, random_state=None,
+                 neighbor_views=0, marginal_entropy=0.0, random_state=None,
                  device=None, precision="auto", verbose=True):
         self.n_clusters = n_clusters
         self.embedding_dim = embedding_dim
@@ -234,6 +238,7 @@ class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
         self.predict_batch_size = predict_batch_size
         self.center = center
         self.neighbor_views = neighbor_views
+        self.marginal_entropy = marginal_entropy
         self.random_state = random_state
         self.device = device
         self.precision = precision
@@ -368,6 +373,11 @@ class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
         w_pair = w[:, None].expand_as(A) if self.code_faithful_weighting else w[None, :].expand_as(A)
         l_ce = 0.5 * ((w_pair * A).mean() + (w[None, :] * Bm).mean())
         loss = l_emb + self.ce_weight * l_ce
+        if self.marginal_entropy:  # log K − H(p̄) over the (global) batch and the chains
+            logits_all = logits_S if gather is None else gather(logits_S)
+            p_bar = torch.softmax(logits_all / self.tau, dim=-1).mean(dim=(0, 1))
+            loss = loss + self.marginal_entropy * (
+                math.log(self.n_clusters) + (p_bar * torch.log(p_bar + 1e-8)).sum())
         if not rows.distributed:
             return loss, {"l_emb": l_emb.item(), "l_ce": l_ce.item(), "loss": loss.item()}
         l_emb_g = all_reduce_mean(l_emb.detach())
