@@ -164,7 +164,7 @@ def save_image_grid(path, images, nrow: int | None = None, upscale: int | None =
 
     from PIL import Image
 
-    from ..data import atomic_write_bytes
+    from ..data.io import atomic_write_bytes
 
     buf = io.BytesIO()
     Image.fromarray(image_grid(images, nrow=nrow, upscale=upscale)).save(buf, format="PNG")
