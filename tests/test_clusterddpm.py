@@ -334,15 +334,18 @@ def test_auto_pretrain_epochs_floor():
 
 def test_loads_a_model_saved_before_covariance_type(usps3, tmp_path):
     """Models saved with the old ``gmm_vars`` tensor and no ``covariance_type`` in their config
-    are the paper's diagonal mixture and load as such."""
+    are the paper's diagonal mixture and load as such; the old name ``grad_clip`` is read as
+    ``clip_grad`` (the name every method now uses)."""
     from safetensors.torch import load_file, save_file
 
     X, _ = usps3
-    m = ClusterDDPM(3, random_state=0, covariance_type="diag", **TINY).fit(X[::3])
+    m = ClusterDDPM(3, random_state=0, covariance_type="diag", clip_grad=2.5,
+                    **TINY).fit(X[::3])
     m.save_pretrained(tmp_path / "m")
     cfg_path, w_path = tmp_path / "m" / "config.json", tmp_path / "m" / "model.safetensors"
     cfg = json.loads(cfg_path.read_text())
     del cfg["params"]["covariance_type"]
+    cfg["params"]["grad_clip"] = cfg["params"].pop("clip_grad")
     for k in ("format_version", "weights_sha256", "diffclust_version"):  # older saves lack them
         del cfg[k]
     cfg_path.write_text(json.dumps(cfg))
@@ -350,5 +353,5 @@ def test_loads_a_model_saved_before_covariance_type(usps3, tmp_path):
     t["gmm_vars"] = t.pop("gmm_covariances")
     save_file(t, str(w_path))
     old = load_pretrained(tmp_path / "m")
-    assert old.covariance_type == "diag"
+    assert old.covariance_type == "diag" and old.clip_grad == 2.5
     np.testing.assert_allclose(old.predict_proba(X), m.predict_proba(X), atol=1e-6)

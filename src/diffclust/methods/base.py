@@ -322,6 +322,9 @@ def load_pretrained(path, device=None):
     if bad:
         raise _bad(w_path, f"tensor(s) {bad[:5]} hold NaN or infinite values")
     params = config["params"]
+    for old, new in getattr(klass, "_renamed_params", {}).items():  # models saved before
+        if old in params and new not in params:
+            params[new] = params.pop(old)
     defaults = klass().get_params()
     unknown = sorted(set(params) - set(defaults))
     if unknown:

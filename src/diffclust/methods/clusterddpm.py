@@ -161,7 +161,7 @@ class ClusterDDPM(DiffClusterMixin):
         latents (0.05), EM iterations (100), k-means restarts for the first fit (5).
     e_step_input, predict_from : "mean" or "sample"
         Whether the E-step / the read-out use μ_φ (default) or a reparameterised z.
-    grad_clip : float or None
+    clip_grad : float or None
         Optional global gradient-norm clip (None: off, as in the paper).
     divergence_factor : float
         A batch loss above this multiple of its phase's first loss counts as divergence (1e3).
@@ -175,6 +175,9 @@ class ClusterDDPM(DiffClusterMixin):
     _input_kind = "images"
     _loss_should_decrease = True
 
+    #: old parameter names read from models saved before the names were unified
+    _renamed_params = {"grad_clip": "clip_grad"}
+
     _parameter_constraints = {
         **COMMON,
         "latent_dim": [int_at_least(1)], "lam": [non_negative], "unet_preset": [str],
@@ -187,7 +190,7 @@ class ClusterDDPM(DiffClusterMixin):
         "covariance_type": [StrOptions({"tied", "diag"})],
         "gmm_max_iter": [int_at_least(1)], "gmm_n_init": [int_at_least(1)],
         "gmm_reg_covar": [non_negative], "e_step_input": [StrOptions({"mean", "sample"})],
-        "predict_from": [StrOptions({"mean", "sample"})], "grad_clip": [positive, None],
+        "predict_from": [StrOptions({"mean", "sample"})], "clip_grad": [positive, None],
         "divergence_factor": [Interval(Real, 1, None, closed="neither")],
         "embed_batch_size": [int_at_least(1)],
     }
@@ -197,7 +200,7 @@ class ClusterDDPM(DiffClusterMixin):
                  n_em_iters=50, m_step_epochs=1, batch_size=128, lr=1e-4, pretrain_lr=2e-3,
                  cond_drop=0.1, covariance_type="tied",
                  gmm_reg_covar=0.05, gmm_max_iter=100, gmm_n_init=5, e_step_input="mean",
-                 predict_from="mean", grad_clip=None, divergence_factor=1e3,
+                 predict_from="mean", clip_grad=None, divergence_factor=1e3,
                  embed_batch_size=512, random_state=None, device=None, precision="auto",
                  verbose=True):
         self.n_clusters = n_clusters
@@ -220,7 +223,7 @@ class ClusterDDPM(DiffClusterMixin):
         self.gmm_n_init = gmm_n_init
         self.e_step_input = e_step_input
         self.predict_from = predict_from
-        self.grad_clip = grad_clip
+        self.clip_grad = clip_grad
         self.divergence_factor = divergence_factor
         self.embed_batch_size = embed_batch_size
         self.random_state = random_state
@@ -295,7 +298,7 @@ class ClusterDDPM(DiffClusterMixin):
         Z = torch.cat(out)
         if not torch.isfinite(Z).all():
             raise DivergenceError("the encoder produced NaN/inf latent codes; training diverged "
-                                  "(lower lam or lr, or set grad_clip)")
+                                  "(lower lam or lr, or set clip_grad)")
         return Z
 
     def _gmm(self):
@@ -369,14 +372,14 @@ class ClusterDDPM(DiffClusterMixin):
                 opt = opt_box[0]
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                max_norm = float(self.grad_clip) if self.grad_clip else float("inf")
+                max_norm = float(self.clip_grad) if self.clip_grad else float("inf")
                 gn = torch.nn.utils.clip_grad_norm_(params, max_norm)
                 if not torch.isfinite(gn):
                     raise DivergenceError(
                         f"ClusterDDPM diverged in the {phase} phase (epoch {epoch}): the gradient "
                         f"norm is {float(gn)}. lam={self.lam} is probably too large for this "
                         f"data (the paper reports instability for large λ); lower lam or lr, or "
-                        f"set grad_clip")
+                        f"set clip_grad")
                 opt.step()
                 for k, v in logs.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach())
@@ -432,7 +435,7 @@ class ClusterDDPM(DiffClusterMixin):
     def _check_loss(self, loss, phase, epoch, state):
         v = float(loss.detach())
         hint = (f"lam={self.lam} is probably too large for this data (the paper reports "
-                f"unstable training for large λ); lower lam or lr, or set grad_clip")
+                f"unstable training for large λ); lower lam or lr, or set clip_grad")
         if not math.isfinite(v):
             raise DivergenceError(f"ClusterDDPM diverged in the {phase} phase (epoch {epoch}): "
                                   f"the loss is {v}. {hint}")

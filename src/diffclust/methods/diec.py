@@ -43,7 +43,7 @@ Decisions where the paper is silent ([PROP], METHODS.md §3.5–3.6, all switcha
 * Stopping: after ``n_epochs`` or when fewer than ``tol`` of the labels change between two
   refreshes (DEC's rule).
 * Read-out: ``argmax_k q_ik`` at t* with M = ``n_noise_infer`` (8) draws from a fixed seed.
-* Optimiser: Adam, ``lr_unet`` (1e-5) for the U-Net, ``lr_head`` (1e-3) for g_φ and μ; batch 256;
+* Optimiser: Adam, ``unet_lr`` (1e-5) for the U-Net, ``head_lr`` (1e-3) for g_φ and μ; batch 256;
   α, β, γ = 1, 0.1, 0.01; the denoising loss weight is fixed to 1 (``denoise_weight``).
 """
 
@@ -129,7 +129,7 @@ class DiEC(DiffClusterMixin):
         k of the graph (10) and how many target refreshes between graph rebuilds (5).
     update_interval : "epoch" or int
         Target (P, Q_cache, S) refresh every epoch or every so many iterations.
-    n_epochs, batch_size, lr_unet, lr_head, tol
+    n_epochs, batch_size, unet_lr, head_lr, tol
         Training length, batch, learning rates and the label-change stopping tolerance.
     finetune_unet : bool
         Train θ end to end (paper). ``False`` trains only g_φ and μ (and skips L_Re).
@@ -138,6 +138,9 @@ class DiEC(DiffClusterMixin):
     """
 
     _input_kind = "images"
+
+    #: old parameter names read from models saved before the names were unified
+    _renamed_params = {"lr_unet": "unet_lr", "lr_head": "head_lr"}
 
     _parameter_constraints = {
         **COMMON,
@@ -154,8 +157,8 @@ class DiEC(DiffClusterMixin):
         "denoise_weight": [non_negative], "dec_a": [positive], "n_neighbors": [int_at_least(1)],
         "knn_rebuild_every": [int_at_least(1)],
         "update_interval": [int_at_least(1), StrOptions({"epoch"})],
-        "n_epochs": [int_at_least(1)], "batch_size": [int_at_least(1)], "lr_unet": [positive],
-        "lr_head": [positive], "finetune_unet": flag, "tol": [non_negative],
+        "n_epochs": [int_at_least(1)], "batch_size": [int_at_least(1)], "unet_lr": [positive],
+        "head_lr": [positive], "finetune_unet": flag, "tol": [non_negative],
         "embed_batch_size": [int_at_least(1)],
     }
 
@@ -165,8 +168,8 @@ class DiEC(DiffClusterMixin):
                  ots_tol=16, ots_final=5, ots_stride=1, ots_range=None, ots_n_init=3,
                  n_noise_train=4, n_noise_infer=8, hidden_dim="auto", standardize=True,
                  alpha=1.0, beta=0.1, gamma=0.01, n_neighbors=10, knn_rebuild_every=5,
-                 update_interval="epoch", n_epochs=20, batch_size=256, lr_unet=1e-5,
-                 lr_head=1e-3, dec_a=1.0, denoise_weight=1.0, finetune_unet=True, tol=0.001,
+                 update_interval="epoch", n_epochs=20, batch_size=256, unet_lr=1e-5,
+                 head_lr=1e-3, dec_a=1.0, denoise_weight=1.0, finetune_unet=True, tol=0.001,
                  kmeans_n_init=10, embed_batch_size=512, random_state=None, device=None,
                  precision="auto", verbose=True):
         self.n_clusters = n_clusters
@@ -199,8 +202,8 @@ class DiEC(DiffClusterMixin):
         self.update_interval = update_interval
         self.n_epochs = n_epochs
         self.batch_size = batch_size
-        self.lr_unet = lr_unet
-        self.lr_head = lr_head
+        self.unet_lr = unet_lr
+        self.head_lr = head_lr
         self.dec_a = dec_a
         self.denoise_weight = denoise_weight
         self.finetune_unet = finetune_unet
@@ -405,9 +408,9 @@ class DiEC(DiffClusterMixin):
         B = min(int(self.batch_size), n)
         unet, g = self.unet_, self.generator_
         finetune = bool(self.finetune_unet) and self.denoise_weight is not None
-        params = [{"params": list(self.g_.parameters()) + [self.mu_], "lr": self.lr_head}]
+        params = [{"params": list(self.g_.parameters()) + [self.mu_], "lr": self.head_lr}]
         if self.finetune_unet:
-            params.append({"params": list(unet.parameters()), "lr": self.lr_unet})
+            params.append({"params": list(unet.parameters()), "lr": self.unet_lr})
         else:
             unet.requires_grad_(False)
         opt = torch.optim.Adam(params)
@@ -473,7 +476,7 @@ class DiEC(DiffClusterMixin):
                     loss = loss + self.denoise_weight * l_re
                 if not math.isfinite(loss.item()):
                     raise DivergenceError(f"DiEC loss became {loss.item()} at iteration {it};"
-                                             f" lower lr_unet/lr_head or use precision='fp32'")
+                                             f" lower unet_lr/head_lr or use precision='fp32'")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
