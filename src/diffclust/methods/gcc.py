@@ -73,34 +73,24 @@ Decisions where the paper is silent ([PROP], METHODS.md §6):
 * Ablations: ``use_mmd``, ``use_cwm``, ``use_ml`` switch the three losses off; the paper's exact
   Stage II is ``anchor_weight=0, mmd_reduce="sum", label_update="batch"``.
 
-Why the anchor (measured on 4000 USPS digits, width-16 F, 40 SimCLR epochs, a DDPM of 10 epochs =
-320 steps; benchmarks/gcc.py): with eq. 12 alone Stage II collapsed the clustering (head ACC 0.695
-→ 3–6 clusters after round 1, one cluster, ACC 0.167, after rounds 2–3; ``--paper-stage2``). ``L_d`` alone does it: F receives no other
-gradient, and since the bandwidth (median distance) is treated as a constant, every class-wise
-MMD decreases when *all* features contract — the constant map F gives L_d = 0. After the 30 steps
-of one round the median pairwise distance of the normalised real features fell from 0.93 to 0.05
-and C∘F put 3998 of 4000 images in one cluster. The paper relies on L_cwm / L_ml on the generated
-images to keep F discriminative, which needs a generator whose samples match their labels; the
-320-step DDPM's samples were recognised by the Stage-I head as their conditioning cluster only
-41 % of the time. With the anchor (defaults) the same run went 0.695 → 0.735 in 3 rounds (threshold
-0 → 0.707, 0.99 → 0.710); the anchor alone (the three GCC losses off) stays at 0.700. Check ``history_`` (``cluster_sizes``,
-``anchor_fraction``) and compare with ``stage1_labels_``.
+Why the anchor, with its numbers: docs/DECISIONS.md, "GCC: the anchor". Check ``history_``
+(``cluster_sizes``, ``anchor_fraction``) and compare with ``stage1_labels_``.
 
 Crash safety: with ``checkpoint_dir`` every stage is checkpointed (SimCLR every epoch, the head,
 G through :func:`pretrain_ddpm`'s own step checkpoints, every Stage-II round); a refit with the
 same data and parameters resumes after the last completed stage (or epoch / round), so a crash in
-Stage II does not redo Stage I. Each stage checks only the settings that shape it: changing a
-Stage-II setting reuses the Stage-I checkpoints, and ``n_rounds`` may be raised to continue.
+Stage II does not redo Stage I. Each stage checks only the settings that shape it (``_stages``:
+its parameters and those before it in the signature, through
+:func:`~diffclust.training.checkpoint.stage_fingerprints`): changing a Stage-II setting reuses
+the Stage-I checkpoints.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -108,7 +98,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..augment import SimCLRAugment
-from ..data.io import atomic_write_bytes, atomic_write_text
 from ..errors import DivergenceError
 from ..losses import (
     category_matching_loss,
@@ -117,6 +106,7 @@ from ..losses import (
     reliable_metric_loss,
 )
 from ..models.resnet import ResNet18
+from ..training.checkpoint import StageCheckpoints, stage_fingerprints
 from ..training.runtime import autocast, progress
 from .base import DiffClusterMixin
 from .params import (
@@ -148,61 +138,6 @@ class ClusterHead(nn.Module):
 
 def _projection(dim, out):
     return nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, out))
-
-
-# ============================================================================ checkpoints
-class _Checkpoints:
-    """``DIR/<stage>.json`` (written last, atomically) names ``DIR/<stage>-<tag>.safetensors``."""
-
-    def __init__(self, folder, fingerprint: dict):
-        self.dir = Path(folder) if folder is not None else None
-        self.fp = fingerprint
-
-    def save(self, stage, tensors: dict, meta: dict, tag="0"):
-        if self.dir is None:
-            return
-        from safetensors.torch import save
-
-        self.dir.mkdir(parents=True, exist_ok=True)
-        name = f"{stage}-{tag}.safetensors"
-        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-        atomic_write_bytes(self.dir / name, save(tensors))
-        atomic_write_text(self.dir / f"{stage}.json",
-                          json.dumps({"fingerprint": self.fp, "weights": name, "meta": meta}))
-        for old in self.dir.glob(f"{stage}-*.safetensors"):
-            if old.name != name:
-                old.unlink(missing_ok=True)
-
-    def load(self, stage):
-        if self.dir is None or not (self.dir / f"{stage}.json").exists():
-            return None
-        from safetensors.torch import load_file
-
-        info = json.loads((self.dir / f"{stage}.json").read_text())
-        # only the settings that shape this stage must match (Stage-II settings may change
-        # without redoing Stage I)
-        keys = _STAGE_KEYS[stage]
-        diff = sorted(k for k in keys if self.fp.get(k) != info["fingerprint"].get(k))
-        if diff:
-            raise ValueError(f"checkpoint {self.dir / stage}.json was written for other data or "
-                             f"settings (differs in {diff}); use another checkpoint_dir or "
-                             f"delete it" + (" (deleting only stage2.json keeps Stage I)"
-                                             if stage == "stage2" else ""))
-        return info["meta"], load_file(str(self.dir / info["weights"]))
-
-
-_CLR_KEYS = ("data", "shape", "seed", "augment", "n_clusters", "backbone_width", "proj_dim",
-             "temperature", "clr_epochs", "clr_batch_size", "clr_lr", "clr_weight_decay")
-_HEAD_KEYS = _CLR_KEYS + ("kmeans_n_init", "head_hidden", "head_epochs", "head_lr",
-                          "head_batch_size")
-_STAGE_KEYS = {"stage1_contrastive": _CLR_KEYS, "stage1_head": _HEAD_KEYS,
-               "stage2": _HEAD_KEYS + ("unet_preset", "unet_dropout", "n_timesteps",
-                                       "ddpm_epochs", "ddpm_batch_size", "ddpm_lr", "p_uncond",
-                                       "calib_epochs", "gen_epochs", "calib_lr", "batch_size",
-                                       "n_generate", "sample_steps", "guidance", "use_mmd",
-                                       "use_cwm", "use_ml", "mmd_bandwidths", "ml_on",
-                                       "mmd_reduce", "label_update", "anchor_weight",
-                                       "anchor_threshold")}
 
 
 def _sub(tensors, prefix):
@@ -254,6 +189,11 @@ class GCC(DiffClusterMixin):
     """
 
     _input_kind = "images"
+
+    #: the fit's stages, in order, each with its first parameter in ``__init__``'s order: a
+    #: stage's checkpoint depends on its parameters and all those before it
+    _stages = {"stage1_contrastive": "backbone_width", "stage1_head": "kmeans_n_init",
+               "stage1_ddpm": "unet_preset", "stage2": "n_rounds"}
 
     _parameter_constraints = {
         **COMMON,
@@ -344,22 +284,6 @@ class GCC(DiffClusterMixin):
             raise ValueError(f"GCC needs at least 2·n_clusters = {2 * self.n_clusters} images, "
                              f"got {len(X)}")
 
-    def _fingerprint(self, X) -> dict:
-        h = hashlib.sha1(np.ascontiguousarray(X).tobytes()).hexdigest()[:16]
-        keys = ("n_clusters", "backbone_width", "proj_dim", "temperature", "clr_epochs",
-                "clr_batch_size", "clr_lr", "clr_weight_decay", "kmeans_n_init", "head_hidden",
-                "head_epochs", "head_lr", "head_batch_size", "unet_preset", "unet_dropout",
-                "n_timesteps", "ddpm_epochs", "ddpm_batch_size", "ddpm_lr", "p_uncond",
-                "calib_epochs", "gen_epochs", "calib_lr", "batch_size", "n_generate",
-                "sample_steps", "guidance", "use_mmd", "use_cwm", "use_ml",
-                "mmd_bandwidths", "ml_on", "mmd_reduce", "label_update", "anchor_weight",
-                "anchor_threshold")
-        fp = {k: (list(v) if isinstance(v, tuple) else v)
-              for k, v in ((k, getattr(self, k)) for k in keys)}
-        fp.update(data=h, shape=list(X.shape), seed=int(self.seed_),
-                  augment=repr(self.augment))
-        return fp
-
     # ------------------------------------------------------------------ helpers
     def _build_backbone(self, seed):
         with torch.random.fork_rng():
@@ -389,7 +313,7 @@ class GCC(DiffClusterMixin):
         self._check_params(X)
         t_start = time.perf_counter()
         self.augment_ = self.augment or SimCLRAugment.for_images(X.shape[1], X.shape[2])
-        ck = _Checkpoints(self.checkpoint_dir, self._fingerprint(X))
+        ck = StageCheckpoints(self.checkpoint_dir, stage_fingerprints(self, X, self._stages))
         self.stage_seconds_ = {}
         self.resumed_from_ = None
         # ---- Stage I.1: SimCLR
@@ -546,10 +470,7 @@ class GCC(DiffClusterMixin):
                          dropout=float(self.unet_dropout))
         # the folder is named after everything that shapes G's training (pretrain_ddpm resumes
         # from its own step checkpoints there)
-        keys = _HEAD_KEYS + ("unet_preset", "unet_dropout", "n_timesteps", "ddpm_epochs",
-                             "ddpm_batch_size", "ddpm_lr", "p_uncond")
-        tag = hashlib.sha1(json.dumps([ck.fp.get(k) for k in keys]).encode()).hexdigest()[:10]
-        out = None if ck.dir is None else ck.dir / f"stage1_ddpm-{tag}"
+        out = None if ck.dir is None else ck.dir / f"stage1_ddpm-{ck.tag('stage1_ddpm')}"
         torch.manual_seed(self.seed_ + 6)  # U-Net dropout draws from the global generator
         steps = self._ddpm_steps(len(X), self.ddpm_epochs)
         res = pretrain_ddpm(X, out, unet=unet, labels=self.stage1_labels_, n_steps=steps,

@@ -1,4 +1,5 @@
-"""Resumable training state in one folder, for the estimators' own loops (CLUDI, TEMI).
+"""Resumable training state in one folder, for the estimators' own loops (CLUDI, TEMI), and
+the finished stages of multi-stage fits (:class:`StageCheckpoints`, GCC).
 
 ``state.json`` (the step, a fingerprint of the data and settings, the scheduler, the batch
 sampler's position, the history and other JSON values) points at ``state-STEP.safetensors``
@@ -10,6 +11,7 @@ state. A checkpoint whose fingerprint differs from the current fit's is refused.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from pathlib import Path
 
@@ -18,7 +20,8 @@ import torch
 
 from ..data.io import atomic_write_bytes, atomic_write_text, clean_stale_tmp
 
-__all__ = ["fingerprint", "save_training_state", "load_training_state"]
+__all__ = ["fingerprint", "save_training_state", "load_training_state", "stage_fingerprints",
+           "StageCheckpoints"]
 
 STATE_JSON = "state.json"
 
@@ -103,3 +106,72 @@ def load_training_state(folder, *, fingerprint: dict, modules: dict, optimizer, 
     torch.set_rng_state(t["rng.torch"])
     tensors = {k[len("tensor."):]: v for k, v in t.items() if k.startswith("tensor.")}
     return int(doc["step"]), tensors, doc.get("extra", {})
+
+
+# ---------------------------------------------------------------- stages of a multi-stage fit
+#: parameters that never change what a stage computes
+_NOT_FINGERPRINTED = ("checkpoint_dir", "embed_batch_size", "random_state", "device",
+                      "precision", "verbose")
+
+
+def stage_fingerprints(est, X, stages: dict) -> dict:
+    """What each stage's saved result must agree with, from the estimator itself (no key
+    lists): ``stages`` maps each stage, in order, to its first parameter in ``__init__``'s
+    signature; a stage depends on the data, the seed, and every parameter up to the next
+    stage's first one. So later stages' settings may change without redoing earlier stages."""
+    names = [n for n in inspect.signature(type(est).__init__).parameters
+             if n != "self" and n not in _NOT_FINGERPRINTED]
+    ends = [names.index(first) for first in list(stages.values())[1:]] + [len(names)]
+    base = {"data": hashlib.sha1(np.ascontiguousarray(X).tobytes()).hexdigest()[:16],
+            "shape": list(np.shape(X)), "seed": int(est.seed_)}
+    return {stage: {**base, **json.loads(json.dumps({k: getattr(est, k) for k in names[:end]},
+                                                    default=repr))}
+            for stage, end in zip(stages, ends)}
+
+
+class StageCheckpoints:
+    """The finished stages of one fit in ``folder`` (None: keep nothing): ``<stage>.json``
+    (written last, atomically) names ``<stage>-<tag>.safetensors`` and holds the stage's
+    fingerprint (:func:`stage_fingerprints`) and JSON metadata. A stage saved for other data
+    or settings is refused with the keys that differ."""
+
+    def __init__(self, folder, fingerprints: dict):
+        self.dir = Path(folder) if folder is not None else None
+        self.fingerprints = fingerprints
+
+    def tag(self, stage) -> str:
+        """A short hash of ``stage``'s fingerprint (to name a folder of its own)."""
+        blob = json.dumps(self.fingerprints[stage], sort_keys=True).encode()
+        return hashlib.sha1(blob).hexdigest()[:10]
+
+    def save(self, stage, tensors: dict, meta: dict, tag="0"):
+        if self.dir is None:
+            return
+        from safetensors.torch import save
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        name = f"{stage}-{tag}.safetensors"
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        atomic_write_bytes(self.dir / name, save(tensors))
+        atomic_write_text(self.dir / f"{stage}.json", json.dumps(
+            {"fingerprint": self.fingerprints[stage], "weights": name, "meta": meta}))
+        for old in self.dir.glob(f"{stage}-*.safetensors"):
+            if old.name != name:
+                old.unlink(missing_ok=True)
+
+    def load(self, stage):
+        """``(meta, tensors)`` of a saved ``stage``, or None when there is none."""
+        if self.dir is None or not (self.dir / f"{stage}.json").exists():
+            return None
+        from safetensors.torch import load_file
+
+        info = json.loads((self.dir / f"{stage}.json").read_text())
+        want, got = self.fingerprints[stage], info["fingerprint"]
+        diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+        if diff:
+            later = list(self.fingerprints)[list(self.fingerprints).index(stage):]
+            raise ValueError(f"checkpoint {self.dir / stage}.json was written for other data or "
+                             f"settings (differs in {diff}); use another checkpoint_dir or "
+                             f"delete {', '.join(f'{s}.json' for s in later)} (the earlier "
+                             f"stages are kept)")
+        return info["meta"], load_file(str(self.dir / info["weights"]))
