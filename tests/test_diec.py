@@ -101,7 +101,7 @@ def test_dec_target_rows_sum_to_one_and_sharpen():
 def test_graph_loss_zero_for_identical_neighbours_positive_otherwise():
     import torch
 
-    from diffclust.methods.diec import graph_affinities, graph_loss
+    from diffclust.losses import graph_affinities, graph_loss
 
     Q = torch.softmax(torch.randn(6, 3, generator=torch.Generator().manual_seed(1)), 1)
     same = torch.tensor([[0, 0], [1, 1], [2, 2], [3, 3], [4, 4], [5, 5]])

@@ -1,5 +1,6 @@
-"""Clustering losses (METHODS.md §1.8): Self-Classifier, DEC, TEMI, NT-Xent, and GCC's
-calibration losses (§4: class-wise MMD, category matching, reliable metric).
+"""Clustering losses (METHODS.md §1.8): Self-Classifier, DEC, TEMI, NT-Xent, DiEC's graph
+regulariser (§3) and GCC's calibration losses (§4: class-wise MMD, category matching,
+reliable metric).
 
 All are computed in fp32 whatever the autocast context (the logs are fragile in bf16/fp16).
 """
@@ -11,7 +12,8 @@ import torch.nn.functional as F
 
 __all__ = ["self_classifier_parts", "self_classifier_loss", "self_classifier_pair_matrix",
            "dec_soft_assignment", "dec_target_distribution",
-           "temi_loss", "nt_xent_loss", "rbf_kernel", "classwise_mmd",
+           "temi_loss", "nt_xent_loss", "dec_kl_loss", "graph_affinities", "graph_loss",
+           "graph_entropy", "rbf_kernel", "classwise_mmd",
            "category_matching_loss", "reliable_metric_loss"]
 
 
@@ -137,6 +139,31 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1) -
     sim = sim.masked_fill(torch.eye(2 * B, dtype=torch.bool, device=z.device), float("-inf"))
     target = torch.cat([torch.arange(B, 2 * B), torch.arange(0, B)]).to(z.device)
     return F.cross_entropy(sim, target)
+
+
+# ---------------------------------------------------------------- DiEC (§3: eq. 21–23)
+def dec_kl_loss(p: torch.Tensor, q: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """``(1/B) Σ_i Σ_k p_ik log(p_ik / q_ik)`` (eq. 21, per-sample mean)."""
+    p = p.float()
+    return (p * (torch.log(p.clamp_min(eps)) - torch.log(q.float().clamp_min(eps)))).sum(1).mean()
+
+
+def graph_affinities(Q: torch.Tensor, neighbors: torch.Tensor, beta: float, gamma: float):
+    """Closed-form minimiser of ``β L_Gr + γ L_En`` over each row of S on the simplex:
+    ``s_ij = softmax_{j∈NB_i}(−β ‖q_i − q_j‖² / γ)``. Returns ``(S, d)`` of shape (N, k)."""
+    d = ((Q[:, None, :] - Q[neighbors]) ** 2).sum(-1)
+    return torch.softmax(-beta * d / max(gamma, 1e-12), dim=1), d
+
+
+def graph_loss(q: torch.Tensor, q_neighbors: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """``(1/B) Σ_i Σ_{j∈NB_i} s_ij ‖q_i − q_j‖²`` (eq. 22, per-sample mean); ``q`` (B, K),
+    ``q_neighbors`` (B, k, K), ``s`` (B, k)."""
+    return (s * ((q[:, None, :] - q_neighbors) ** 2).sum(-1)).sum(1).mean()
+
+
+def graph_entropy(s: torch.Tensor) -> float:
+    """``L_En = (1/N) Σ_i Σ_j s_ij log s_ij`` (eq. 23, per-sample mean)."""
+    return float((s * torch.log(s.clamp_min(1e-12))).sum(1).mean())
 
 
 # ---------------------------------------------------------------- GCC's calibration (§4)

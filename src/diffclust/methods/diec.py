@@ -62,12 +62,19 @@ from ..diffusion.process import q_sample
 from ..diffusion.unet import DiffusionUNet, bottleneck_features
 from ..errors import DivergenceError
 from ..knn import knn_search
-from ..losses import dec_soft_assignment, dec_target_distribution
+from ..losses import (
+    dec_kl_loss,
+    dec_soft_assignment,
+    dec_target_distribution,
+    graph_affinities,
+    graph_entropy,
+    graph_loss,
+)
 from ..training.runtime import autocast, progress
 from .base import DiffClusterMixin
 from .params import AUTO, COMMON, StrOptions, flag, int_at_least, non_negative, pair, positive
 
-__all__ = ["DiEC", "ResidualMapping", "graph_affinities", "graph_loss", "dec_kl_loss"]
+__all__ = ["DiEC", "ResidualMapping"]
 
 
 class ResidualMapping(nn.Module):
@@ -82,30 +89,6 @@ class ResidualMapping(nn.Module):
 
     def forward(self, e):
         return e + self.fc2(F.relu(self.fc1(e)))
-
-
-def dec_kl_loss(p: torch.Tensor, q: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """``(1/B) Σ_i Σ_k p_ik log(p_ik / q_ik)`` (eq. 21, per-sample mean)."""
-    p = p.float()
-    return (p * (torch.log(p.clamp_min(eps)) - torch.log(q.float().clamp_min(eps)))).sum(1).mean()
-
-
-def graph_affinities(Q: torch.Tensor, neighbors: torch.Tensor, beta: float, gamma: float):
-    """Closed-form minimiser of ``β L_Gr + γ L_En`` over each row of S on the simplex:
-    ``s_ij = softmax_{j∈NB_i}(−β ‖q_i − q_j‖² / γ)``. Returns ``(S, d)`` of shape (N, k)."""
-    d = ((Q[:, None, :] - Q[neighbors]) ** 2).sum(-1)
-    return torch.softmax(-beta * d / max(gamma, 1e-12), dim=1), d
-
-
-def graph_loss(q: torch.Tensor, q_neighbors: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """``(1/B) Σ_i Σ_{j∈NB_i} s_ij ‖q_i − q_j‖²`` (eq. 22, per-sample mean); ``q`` (B, K),
-    ``q_neighbors`` (B, k, K), ``s`` (B, k)."""
-    return (s * ((q[:, None, :] - q_neighbors) ** 2).sum(-1)).sum(1).mean()
-
-
-def _entropy_term(s: torch.Tensor) -> float:
-    """``L_En = (1/N) Σ_i Σ_j s_ij log s_ij`` (eq. 23, per-sample mean)."""
-    return float((s * torch.log(s.clamp_min(1e-12))).sum(1).mean())
 
 
 class DiEC(DiffClusterMixin):
@@ -441,7 +424,7 @@ class DiEC(DiffClusterMixin):
                         nb = torch.from_numpy(knn_search(Z.numpy(), k, metric="cosine")[0])
                     S, _ = graph_affinities(Q, nb, self.beta, self.gamma)
                     rec = {"iter": it, "epoch": it / iters_per_epoch, "label_change": changed,
-                           "l_en": _entropy_term(S), "seconds": time.perf_counter() - t0}
+                           "l_en": graph_entropy(S), "seconds": time.perf_counter() - t0}
                     if run_n:
                         rec.update({kk: v / run_n for kk, v in run.items()})
                         run, run_n = dict.fromkeys(run, 0.0), 0
