@@ -17,16 +17,9 @@ self-distillation with shared weights (METHODS.md §2.4):
 Decisions where METHODS.md leaves a choice (all switchable):
 
 * ``teacher_grad="last"`` (our default): gradients reach the teacher through its *last*
-  denoising step only (the first ``teacher_steps − 1`` steps run without a graph). The
-  paper's full stop-gradient (``"none"``/``False``) measured badly: on the 1,250 ImageNet-50
-  features (200 steps, lr 1e-4, 5 teacher and 10 evaluation steps) it gave ACC 27 % with 31 of
-  50 clusters used, against 57 % with 48 used for ``"last"`` and 58 % for ``"all"``/``True``
-  (the authors' code, back-propagating through every teacher step at ~3× the cost); at lr 1e-3
-  ``"none"`` collapsed to a single cluster. With a detached target the symmetric
-  Self-Classifier CE loses the half of its gradient that spreads the teacher over the clusters.
-* ``lr=1e-3`` (the code's 1e-4 is tuned for ~50k steps). With a warm-up and cosine decay over
-  the step budget, 1e-3 was better at the budgets a CPU affords: digits, 300 steps: ACC 63.5 %
-  at 1e-3, 53.8 % at 3e-4; 1,500 steps at 1e-3: 79.7 %.
+  denoising step only; ``"none"`` is the paper's stop-gradient, ``"all"`` the authors' code.
+* ``lr=1e-3`` with warm-up and cosine decay over the step budget (the code's 1e-4 is tuned for
+  ~50k steps). Both measured: docs/DECISIONS.md, "CLUDI".
 * ``teacher="shared"`` uses the student's own weights in eval mode (paper); ``"ema"`` samples the
   teacher with an EMA copy of the weights (the authors keep one but never use it).
 * Pair weighting of the CE terms by the *student* chain's weight (``code_faithful_weighting``
@@ -34,9 +27,7 @@ Decisions where METHODS.md leaves a choice (all switchable):
 * Augmentation order: Gaussian direction noise then dropout (code); ``aug_order`` flips it.
 * Prediction averages probabilities (paper eq. 3); ``average="logits"`` is the code's variant.
 * Training length is counted in optimiser steps: ``n_steps="auto"`` gives
-  ``clip(60·N/B, 2000, 50000)`` — at least 2,000 steps however small the data (the authors' 200
-  epochs of 1,250 points are only 1,000 steps, far too few), and about the paper's 50k steps on
-  ImageNet-scale data.
+  ``clip(60·N/B, 2000, 50000)`` (docs/DECISIONS.md, "CLUDI").
 * ``embedding_dim="auto"`` is 64 for K ≤ 50 and 128 above (the paper uses a larger d for
   K ≥ 100; the value is lost).
 
