@@ -83,6 +83,10 @@ def test_methods_lists_every_parameter():
         assert f"{name} (" in r.output
         for p in get_method(name)().get_params():
             assert p == "n_clusters" or f"  {p} " in r.output, (name, p)
+    # each documented parameter carries the first sentence of its docstring entry
+    out = runner.invoke(app, ["methods", "cludi"]).output
+    assert "marginal_entropy" in out and "[PROP] Weight λ_H of ``log K − H(p̄)``" in out
+    assert "B (256; the whole data when smaller)." in out
 
 
 def test_demo_writes_a_complete_run_and_report(tmp_path, monkeypatch):

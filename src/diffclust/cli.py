@@ -602,13 +602,47 @@ def methods_cmd(name: Optional[str] = typer.Argument(None, help="one method (def
         kind = getattr(cls, "_input_kind", "features")
         _echo(f"{key} ({cls.__name__}, {kind}): {doc}")
         cons = getattr(cls, "_parameter_constraints", {})
+        helps = _param_help(cls)
         for p, default in cls().get_params().items():
             if p == "n_clusters":
                 continue
             c = cons.get(p)
             allowed = ("any" if c in (None, "no_validation") else
                        " or ".join(_constraint_text(x) for x in c))
-            _echo(f"  {p:<26} = {default!r:<18} {allowed}")
+            _echo(f"  {p:<26} = {default!r:<18} {allowed}"
+                  + (f"\n  {'':<26}   {helps[p]}" if p in helps else ""))
+
+
+def _param_help(cls) -> dict:
+    """The first sentence of each parameter's description in the class docstring's numpydoc
+    ``Parameters`` section (``name : type`` then an indented description, or
+    ``a, b : description``)."""
+    import inspect
+    import re
+
+    lines = inspect.cleandoc(cls.__doc__ or "").splitlines()
+    try:
+        start = lines.index("Parameters") + 2
+    except ValueError:
+        return {}
+    out = {}
+    for i in range(start, len(lines)):
+        if i + 1 < len(lines) and lines[i + 1].startswith("---"):
+            break  # the next section
+        m = re.match(r"^([A-Za-z_]\w*(?:,\s*[A-Za-z_]\w*)*)\s*(?::\s*(.*))?$", lines[i])
+        if not m:
+            continue
+        body = []  # the indented description below, else the text after the colon
+        for nxt in lines[i + 1:]:
+            if not nxt.startswith(" "):
+                break
+            body.append(nxt.strip())
+        text = " ".join(body) if body else (m.group(2) or "")
+        text = re.split(r"(?<=\.)\s+(?=[A-Z`\[])", text, maxsplit=1)[0]  # first sentence
+        if text:
+            for name in m.group(1).split(","):
+                out.setdefault(name.strip(), text)
+    return out
 
 
 def _constraint_text(c) -> str:
