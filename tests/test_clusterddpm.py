@@ -2,6 +2,10 @@
 
 import json
 import math
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -355,3 +359,51 @@ def test_loads_a_model_saved_before_covariance_type(usps3, tmp_path):
     old = load_pretrained(tmp_path / "m")
     assert old.covariance_type == "diag" and old.clip_grad == 2.5
     np.testing.assert_allclose(old.predict_proba(X), m.predict_proba(X), atol=1e-6)
+
+
+def _kill_when(script, state, at_least, timeout=240):
+    """Run ``script`` in a fresh interpreter and SIGKILL it once ``state`` (a state.json) has
+    reached step ``at_least``; returns the step it had."""
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    step = 0
+    while time.time() < deadline and p.poll() is None:
+        try:
+            step = json.loads(state.read_text())["step"]
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            step = 0
+        if step >= at_least:
+            break
+        time.sleep(0.02)
+    p.send_signal(signal.SIGKILL)
+    p.wait(timeout=60)
+    return json.loads(state.read_text())["step"]
+
+
+def test_killed_fit_resumes_to_the_same_labels(tmp_path):
+    """kill -9 a real fit in pre-training, resume it and kill it again in the EM rounds, then fit
+    once more with the same data, settings and folder: it ends with the labels and mixture of
+    an uninterrupted fit (each pre-training epoch and EM round is a checkpoint)."""
+    rng = np.random.default_rng(0)
+    centers = rng.uniform(-0.8, 0.8, (3, 1, 16, 16))
+    X = (centers[np.arange(48) % 3] + 0.2 * rng.standard_normal((48, 1, 16, 16)))
+    X = np.clip(X, -1, 1).astype(np.float32)
+    np.save(tmp_path / "x.npy", X)
+    kw = dict(TINY, pretrain_epochs=3, n_em_iters=3)
+    ref = ClusterDDPM(3, random_state=0, **kw).fit(X)
+    ck = tmp_path / "ck"
+    script = (f"import numpy as np, torch\ntorch.set_num_threads(1)\n"
+              f"from diffclust import ClusterDDPM\nX = np.load({str(tmp_path / 'x.npy')!r})\n"
+              f"ClusterDDPM(3, random_state=0, **{kw!r}).fit(X, checkpoint_dir={str(ck)!r})\n")
+    state = ck / "state.json"
+    first = _kill_when(script, state, 1)
+    assert 1 <= first < 3  # killed in pre-training
+    second = _kill_when(script, state, 4)
+    assert 4 <= second < 6  # resumed, then killed after an EM round
+    m = ClusterDDPM(3, random_state=0, **kw).fit(X, checkpoint_dir=ck)
+    np.testing.assert_array_equal(m.labels_, ref.labels_)
+    torch.testing.assert_close(m.gmm_means_, ref.gmm_means_)
+    assert [h["phase"] for h in m.history_] == [h["phase"] for h in ref.history_]
+    with pytest.raises(ValueError, match="other data or settings"):
+        ClusterDDPM(3, random_state=0, **dict(kw, lam=0.5)).fit(X, checkpoint_dir=ck)

@@ -226,9 +226,9 @@ def _bad(path, what):
 
 class ResumableMixin:
     """``fit(X, checkpoint_dir=..., checkpoint_every=...)`` for estimators whose training loop
-    checkpoints itself (CLUDI, TEMI) through :mod:`diffclust.training.checkpoint`: the loop
-    calls :meth:`_restore_training` before its first step and :meth:`_checkpoint_training`
-    after every step."""
+    checkpoints itself (CLUDI, TEMI, ClusterDDPM) through :mod:`diffclust.training.checkpoint`:
+    the loop calls :meth:`_restore_training` before its first step and
+    :meth:`_checkpoint_training` after every step (or epoch)."""
 
     def fit(self, X, y=None, checkpoint_dir=None, checkpoint_every: int = 200):
         """Fit on ``X``. With ``checkpoint_dir`` the training state (weights, EMA, optimiser,
@@ -257,12 +257,21 @@ class ResumableMixin:
         self._fingerprint = fingerprint(self, X, **fingerprint_extra)
         return load_training_state(ck[0], fingerprint=self._fingerprint, **state)
 
+    def _saved_step(self) -> int:
+        """The step of this fit's checkpoint (0 without one), before restoring it."""
+        from ..training.checkpoint import saved_step
+
+        ck = getattr(self, "_checkpoint", None)
+        return 0 if ck is None else saved_step(ck[0])
+
     def _checkpoint_training(self, step: int, total: int, state: dict, tensors=None,
-                             extra=None):
+                             extra=None, every=None):
+        """Save after ``step`` of ``total`` every ``checkpoint_every`` steps (``every``
+        overrides it: loops that checkpoint per epoch pass 1) and at the last step."""
         from ..training.checkpoint import save_training_state
 
         ck = getattr(self, "_checkpoint", None)
-        if ck is not None and (step % ck[1] == 0 or step == total):
+        if ck is not None and (step % (every or ck[1]) == 0 or step == total):
             save_training_state(ck[0], step, fingerprint=self._fingerprint, tensors=tensors,
                                 extra=extra, **state)
 

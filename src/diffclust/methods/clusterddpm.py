@@ -78,6 +78,9 @@ Decisions ([PROP] in METHODS.md, or where the paper/code are silent), all switch
   when a loss or gradient norm is not finite, when a batch loss exceeds ``divergence_factor``
   times the first loss of its phase (an exploding loss), or when the encoder outputs or the
   refitted mixture are not finite. Labels are never returned from such a run.
+* **Resume**: ``fit(X, checkpoint_dir=...)`` saves after every pre-training epoch and every EM
+  round (weights, optimiser, random states, mixture, history); a refit with the same data,
+  settings and folder continues and ends with the labels of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -96,7 +99,7 @@ from ..errors import DivergenceError
 from ..mixture import fit_gmm, gmm_log_posterior, prior_matching_terms
 from ..models.encoder import LatentEncoder
 from ..training.runtime import autocast, progress
-from .base import DiffClusterMixin
+from .base import DiffClusterMixin, ResumableMixin
 from .params import (
     AUTO,
     COMMON,
@@ -123,7 +126,7 @@ MIN_PRETRAIN_UPDATES = 1200
 
 
 # ---------------------------------------------------------------------- the estimator
-class ClusterDDPM(DiffClusterMixin):
+class ClusterDDPM(ResumableMixin, DiffClusterMixin):
     """ClusterDDPM: EM clustering of images with a z-conditioned DDPM and a GMM prior.
 
     Parameters
@@ -389,20 +392,52 @@ class ClusterDDPM(DiffClusterMixin):
                 bar.set_postfix(phase=phase, loss=f"{float(loss.detach()):.3f}")
             return {k: v / max(count, 1) for k, v in sums.items()}
 
+        # resumable per epoch (fit(X, checkpoint_dir=...)): steps 1..n_pre are the pre-training
+        # epochs (step n_pre also holds GMM_0), steps n_pre + r the EM rounds
+        n_total = n_pre + n_em
+        saved = self._saved_step()
+        if saved and saved >= n_pre:  # restoring past pre-training: the main loop's optimiser
+            opt_box[0] = torch.optim.Adam(params, lr=float(self.lr))
+
+        def ck_state():
+            return dict(modules={"unet": self.unet_, "encoder": self.encoder_},
+                        optimizer=opt_box[0], generator=g)
+
+        def checkpoint(step, prev=None):
+            gmm = ({} if prev is None else
+                   {"gmm_weights": self.gmm_weights_, "gmm_means": self.gmm_means_,
+                    "gmm_covariances": self.gmm_covariances_, "prev": torch.as_tensor(prev)})
+            self._checkpoint_training(step, n_total, ck_state(), tensors=gmm, every=1,
+                                      extra={"history": self.history_, "ref": state["ref"],
+                                             "it": state["it"]})
+
+        start, tens, extra = self._restore_training(X, ck_state())
+        prev = None
+        if start:
+            self.history_, state["ref"], state["it"] = extra["history"], extra["ref"], extra["it"]
+            bar.update(state["it"])
+            if "prev" in tens:
+                self.gmm_weights_, self.gmm_means_ = tens["gmm_weights"], tens["gmm_means"]
+                self.gmm_covariances_, prev = tens["gmm_covariances"], tens["prev"].numpy()
         try:
             # ---- pre-training: diffusion autoencoder, no prior term
-            for ep in range(n_pre):
+            for ep in range(start, n_pre):
                 logs = run_epoch("pretrain", ep, prior=False)
                 self.history_.append({"phase": "pretrain", "epoch": ep, **logs,
                                       "seconds": time.perf_counter() - t_start})
-            # ---- GMM_0 (k-means init) on the encoder outputs
-            self._e_step(X, init=None, round_=0)
-            state["ref"] = None  # the main loss has a different scale
-            # fresh Adam moments: the pixel-sum loss is ~C·H·W times the pre-training mean, and
-            # stale second moments would turn the first main steps into huge updates
-            opt_box[0] = torch.optim.Adam(params, lr=float(self.lr))
-            prev = self._current_labels(X)
-            for r in range(1, n_em + 1):
+                if ep + 1 < n_pre:
+                    checkpoint(ep + 1)
+            if prev is None:
+                # ---- GMM_0 (k-means init) on the encoder outputs
+                self._e_step(X, init=None, round_=0)
+                state["ref"] = None  # the main loss has a different scale
+                # fresh Adam moments: the pixel-sum loss is ~C·H·W times the pre-training mean,
+                # and stale second moments would turn the first main steps into huge updates
+                opt_box[0] = torch.optim.Adam(params, lr=float(self.lr))
+                prev = self._current_labels(X)
+                if n_pre:
+                    checkpoint(n_pre, prev)
+            for r in range(max(start - n_pre, 0) + 1, n_em + 1):
                 logs = {}
                 for ep in range(m_ep):  # M-step with the mixture fixed
                     logs = run_epoch("em", r, prior=True)
@@ -413,6 +448,7 @@ class ClusterDDPM(DiffClusterMixin):
                 self.history_.append({"phase": "em", "epoch": r, **logs, "label_change": change,
                                       "gmm_lower_bound": info["lower_bound"],
                                       "seconds": time.perf_counter() - t_start})
+                checkpoint(n_pre + r, prev)
         finally:
             bar.close()
             self.unet_.eval()

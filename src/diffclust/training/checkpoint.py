@@ -20,8 +20,8 @@ import torch
 
 from ..data.io import atomic_write_bytes, atomic_write_text, clean_stale_tmp
 
-__all__ = ["fingerprint", "save_training_state", "load_training_state", "stage_fingerprints",
-           "StageCheckpoints"]
+__all__ = ["fingerprint", "save_training_state", "load_training_state", "saved_step",
+           "stage_fingerprints", "StageCheckpoints"]
 
 STATE_JSON = "state.json"
 
@@ -46,9 +46,11 @@ def _opt_to_tensors(opt):
 
 
 def save_training_state(folder, step: int, *, fingerprint: dict, modules: dict, optimizer,
-                        scheduler, sampler, generator: torch.Generator, tensors=None,
+                        generator: torch.Generator, scheduler=None, sampler=None, tensors=None,
                         extra=None):
-    """Write the state after ``step`` optimiser steps (see the module docstring)."""
+    """Write the state after ``step`` steps (optimiser steps, or epochs for loops that
+    checkpoint per epoch; see the module docstring). ``scheduler`` and ``sampler`` are optional
+    (a loop that draws its own permutation from ``generator`` has no sampler)."""
     from safetensors.torch import save
 
     folder = Path(folder)
@@ -60,21 +62,32 @@ def save_training_state(folder, step: int, *, fingerprint: dict, modules: dict, 
     t.update({f"tensor.{k}": v for k, v in (tensors or {}).items()})
     t["rng.generator"] = generator.get_state()
     t["rng.torch"] = torch.get_rng_state()
-    t["sampler.perm"] = sampler.perm
+    if sampler is not None:
+        t["sampler.perm"] = sampler.perm
     t = {k: v.detach().cpu().contiguous() for k, v in t.items()}
     name = f"state-{step:08d}.safetensors"
     atomic_write_bytes(folder / name, save(t))
     doc = {"step": int(step), "fingerprint": fingerprint, "weights": name,
-           "optimizer": opt_meta, "scheduler": scheduler.state_dict(),
-           "sampler_pos": int(sampler.pos), "extra": extra or {}}
+           "optimizer": opt_meta,
+           "scheduler": None if scheduler is None else scheduler.state_dict(),
+           "sampler_pos": None if sampler is None else int(sampler.pos), "extra": extra or {}}
     atomic_write_text(folder / STATE_JSON, json.dumps(doc, indent=1, default=float))
     for old in folder.glob("state-*.safetensors"):  # keep the one state.json points at
         if old.name != name:
             old.unlink(missing_ok=True)
 
 
-def load_training_state(folder, *, fingerprint: dict, modules: dict, optimizer, scheduler,
-                        sampler, generator: torch.Generator):
+def saved_step(folder) -> int:
+    """The step of the checkpoint in ``folder`` (0 when there is none), read before restoring
+    it, for loops whose objects depend on the phase the run had reached."""
+    try:
+        return int(json.loads((Path(folder) / STATE_JSON).read_text())["step"])
+    except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return 0
+
+
+def load_training_state(folder, *, fingerprint: dict, modules: dict, optimizer,
+                        generator: torch.Generator, scheduler=None, sampler=None):
     """Restore the state in ``folder`` into the given objects; returns ``(step, tensors,
     extra)``, or ``(0, {}, {})`` when the folder holds no checkpoint."""
     from safetensors.torch import load_file
@@ -100,8 +113,10 @@ def load_training_state(folder, *, fingerprint: dict, modules: dict, optimizer, 
     state = {int(i): {k: t[f"opt.{i}.{k}"] for k in keys}
              for i, keys in meta["state_keys"].items()}
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    scheduler.load_state_dict(doc["scheduler"])
-    sampler.perm, sampler.pos = t["sampler.perm"].clone(), int(doc["sampler_pos"])
+    if scheduler is not None:
+        scheduler.load_state_dict(doc["scheduler"])
+    if sampler is not None:
+        sampler.perm, sampler.pos = t["sampler.perm"].clone(), int(doc["sampler_pos"])
     generator.set_state(t["rng.generator"])
     torch.set_rng_state(t["rng.torch"])
     tensors = {k[len("tensor."):]: v for k, v in t.items() if k.startswith("tensor.")}
