@@ -381,7 +381,7 @@ def _kill_when(script, state, at_least, timeout=240):
     return json.loads(state.read_text())["step"]
 
 
-def test_killed_fit_resumes_to_the_same_labels(tmp_path):
+def test_killed_fit_resumes_to_the_same_labels(tmp_path, monkeypatch):
     """kill -9 a real fit in pre-training, resume it and kill it again in the EM rounds, then fit
     once more with the same data, settings and folder: it ends with the labels and mixture of
     an uninterrupted fit (each pre-training epoch and EM round is a checkpoint)."""
@@ -401,7 +401,16 @@ def test_killed_fit_resumes_to_the_same_labels(tmp_path):
     assert 1 <= first < 3  # killed in pre-training
     second = _kill_when(script, state, 4)
     assert 4 <= second < 6  # resumed, then killed after an EM round
+    restored, orig = [], ClusterDDPM._restore_training
+
+    def spy(self, *a, **k):
+        out = orig(self, *a, **k)
+        restored.append(out[0])
+        return out
+
+    monkeypatch.setattr(ClusterDDPM, "_restore_training", spy)
     m = ClusterDDPM(3, random_state=0, **kw).fit(X, checkpoint_dir=ck)
+    assert restored == [second]  # it continued from the last checkpoint, not from scratch
     np.testing.assert_array_equal(m.labels_, ref.labels_)
     torch.testing.assert_close(m.gmm_means_, ref.gmm_means_)
     assert [h["phase"] for h in m.history_] == [h["phase"] for h in ref.history_]

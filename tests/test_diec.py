@@ -151,3 +151,59 @@ def test_diec_short_fit_beats_chance_on_usps(shared_data):
                                        n_noise_train=2, n_noise_infer=2)).fit(X)
     acc = evaluate(y, m.labels_)["acc"]
     assert acc > 0.6, acc
+
+
+def test_killed_fit_resumes_to_the_same_labels(tmp_path, monkeypatch):
+    """kill -9 a real fit during its fine-tuning epochs; a fit with the same data, settings and
+    checkpoint folder continues (DDPM pretraining and fine-tuning are both checkpointed) and
+    ends with the labels of an uninterrupted fit with the same arguments."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    rng = np.random.default_rng(0)
+    centers = rng.uniform(-0.8, 0.8, (3, 1, 16, 16))
+    X = np.clip(centers[np.arange(48) % 3] + 0.2 * rng.standard_normal((48, 1, 16, 16)), -1, 1)
+    X = X.astype(np.float32)
+    np.save(tmp_path / "x.npy", X)
+    kw = dict(TINY, pretrain_steps=20, n_epochs=5, tol=0.0)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ref = DiEC(3, random_state=0, **kw).fit(X, checkpoint_dir=tmp_path / "ref")
+        ck = tmp_path / "ck"
+        script = (f"import numpy as np, torch\ntorch.set_num_threads(1)\n"
+                  f"from diffclust import DiEC\nX = np.load({str(tmp_path / 'x.npy')!r})\n"
+                  f"DiEC(3, random_state=0, **{kw!r}).fit(X, checkpoint_dir={str(ck)!r})\n")
+        p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        state, deadline, step = ck / "state.json", time.time() + 240, 0
+        while time.time() < deadline and p.poll() is None and step < 2:
+            try:
+                step = json.loads(state.read_text())["step"]
+            except (FileNotFoundError, json.JSONDecodeError, KeyError):
+                pass
+            time.sleep(0.02)
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=60)
+        assert 2 <= json.loads(state.read_text())["step"] < 5  # killed mid fine-tuning
+        assert (ck / "pretrain").is_dir()  # the pretraining's own checkpoints
+        restored, orig = [], DiEC._restore_training
+
+        def spy(self, *a, **k):
+            out = orig(self, *a, **k)
+            restored.append(out[0])
+            return out
+
+        monkeypatch.setattr(DiEC, "_restore_training", spy)
+        m = DiEC(3, random_state=0, **kw).fit(X, checkpoint_dir=ck)
+        assert restored and restored[0] >= 2  # it continued, not started over
+    finally:
+        torch.set_num_threads(n)
+    np.testing.assert_array_equal(m.labels_, ref.labels_)
+    np.testing.assert_allclose(m.train_proba_, ref.train_proba_, atol=1e-6)
+    assert m.t_star_ == ref.t_star_ and len(m.history_) == len(ref.history_)

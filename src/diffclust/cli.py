@@ -185,9 +185,10 @@ def fit(data: str = typer.Argument(..., help="features file (.npy/.npz/.pt/.csv)
         resume: bool = typer.Option(False, "--resume",
                                     help="continue an interrupted fit from its checkpoint "
                                          "(.OUT.checkpoint beside --out; CLUDI, TEMI, "
-                                         "ClusterDDPM)"),
+                                         "ClusterDDPM, DiEC)"),
         checkpoint_every: int = typer.Option(200, help="steps between checkpoints (CLUDI, "
-                                                       "TEMI; ClusterDDPM saves every epoch)"),
+                                                       "TEMI; ClusterDDPM and DiEC save every "
+                                                       "epoch)"),
         quiet: bool = typer.Option(False, "--quiet", "-q")):
     """Fit a clusterer and write a run directory: config.json, labels.csv, metrics.jsonl,
     metrics.json (when labels are known), model/ and run.json (the manifest, written last).

@@ -45,6 +45,9 @@ Decisions where the paper is silent ([PROP], METHODS.md §3.5–3.6, all switcha
 * Read-out: ``argmax_k q_ik`` at t* with M = ``n_noise_infer`` (8) draws from a fixed seed.
 * Optimiser: Adam, ``unet_lr`` (1e-5) for the U-Net, ``head_lr`` (1e-3) for g_φ and μ; batch 256;
   α, β, γ = 1, 0.1, 0.01; the denoising loss weight is fixed to 1 (``denoise_weight``).
+* Resume: ``fit(X, checkpoint_dir=...)`` checkpoints the DDPM pretraining (``pretrain/``) and
+  every fine-tuning epoch; a refit with the same arguments continues and ends with the labels
+  of an uninterrupted run (t*, the first embedding and k-means are recomputed, deterministic).
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ from ..losses import (
     graph_loss,
 )
 from ..training.runtime import autocast, progress
-from .base import DiffClusterMixin
+from .base import DiffClusterMixin, ResumableMixin
 from .params import AUTO, COMMON, StrOptions, flag, int_at_least, non_negative, pair, positive
 
 __all__ = ["DiEC", "ResidualMapping"]
@@ -91,7 +94,7 @@ class ResidualMapping(nn.Module):
         return e + self.fc2(F.relu(self.fc1(e)))
 
 
-class DiEC(DiffClusterMixin):
+class DiEC(ResumableMixin, DiffClusterMixin):
     """DiEC clustering of images with a diffusion U-Net's bottleneck features.
 
     Parameters
@@ -214,7 +217,11 @@ class DiEC(DiffClusterMixin):
         if src is None:
             from ..diffusion.pretrain import pretrain_ddpm
 
-            res = pretrain_ddpm(X, None, preset=self.unet_preset, n_steps=int(self.pretrain_steps),
+            ck = getattr(self, "_checkpoint", None)  # fit(X, checkpoint_dir=...): resumable
+            steps = int(self.pretrain_steps)
+            res = pretrain_ddpm(X, None if ck is None else ck[0] / "pretrain",
+                                checkpoint_every=max(1, min(500, steps // 4)), resume=True,
+                                preset=self.unet_preset, n_steps=steps,
                                 batch_size=int(self.pretrain_batch_size), lr=self.pretrain_lr,
                                 schedule=self.schedule, n_timesteps=int(self.n_timesteps),
                                 seed=self.seed_, device=self.device_, verbose=self.verbose,
@@ -409,6 +416,19 @@ class DiEC(DiffClusterMixin):
         run = {"l_kl": 0.0, "l_gr": 0.0, "l_re": 0.0, "loss": 0.0}
         run_n = 0
         P = S = Q = None
+        # resumable per epoch (fit(X, checkpoint_dir=...)); what precedes this loop (the U-Net,
+        # t*, the first embedding, k-means) is recomputed or reloaded deterministically
+        ck_state = dict(modules={"unet": unet, "g": self.g_}, optimizer=opt, generator=g)
+        epoch, tens, extra = self._restore_training(X, ck_state)
+        if epoch:
+            with torch.no_grad():
+                self.mu_.copy_(tens["mu"])
+            Q, P, S, nb = tens["Q"], tens["P"], tens["S"], tens["nb"]
+            Q_dev, P_dev, S_dev, nb_dev = Q.to(dev), P.to(dev), S.to(dev), nb.to(dev)
+            prev_labels = tens["prev_labels"].numpy()
+            history, n_refresh, it = extra["history"], extra["n_refresh"], extra["it"]
+            run, run_n, stopped = extra["run"], extra["run_n"], extra["stopped"]
+            bar.update(it)
         while it < total_iters and not stopped:
             perm = torch.randperm(n, generator=g)
             for b0 in range(0, n, B):
@@ -469,6 +489,13 @@ class DiEC(DiffClusterMixin):
                 it += 1
                 bar.update(1)
                 bar.set_postfix(kl=f"{float(l_kl.detach()):.4f}", re=f"{float(l_re.detach()):.4f}")
+            epoch += 1
+            self._checkpoint_training(
+                epoch, int(self.n_epochs), ck_state, every=1,
+                tensors={"mu": self.mu_, "Q": Q, "P": P, "S": S, "nb": nb,
+                         "prev_labels": torch.as_tensor(prev_labels)},
+                extra={"history": history, "n_refresh": n_refresh, "it": it, "run": run,
+                       "run_n": run_n, "stopped": stopped})
         bar.close()
         unet.requires_grad_(True)
         self.unet_ = unet.eval()
