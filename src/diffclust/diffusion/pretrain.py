@@ -46,16 +46,7 @@ from .guidance import check_guidance, guided_call
 from .process import predict_x0_from_eps, q_sample
 from .samplers import ddim_sample, ddim_time_pairs
 from .schedules import NoiseSchedule
-from .trainer import (
-    CKPT_DIR,
-    EpochOrder,
-    load_checkpoint,
-    optimizer_from_tensors,
-    optimizer_to_tensors,
-    save_checkpoint,
-    setup_distributed,
-    train_denoiser,
-)
+from .trainer import CKPT_DIR, setup_distributed, train_denoiser
 from .unet import DiffusionUNet, make_unet
 
 __all__ = ["pretrain_ddpm", "sample_images", "PretrainResult"]
@@ -114,9 +105,6 @@ def sample_images(unet: DiffusionUNet, n: int, n_steps: int = 50, eta: float = 0
     return torch.cat(out)
 
 
-# names kept for callers written against the first version of this module
-_opt_to_tensors, _opt_from_tensors = optimizer_to_tensors, optimizer_from_tensors
-_save_checkpoint, _load_checkpoint, _EpochOrder = save_checkpoint, load_checkpoint, EpochOrder
 
 
 def _prepare_images(images):

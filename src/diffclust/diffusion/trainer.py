@@ -39,7 +39,6 @@ W), up to float rounding:
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -48,8 +47,8 @@ from typing import Callable
 
 import torch
 
-from ..data.io import atomic_write_bytes, atomic_write_text, clean_stale_tmp
 from ..errors import DivergenceError
+from ..training.checkpoint import load_checkpoint, optimizer_from_tensors, save_checkpoint
 from ..training.distributed import (
     DistInfo,
     GlobalBatchRandom,
@@ -63,67 +62,10 @@ from ..training.distributed import (
 from ..training.optim import EMA
 from ..training.runtime import progress
 
-__all__ = ["train_denoiser", "TrainLoopResult", "EpochOrder", "BatchRandom", "save_checkpoint",
-           "load_checkpoint", "optimizer_to_tensors", "optimizer_from_tensors", "CKPT_DIR",
+__all__ = ["train_denoiser", "TrainLoopResult", "EpochOrder", "BatchRandom", "CKPT_DIR",
            "setup_distributed"]
 
 CKPT_DIR = "checkpoint"
-STATE_JSON = "state.json"
-
-
-# ---------------------------------------------------------------------- checkpoints
-def optimizer_to_tensors(opt) -> tuple[dict, dict]:
-    """An optimiser's state as (JSON-able meta, flat dict of tensors) for safetensors."""
-    sd = opt.state_dict()
-    tensors, meta = {}, {"param_groups": sd["param_groups"], "state_keys": {}}
-    for i, st in sd["state"].items():
-        meta["state_keys"][str(i)] = list(st)
-        for k, v in st.items():
-            tensors[f"opt.{i}.{k}"] = torch.as_tensor(v)
-    return meta, tensors
-
-
-def optimizer_from_tensors(opt, meta, tensors):
-    """Inverse of :func:`optimizer_to_tensors`."""
-    state = {int(i): {k: tensors[f"opt.{i}.{k}"] for k in keys}
-             for i, keys in meta["state_keys"].items()}
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
-def save_checkpoint(ckdir: Path, step, model, ema, opt, gen, info: dict):
-    """Write weights, EMA, optimiser and RNG state, then point ``state.json`` at them."""
-    from safetensors.torch import save
-
-    ckdir.mkdir(parents=True, exist_ok=True)
-    clean_stale_tmp(ckdir)  # half-written states of killed runs
-    opt_meta, tensors = optimizer_to_tensors(opt)
-    tensors.update({f"model.{k}": v for k, v in model.state_dict().items()})
-    tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
-    tensors["rng.generator"] = gen.get_state()
-    tensors["rng.torch"] = torch.get_rng_state()
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    name = f"state-{step:08d}.safetensors"
-    atomic_write_bytes(ckdir / name, save(tensors))
-    atomic_write_text(ckdir / STATE_JSON, json.dumps(dict(info, step=step, weights=name,
-                                                          optimizer=opt_meta), indent=1))
-    for old in ckdir.glob("state-*.safetensors"):  # keep only the one state.json points at
-        if old.name != name:
-            old.unlink(missing_ok=True)
-
-
-def load_checkpoint(ckdir: Path):
-    """``(info, tensors)`` of the checkpoint in ``ckdir``, or ``None`` when there is none."""
-    from safetensors.torch import load_file
-
-    js = ckdir / STATE_JSON
-    if not js.exists():
-        return None
-    info = json.loads(js.read_text())
-    w = ckdir / info["weights"]
-    if not w.exists():
-        raise ValueError(f"{js} points at {w.name}, which is missing; delete {ckdir} to "
-                         f"start over")
-    return info, load_file(str(w))
 
 
 class EpochOrder:

@@ -106,7 +106,12 @@ from ..losses import (
     reliable_metric_loss,
 )
 from ..models.resnet import ResNet18
-from ..training.checkpoint import StageCheckpoints, stage_fingerprints
+from ..training.checkpoint import (
+    StageCheckpoints,
+    optimizer_from_tensors,
+    optimizer_to_tensors,
+    stage_fingerprints,
+)
 from ..training.runtime import autocast, progress
 from .base import DiffClusterMixin
 from .params import (
@@ -360,9 +365,7 @@ class GCC(DiffClusterMixin):
         if state is not None:
             meta, tens = state
             F_.load_state_dict(_sub(tens, "F.")), proj.load_state_dict(_sub(tens, "P."))
-            from ..diffusion.pretrain import _opt_from_tensors
-
-            _opt_from_tensors(opt, meta["optimizer"], tens)
+            optimizer_from_tensors(opt, meta["optimizer"], tens)
             sched.load_state_dict(meta["sched"])
             g.set_state(tens["rng"])
             epoch, self.clr_history_ = int(meta["epoch"]), list(meta["history"])
@@ -390,9 +393,7 @@ class GCC(DiffClusterMixin):
                 run += loss.item()
             self.clr_history_.append({"epoch": ep + 1, "loss": run / steps_per_epoch})
             bar.set_postfix(loss=f"{run / steps_per_epoch:.3f}")
-            from ..diffusion.pretrain import _opt_to_tensors
-
-            om, ot = _opt_to_tensors(opt)
+            om, ot = optimizer_to_tensors(opt)
             ck.save("stage1_contrastive", {**_pref(F_, "F."), **_pref(proj, "P."), **ot,
                                            "rng": g.get_state()},
                     {"epoch": ep + 1, "history": self.clr_history_, "optimizer": om,

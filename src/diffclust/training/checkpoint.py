@@ -1,5 +1,7 @@
-"""Resumable training state in one folder, for the estimators' own loops (CLUDI, TEMI), and
-the finished stages of multi-stage fits (:class:`StageCheckpoints`, GCC).
+"""Every checkpoint of the library: resumable training state in one folder for the
+estimators' own loops (CLUDI, TEMI, ClusterDDPM, DiEC) and the image diffusion loop
+(``diffusion/trainer.py``), and the finished stages of multi-stage fits
+(:class:`StageCheckpoints`, GCC).
 
 ``state.json`` (the step, a fingerprint of the data and settings, the scheduler, the batch
 sampler's position, the history and other JSON values) points at ``state-STEP.safetensors``
@@ -21,6 +23,7 @@ import torch
 from ..data.io import atomic_write_bytes, atomic_write_text, clean_stale_tmp
 
 __all__ = ["fingerprint", "save_training_state", "load_training_state", "saved_step",
+           "save_checkpoint", "load_checkpoint", "optimizer_to_tensors", "optimizer_from_tensors",
            "stage_fingerprints", "StageCheckpoints"]
 
 STATE_JSON = "state.json"
@@ -35,14 +38,71 @@ def fingerprint(est, X, **more) -> dict:
             "data": hashlib.sha1(np.ascontiguousarray(X).tobytes()).hexdigest()[:16]}
 
 
-def _opt_to_tensors(opt):
+def optimizer_to_tensors(opt) -> tuple[dict, dict]:
+    """An optimiser's state as (JSON-able meta, flat dict of tensors) for safetensors."""
     sd = opt.state_dict()
-    tensors, keys = {}, {}
+    tensors, meta = {}, {"param_groups": sd["param_groups"], "state_keys": {}}
     for i, st in sd["state"].items():
-        keys[str(i)] = sorted(st)
+        meta["state_keys"][str(i)] = sorted(st)
         for k, v in st.items():
             tensors[f"opt.{i}.{k}"] = torch.as_tensor(v)
-    return {"state_keys": keys, "param_groups": sd["param_groups"]}, tensors
+    return meta, tensors
+
+
+def optimizer_from_tensors(opt, meta, tensors):
+    """Inverse of :func:`optimizer_to_tensors`."""
+    state = {int(i): {k: tensors[f"opt.{i}.{k}"] for k in keys}
+             for i, keys in meta["state_keys"].items()}
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def _write_state(folder: Path, step: int, tensors: dict, doc: dict):
+    """``state-STEP.safetensors``, then ``state.json`` (``doc`` + its name) pointing at it, both
+    atomic; older state files go. A kill at any moment leaves the previous complete state."""
+    from safetensors.torch import save
+
+    folder.mkdir(parents=True, exist_ok=True)
+    clean_stale_tmp(folder)  # half-written states of killed runs
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    name = f"state-{step:08d}.safetensors"
+    atomic_write_bytes(folder / name, save(tensors))
+    atomic_write_text(folder / STATE_JSON, json.dumps(dict(doc, step=int(step), weights=name),
+                                                      indent=1, default=float))
+    for old in folder.glob("state-*.safetensors"):  # keep the one state.json points at
+        if old.name != name:
+            old.unlink(missing_ok=True)
+
+
+def _read_state(folder: Path):
+    """``(doc, tensors)`` of the state in ``folder``, or None when there is none; a damaged
+    state is one clear error saying to delete the folder."""
+    from safetensors.torch import load_file
+
+    js = folder / STATE_JSON
+    if not js.exists():
+        return None
+    try:
+        doc = json.loads(js.read_text())
+        return doc, load_file(str(folder / doc["weights"]))
+    except Exception as e:  # noqa: BLE001 - any damage: say so, with what to do
+        raise ValueError(f"the checkpoint in {folder} is damaged ({type(e).__name__}: {e}); "
+                         f"delete {folder} to start over") from None
+
+
+def save_checkpoint(ckdir: Path, step, model, ema, opt, gen, info: dict):
+    """The image diffusion loop's state (``diffusion/trainer.py``): weights, EMA, optimiser and
+    random states, with ``info`` (settings, history, seconds) in ``state.json``."""
+    opt_meta, tensors = optimizer_to_tensors(opt)
+    tensors.update({f"model.{k}": v for k, v in model.state_dict().items()})
+    tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
+    tensors["rng.generator"] = gen.get_state()
+    tensors["rng.torch"] = torch.get_rng_state()
+    _write_state(Path(ckdir), step, tensors, dict(info, optimizer=opt_meta))
+
+
+def load_checkpoint(ckdir: Path):
+    """``(info, tensors)`` of :func:`save_checkpoint`'s state in ``ckdir``, or None."""
+    return _read_state(Path(ckdir))
 
 
 def save_training_state(folder, step: int, *, fingerprint: dict, modules: dict, optimizer,
@@ -51,12 +111,7 @@ def save_training_state(folder, step: int, *, fingerprint: dict, modules: dict, 
     """Write the state after ``step`` steps (optimiser steps, or epochs for loops that
     checkpoint per epoch; see the module docstring). ``scheduler`` and ``sampler`` are optional
     (a loop that draws its own permutation from ``generator`` has no sampler)."""
-    from safetensors.torch import save
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    clean_stale_tmp(folder)  # half-written states of killed runs
-    opt_meta, t = _opt_to_tensors(optimizer)
+    opt_meta, t = optimizer_to_tensors(optimizer)
     for name, m in modules.items():
         t.update({f"module.{name}.{k}": v for k, v in m.state_dict().items()})
     t.update({f"tensor.{k}": v for k, v in (tensors or {}).items()})
@@ -64,17 +119,10 @@ def save_training_state(folder, step: int, *, fingerprint: dict, modules: dict, 
     t["rng.torch"] = torch.get_rng_state()
     if sampler is not None:
         t["sampler.perm"] = sampler.perm
-    t = {k: v.detach().cpu().contiguous() for k, v in t.items()}
-    name = f"state-{step:08d}.safetensors"
-    atomic_write_bytes(folder / name, save(t))
-    doc = {"step": int(step), "fingerprint": fingerprint, "weights": name,
-           "optimizer": opt_meta,
-           "scheduler": None if scheduler is None else scheduler.state_dict(),
-           "sampler_pos": None if sampler is None else int(sampler.pos), "extra": extra or {}}
-    atomic_write_text(folder / STATE_JSON, json.dumps(doc, indent=1, default=float))
-    for old in folder.glob("state-*.safetensors"):  # keep the one state.json points at
-        if old.name != name:
-            old.unlink(missing_ok=True)
+    _write_state(Path(folder), step, t, {
+        "fingerprint": fingerprint, "optimizer": opt_meta,
+        "scheduler": None if scheduler is None else scheduler.state_dict(),
+        "sampler_pos": None if sampler is None else int(sampler.pos), "extra": extra or {}})
 
 
 def saved_step(folder) -> int:
@@ -90,18 +138,11 @@ def load_training_state(folder, *, fingerprint: dict, modules: dict, optimizer,
                         generator: torch.Generator, scheduler=None, sampler=None):
     """Restore the state in ``folder`` into the given objects; returns ``(step, tensors,
     extra)``, or ``(0, {}, {})`` when the folder holds no checkpoint."""
-    from safetensors.torch import load_file
-
     folder = Path(folder)
-    js = folder / STATE_JSON
-    if not js.exists():
+    state = _read_state(folder)
+    if state is None:
         return 0, {}, {}
-    try:
-        doc = json.loads(js.read_text())
-        t = load_file(str(folder / doc["weights"]))
-    except Exception as e:  # noqa: BLE001 - any damage: say so, with what to do
-        raise ValueError(f"the checkpoint in {folder} is damaged ({type(e).__name__}: {e}); "
-                         f"delete {folder} to start over") from None
+    doc, t = state
     if doc.get("fingerprint") != fingerprint:
         raise ValueError(f"the checkpoint in {folder} was written for other data or settings "
                          f"than this fit; use another checkpoint folder or delete {folder} to "
@@ -109,10 +150,7 @@ def load_training_state(folder, *, fingerprint: dict, modules: dict, optimizer,
     for name, m in modules.items():
         p = f"module.{name}."
         m.load_state_dict({k[len(p):]: v for k, v in t.items() if k.startswith(p)})
-    meta = doc["optimizer"]
-    state = {int(i): {k: t[f"opt.{i}.{k}"] for k in keys}
-             for i, keys in meta["state_keys"].items()}
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    optimizer_from_tensors(optimizer, doc["optimizer"], t)
     if scheduler is not None:
         scheduler.load_state_dict(doc["scheduler"])
     if sampler is not None:
