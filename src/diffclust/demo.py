@@ -12,10 +12,10 @@ __all__ = ["DEMO_PARAMS", "run_demo"]
 #: CLUDI's settings in the demo (a 1-minute budget on 2 cores, docs/DECISIONS.md, "Demo"): raw
 #: pixels carry no augmentation a pretrained backbone would give, so the student sees one of the
 #: 10 nearest neighbours of each point (``neighbor_views``), a SCAN-like entropy term keeps the
-#: clusters from merging (``marginal_entropy``), and the budget goes into optimiser steps (1,500
-#: steps with a 3-step teacher and 4 chains, lr 2e-3); features centred before the unit
+#: clusters from merging (``marginal_entropy``), and the budget goes into optimiser steps (2,000
+#: steps with a 3-step teacher and 3 chains, lr 2e-3); features centred before the unit
 #: normalisation.
-DEMO_PARAMS = dict(n_steps=1500, teacher_steps=3, n_chains=4, center=True, neighbor_views=10,
+DEMO_PARAMS = dict(n_steps=2000, teacher_steps=3, n_chains=3, center=True, neighbor_views=10,
                    embedding_dim=32, ce_weight=100.0, marginal_entropy=5.0, lr=2e-3)
 
 
