@@ -146,7 +146,8 @@ def _metrics_table(rows: dict) -> str:
 
 @_command()
 def demo(seed: int = typer.Option(0, help="random_state"),
-         precision: str = typer.Option("auto", help="auto | bf16 | fp32"),
+         precision: str = typer.Option("auto", help="auto (fp32: faster for the demo's small "
+                                                    "network) | bf16 | fp32"),
          out: Path = typer.Option(Path("runs/demo-digits"), "--out", "-o",
                                   help="run directory to write (replaced if present)"),
          report: bool = typer.Option(True, "--report/--no-report", help="write report.html"),
