@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import record_restores
 
 from diffclust import ClusterDDPM, evaluate, load_pretrained
 from diffclust.errors import DivergenceError
@@ -401,14 +402,7 @@ def test_killed_fit_resumes_to_the_same_labels(tmp_path, monkeypatch):
     assert 1 <= first < 3  # killed in pre-training
     second = _kill_when(script, state, 4)
     assert 4 <= second < 6  # resumed, then killed after an EM round
-    restored, orig = [], ClusterDDPM._restore_training
-
-    def spy(self, *a, **k):
-        out = orig(self, *a, **k)
-        restored.append(out[0])
-        return out
-
-    monkeypatch.setattr(ClusterDDPM, "_restore_training", spy)
+    restored = record_restores(monkeypatch, ClusterDDPM)
     m = ClusterDDPM(3, random_state=0, **kw).fit(X, checkpoint_dir=ck)
     assert restored == [second]  # it continued from the last checkpoint, not from scratch
     np.testing.assert_array_equal(m.labels_, ref.labels_)

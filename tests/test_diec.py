@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from conftest import record_restores
 
 from diffclust import DiEC, load_pretrained
 
@@ -192,14 +193,7 @@ def test_killed_fit_resumes_to_the_same_labels(tmp_path, monkeypatch):
         p.wait(timeout=60)
         assert 2 <= json.loads(state.read_text())["step"] < 5  # killed mid fine-tuning
         assert (ck / "pretrain").is_dir()  # the pretraining's own checkpoints
-        restored, orig = [], DiEC._restore_training
-
-        def spy(self, *a, **k):
-            out = orig(self, *a, **k)
-            restored.append(out[0])
-            return out
-
-        monkeypatch.setattr(DiEC, "_restore_training", spy)
+        restored = record_restores(monkeypatch, DiEC)
         m = DiEC(3, random_state=0, **kw).fit(X, checkpoint_dir=ck)
         assert restored and restored[0] >= 2  # it continued, not started over
     finally:
