@@ -357,8 +357,7 @@ class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
                     z_sc = den.step(z_t, h_cond, h_time, None).detach()
             z0_S = den.step(z_t, h_cond, h_time, z_sc)
             logits_S = net.classifier(z0_S).float()
-        p_S = torch.softmax(logits_S / self.tau, dim=-1)
-        z_S = net.reembed(p_S)
+        z_S = net.reembed(torch.softmax(logits_S / self.tau, dim=-1))
         # --- losses (fp32) ---
         w = min_snr_weight(self.sched_.snr(t), self.min_snr_gamma, "x0") / self.noise_scale
         l_emb_chain = ((z_S - z_tgt) ** 2).mean(dim=(1, 2))
@@ -370,7 +369,8 @@ class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
         l_ce = 0.5 * ((w_pair * A).mean() + (w[None, :] * Bm).mean())
         loss = l_emb + self.ce_weight * l_ce
         if self.marginal_entropy:  # log K − H(p̄) over the (global) batch and the chains
-            p_bar = (p_S if gather is None else gather(p_S)).mean(dim=(0, 1))
+            logits_all = logits_S if gather is None else gather(logits_S)
+            p_bar = torch.softmax(logits_all / self.tau, dim=-1).mean(dim=(0, 1))
             loss = loss + self.marginal_entropy * (
                 math.log(self.n_clusters) + (p_bar * torch.log(p_bar + 1e-8)).sum())
         if not rows.distributed:
