@@ -120,12 +120,16 @@ class MultiHeadDINO(nn.Module):
         return [self.V, self.g]
 
     def bottleneck(self, x):
-        """The L2-normalised 256-d bottleneck of every head, ``(H, B, 256)`` (fp32)."""
-        B = x.shape[0]
-        h = F.gelu(torch.addmm(self.b1, x, self.W1))  # (B, H·512): all first layers at once
-        h = h.view(B, self.n_heads, self.hidden_dim).transpose(0, 1)  # (H, B, 512)
-        z = torch.baddbmm(self.b2, h, self.W2)  # (H, B, 256)
-        return F.normalize(z.float(), dim=-1)
+        """The L2-normalised 256-d bottleneck of every head, ``(H, B, 256)`` (fp32).
+
+        The first layers run as one batched product over the heads on the shared input, so that
+        the hidden activations are born head-major ``(H, B, 512)``: a ``(B, H·512)`` product
+        transposed to head-major cost a strided copy forward and backward (1.4× slower step)."""
+        H, Hd = self.n_heads, self.hidden_dim
+        W1 = self.W1.view(-1, H, Hd).transpose(0, 1)  # (H, D, 512), a view
+        h = F.gelu(torch.baddbmm(self.b1.view(H, 1, Hd), x.expand(H, *x.shape), W1))
+        z = torch.baddbmm(self.b2, h, self.W2).float()  # (H, B, 256)
+        return z * torch.rsqrt((z * z).sum(-1, keepdim=True).clamp_min(1e-24))
 
     def forward(self, x):
         z = self.bottleneck(x)
@@ -312,7 +316,7 @@ class TEMI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
         student = wrap_ddp(net, info)  # DDP (gradients averaged over ranks) or net itself
         teacher = EMA(net, decay=self.teacher_momentum)
         scale = B / 256.0 if self.lr_scaling else 1.0
-        opt = torch.optim.AdamW(self._param_groups(net), lr=self.lr * scale)
+        opt = torch.optim.AdamW(self._param_groups(net), lr=self.lr * scale, fused=True)
         sched = warmup_cosine(opt, steps, warm, self.min_lr / self.lr)
         H, C = self.n_heads, self.n_clusters
         q_tilde = torch.full((H, C), 1.0 / C, device=dev)
