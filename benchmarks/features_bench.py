@@ -12,7 +12,6 @@ peak memory) to results/features_bench.json.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 from _common import Timer, append_results, record

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-import diffclust.methods.cludi as cludi_module
+import diffclust.training.loop as loop_module
 from diffclust import CLUDI
 from diffclust.methods import base
 from diffclust.training.distributed import all_gather_cat, barrier, cleanup_distributed, dist_info
@@ -47,7 +47,7 @@ def blobs():
 
 def main(out: Path):
     X = prepare(out, N_POINTS)
-    clip = cludi_module.clip_per_parameter
+    clip = loop_module.clip_per_parameter
     result = {}
     for name, kw in VARIANTS.items():
         if name == "long" and dist_info().world_size == 1 and os.environ.get("WORLD_SIZE") is None:
@@ -59,9 +59,9 @@ def main(out: Path):
                 grads.append([p.grad.detach().flatten().tolist() for p in module.parameters()])
             return clip(module, max_norm)
 
-        cludi_module.clip_per_parameter = recording_clip
+        loop_module.clip_per_parameter = recording_clip
         est = CLUDI(3, **{**CONFIG, **kw}).fit(X)
-        cludi_module.clip_per_parameter = clip
+        loop_module.clip_per_parameter = clip
         info = dist_info()  # the group CLUDI joined (world 1 when run alone)
         # every rank must hold exactly the same fitted model and predictions
         flat = torch.cat([v.detach().flatten().float() for v in est.net_.state_dict().values()])

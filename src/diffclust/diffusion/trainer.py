@@ -39,7 +39,6 @@ W), up to float rounding:
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +46,6 @@ from typing import Callable
 
 import torch
 
-from ..errors import DivergenceError
 from ..training.checkpoint import load_checkpoint, optimizer_from_tensors, save_checkpoint
 from ..training.distributed import (
     DistInfo,
@@ -59,6 +57,7 @@ from ..training.distributed import (
     ensure_distributed,
     wrap_ddp,
 )
+from ..training.loop import LossLog, optimizer_step
 from ..training.optim import EMA
 from ..training.runtime import progress
 
@@ -219,7 +218,7 @@ def train_denoiser(unet, X: torch.Tensor, loss_fn: Callable, optimizer, *, n_ste
 
     bar = progress(range(step, n_steps), total=n_steps, initial=step, desc=desc,
                    verbose=verbose and info.is_main)
-    run_loss, n_run, log_every = 0.0, 0, max(1, min(100, n_steps // 50))
+    log = LossLog(max(1, min(100, n_steps // 50)), n_steps)
     stopped_early = False
     try:
         for _ in bar:
@@ -234,23 +233,17 @@ def train_denoiser(unet, X: torch.Tensor, loss_fn: Callable, optimizer, *, n_ste
             for g in optimizer.param_groups:
                 g["lr"] = lr * min(1.0, (step + 1) / max(1, warmup_steps))
             loss = loss_fn(net, x0, cl, rng)
-            loss_value = float(all_reduce_mean(loss.detach()).item())  # global-batch loss
-            if not math.isfinite(loss_value):
-                raise DivergenceError(f"{desc}: the loss became {loss_value} at step {step};"
-                                         f" lower lr (now {lr}) or use precision='fp32'")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # DDP: gradients averaged over the ranks
-            if clip_grad:
-                torch.nn.utils.clip_grad_norm_(unet.parameters(), clip_grad)
-            optimizer.step()
-            ema.update(unet, min(ema_decay, (1 + step) / (10 + step)))
+            # the logged and checked value is the global-batch loss; DDP averages the gradients
+            loss_value = optimizer_step(
+                loss, optimizer, value=all_reduce_mean(loss.detach()).item(),
+                what=f"{desc} at step {step}", hint=f"lower lr (now {lr}) or use precision='fp32'",
+                clip_grad=clip_grad or None, parameters=unet, ema=ema, ema_of=unet,
+                ema_decay=min(ema_decay, (1 + step) / (10 + step)))
             step += 1
-            run_loss += loss_value
-            n_run += 1
-            if step % log_every == 0 or step == n_steps:
-                history.append({"step": step, "loss": run_loss / n_run, "seconds": elapsed()})
-                bar.set_postfix(loss=f"{run_loss / n_run:.4f}")
-                run_loss, n_run = 0.0, 0
+            rec = log.add(step, {"loss": loss_value}, seconds=elapsed())
+            if rec is not None:
+                history.append(rec)
+                bar.set_postfix(loss=f"{rec['loss']:.4f}")
             if on_step is not None:
                 on_step(step, loss_value, ema.module)
             if checkpoint_every and step % checkpoint_every == 0 and step < n_steps:

@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..training.loop import optimizer_step
+
 __all__ = [
     "ClassifierFeatures",
     "SmallConvNet",
@@ -199,10 +201,8 @@ def train_feature_extractor(images, labels, n_epochs: int = 3, batch_size: int =
             xb = torch.roll(xb, shifts=sh, dims=(2, 3))
             logits = net(xb)
             loss = nn.functional.cross_entropy(logits, y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            optimizer_step(loss, opt, scheduler=sched, what=f"feature CNN in epoch {ep + 1}",
+                           hint="lower lr")
             correct += int((logits.argmax(1) == y[idx]).sum())
         acc = correct / len(X)
         if verbose:

@@ -50,7 +50,6 @@ from ..diffusion.process import q_sample
 from ..diffusion.samplers import ddim_sample, ddim_time_pairs
 from ..diffusion.schedules import NoiseSchedule
 from ..diffusion.weighting import min_snr_weight
-from ..errors import DivergenceError
 from ..losses import self_classifier_pair_matrix
 from ..training.distributed import (
     DistributedBatchSampler,
@@ -61,7 +60,8 @@ from ..training.distributed import (
     swap_dropout,
     wrap_ddp,
 )
-from ..training.optim import EMA, clip_per_parameter, param_groups, warmup_cosine
+from ..training.loop import LossLog, optimizer_step
+from ..training.optim import EMA, param_groups, warmup_cosine
 from ..training.runtime import autocast, progress
 from .base import DiffClusterMixin, EmbeddingMixin, ResumableMixin
 from .params import (
@@ -415,15 +415,15 @@ class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
         rows = _rows(B, info.rank, W) if info.distributed else _ALONE
         gather = (lambda t: all_gather_cat(t, dim=-2)) if info.distributed else None
         step_fn = wrap_ddp(_TrainStep(self, net), info)  # DDP over the whole step, or as is
-        run = {"loss": 0.0, "l_emb": 0.0, "l_ce": 0.0}
+        log = LossLog(max(steps // 50, 1), steps)
         state = dict(modules={"net": net, **({"ema": ema.module} if ema else {})},
                      optimizer=opt, scheduler=sched, sampler=sampler, generator=g)
         start, _, extra = self._restore_training(X, state, n_steps=steps)
         history.extend(extra.get("history", []))
-        run.update(extra.get("run", {}))
+        if "log" in extra:
+            log.load_state_dict(extra["log"])
         bar = progress(range(start, steps), desc="CLUDI", verbose=self.verbose and info.is_main,
                        initial=start, total=steps)
-        log_every = max(steps // 50, 1)
         for step in bar:
             gidx = sampler.next_global_batch()
             x_view = None
@@ -432,30 +432,19 @@ class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
                 x_view = Xt[nbrs[gidx, pick][local].to(self.device_)]
             idx = gidx[local].to(self.device_)
             loss, parts = step_fn(Xt[idx], ema.module if ema else net, g, rows, gather, x_view)
-            if not math.isfinite(parts["loss"]):
-                raise DivergenceError(
-                    f"CLUDI training diverged at step {step} (loss={parts['loss']}); lower lr "
-                    f"(now {self.lr}) or ce_weight (now {self.ce_weight}), or use "
-                    f"precision='fp32'")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.clip_grad:
-                clip_per_parameter(net, self.clip_grad)
-            opt.step()
-            sched.step()
-            if ema is not None:
-                ema.update(net)
-            for k in run:
-                run[k] += parts[k] / log_every
-            if (step + 1) % log_every == 0 or step + 1 == steps:
-                rec = {"step": step + 1, "lr": sched.get_last_lr()[0],
-                       "seconds": time.perf_counter() - t0, **run}
+            optimizer_step(loss, opt, value=parts["loss"], what=f"CLUDI training at step {step}",
+                           hint=f"lower lr (now {self.lr}) or ce_weight (now {self.ce_weight}), "
+                                f"or use precision='fp32'",
+                           scheduler=sched, clip_grad=self.clip_grad or None,
+                           clip="per_parameter", parameters=net, ema=ema, ema_of=net)
+            rec = log.add(step + 1, parts, lr=sched.get_last_lr()[0],
+                          seconds=time.perf_counter() - t0)
+            if rec is not None:
                 history.append(rec)
-                bar.set_postfix(loss=f"{run['loss']:.4f}", ce=f"{run['l_ce']:.3f}")
-                run = dict.fromkeys(run, 0.0)
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", ce=f"{rec['l_ce']:.3f}")
             if info.is_main:
                 self._checkpoint_training(step + 1, steps, state,
-                                          extra={"history": history, "run": run})
+                                          extra={"history": history, "log": log.state_dict()})
         bar.close()
         del step_fn  # drop the DDP wrapper (and its gradient hooks) before the labelling pass
         final = ema.module if ema is not None else net

@@ -98,6 +98,7 @@ from ..diffusion.unet import DiffusionUNet, make_unet, unet_config
 from ..errors import DivergenceError
 from ..mixture import fit_gmm, gmm_log_posterior, prior_matching_terms
 from ..models.encoder import LatentEncoder
+from ..training.loop import optimizer_step
 from ..training.runtime import autocast, progress
 from .base import DiffClusterMixin, ResumableMixin
 from .params import (
@@ -371,19 +372,12 @@ class ClusterDDPM(ResumableMixin, DiffClusterMixin):
                     continue
                 x0 = Xt[idx].to(self.device_)
                 loss, logs = self._losses(x0, prior, g)
-                self._check_loss(loss, phase, epoch, state)
-                opt = opt_box[0]
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                max_norm = float(self.clip_grad) if self.clip_grad else float("inf")
-                gn = torch.nn.utils.clip_grad_norm_(params, max_norm)
-                if not torch.isfinite(gn):
-                    raise DivergenceError(
-                        f"ClusterDDPM diverged in the {phase} phase (epoch {epoch}): the gradient "
-                        f"norm is {float(gn)}. lam={self.lam} is probably too large for this "
-                        f"data (the paper reports instability for large λ); lower lam or lr, or "
-                        f"set clip_grad")
-                opt.step()
+                value = self._check_loss(loss, phase, epoch, state)
+                # the gradient norm is always computed (inf: no clipping) and must be finite
+                optimizer_step(loss, opt_box[0], value=value, parameters=params,
+                               clip_grad=float(self.clip_grad) if self.clip_grad else math.inf,
+                               what=f"ClusterDDPM diverged in the {phase} phase (epoch {epoch})",
+                               hint=self._divergence_hint())
                 for k, v in logs.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach())
                 count += 1
@@ -468,10 +462,15 @@ class ClusterDDPM(ResumableMixin, DiffClusterMixin):
                           f"sample (the mixture collapsed); pre-train longer, or lower lam/lr",
                           RuntimeWarning, stacklevel=3)
 
-    def _check_loss(self, loss, phase, epoch, state):
-        v = float(loss.detach())
-        hint = (f"lam={self.lam} is probably too large for this data (the paper reports "
+    def _divergence_hint(self):
+        return (f"lam={self.lam} is probably too large for this data (the paper reports "
                 f"unstable training for large λ); lower lam or lr, or set clip_grad")
+
+    def _check_loss(self, loss, phase, epoch, state):
+        """The loss value, unless it is not finite or exploded past ``divergence_factor`` × its
+        first value: then a :class:`DivergenceError`."""
+        v = float(loss.detach())
+        hint = self._divergence_hint()
         if not math.isfinite(v):
             raise DivergenceError(f"ClusterDDPM diverged in the {phase} phase (epoch {epoch}): "
                                   f"the loss is {v}. {hint}")
@@ -482,6 +481,7 @@ class ClusterDDPM(ResumableMixin, DiffClusterMixin):
                                   f"the loss exploded to {v:.4g}, more than "
                                   f"{self.divergence_factor:g}× its initial {state['ref']:.4g}. "
                                   f"{hint}")
+        return v
 
     def _gmm_cpu(self):
         return self.gmm_weights_, self.gmm_means_, self.gmm_covariances_

@@ -63,7 +63,6 @@ from torch import nn
 
 from ..diffusion.process import q_sample
 from ..diffusion.unet import DiffusionUNet, bottleneck_features
-from ..errors import DivergenceError
 from ..knn import knn_search
 from ..losses import (
     dec_kl_loss,
@@ -73,6 +72,7 @@ from ..losses import (
     graph_entropy,
     graph_loss,
 )
+from ..training.loop import optimizer_step
 from ..training.runtime import autocast, progress
 from .base import DiffClusterMixin, ResumableMixin
 from .params import AUTO, COMMON, StrOptions, flag, int_at_least, non_negative, pair, positive
@@ -477,12 +477,8 @@ class DiEC(ResumableMixin, DiffClusterMixin):
                         pred = unet(q_sample(self.sched_, x0p, t_r, noise=eps), t_r)
                     l_re = F.mse_loss(pred.float(), eps)
                     loss = loss + self.denoise_weight * l_re
-                if not math.isfinite(loss.item()):
-                    raise DivergenceError(f"DiEC loss became {loss.item()} at iteration {it};"
-                                             f" lower unet_lr/head_lr or use precision='fp32'")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                optimizer_step(loss, opt, what=f"DiEC training at iteration {it}",
+                               hint="lower unet_lr/head_lr or use precision='fp32'")
                 for kk, v in (("l_kl", l_kl), ("l_gr", l_gr), ("l_re", l_re), ("loss", loss)):
                     run[kk] += float(v.detach())
                 run_n += 1

@@ -98,7 +98,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..augment import SimCLRAugment
-from ..errors import DivergenceError
 from ..losses import (
     category_matching_loss,
     classwise_mmd,
@@ -112,6 +111,7 @@ from ..training.checkpoint import (
     optimizer_to_tensors,
     stage_fingerprints,
 )
+from ..training.loop import optimizer_step
 from ..training.runtime import autocast, progress
 from .base import DiffClusterMixin
 from .params import (
@@ -383,14 +383,9 @@ class GCC(DiffClusterMixin):
                 with autocast(dev, self.amp_dtype_):
                     z = proj(F_(v)).float()
                 loss = nt_xent_loss(z[:len(x)], z[len(x):], self.temperature)
-                if not math.isfinite(loss.item()):
-                    raise DivergenceError(f"NT-Xent became {loss.item()} in epoch {ep}; lower "
-                                             f"clr_lr or use precision='fp32'")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                run += loss.item()
+                run += optimizer_step(loss, opt, scheduler=sched,
+                                      what=f"GCC SimCLR (NT-Xent) in epoch {ep}",
+                                      hint="lower clr_lr or use precision='fp32'")
             self.clr_history_.append({"epoch": ep + 1, "loss": run / steps_per_epoch})
             bar.set_postfix(loss=f"{run / steps_per_epoch:.3f}")
             om, ot = optimizer_to_tensors(opt)
@@ -435,10 +430,8 @@ class GCC(DiffClusterMixin):
                 for b0 in range(0, n, B):
                     idx = perm[b0:b0 + B]
                     loss = F.cross_entropy(head(fd[idx]), yd[idx])
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    run += loss.item() * len(idx)
+                    run += len(idx) * optimizer_step(loss, opt, what=f"GCC head in epoch {ep}",
+                                                     hint="lower head_lr")
                 self.head_history_.append({"epoch": ep + 1, "ce": run / n})
             ck.save("stage1_head", {**_pref(head, "C."), "kmeans_labels": y,
                                     "kmeans_centers": self.kmeans_centers_},
@@ -581,14 +574,9 @@ class GCC(DiffClusterMixin):
                         for k_, v in parts.items():
                             loss = loss + v
                             sums[k_] += float(v.detach())
-                        if not math.isfinite(loss.item()):
-                            raise DivergenceError(f"GCC Stage-II loss became {loss.item()} in "
-                                                     f"round {r + 1}; lower calib_lr or use "
-                                                     f"precision='fp32'")
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                        opt.step()
-                        sums["loss"] += float(loss.detach())
+                        sums["loss"] += optimizer_step(
+                            loss, opt, what=f"GCC Stage II in round {r + 1}",
+                            hint="lower calib_lr or use precision='fp32'")
                         n_steps += 1
             Fm.eval(), Cm.eval()
             rec.update({k_: v / max(1, n_steps) for k_, v in sums.items()}, calib_steps=n_steps)

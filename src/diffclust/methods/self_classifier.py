@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import DivergenceError
 from ..losses import self_classifier_loss
+from ..training.loop import LossLog, optimizer_step
 from ..training.optim import warmup_cosine
 from ..training.runtime import autocast, progress
 from .base import DiffClusterMixin
@@ -94,8 +94,8 @@ class SelfClassifier(DiffClusterMixin):
         opt = torch.optim.AdamW(head.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         sched = warmup_cosine(opt, steps, max(steps // 20, 1), 1e-3)
         Xt = F.normalize(torch.from_numpy(X), dim=-1)
-        history, t0, run = [], time.perf_counter(), 0.0
-        log_every = max(steps // 50, 1)
+        history, t0 = [], time.perf_counter()
+        log = LossLog(max(steps // 50, 1), steps)
         for step in progress(range(steps), desc="Self-Classifier", verbose=self.verbose):
             x = Xt[torch.randint(n, (B,), generator=g)]
             v1, v2 = self._view(x, g).to(self.device_), self._view(x, g).to(self.device_)
@@ -103,18 +103,11 @@ class SelfClassifier(DiffClusterMixin):
             with autocast(self.device_, self.amp_dtype_):
                 l1, l2 = head(v1).float(), head(v2).float()
             loss = self_classifier_loss(l1, l2, self.tau_row, self.tau_col)
-            if not torch.isfinite(loss):
-                raise DivergenceError(f"Self-Classifier diverged at step {step}; lower lr "
-                                         f"(now {self.lr})")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            run += loss.item() / log_every
-            if (step + 1) % log_every == 0 or step + 1 == steps:
-                history.append({"step": step + 1, "loss": run,
-                                "seconds": time.perf_counter() - t0})
-                run = 0.0
+            value = optimizer_step(loss, opt, what=f"Self-Classifier training at step {step}",
+                                   hint=f"lower lr (now {self.lr})", scheduler=sched)
+            rec = log.add(step + 1, {"loss": value}, seconds=time.perf_counter() - t0)
+            if rec is not None:
+                history.append(rec)
         self.head_ = head.eval()
         self.history_, self.n_steps_ = history, steps
         self.labels_ = self._predict_proba(X).argmax(1)

@@ -59,7 +59,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import DivergenceError
 from ..knn import knn_search
 from ..losses import temi_loss
 from ..training.distributed import (
@@ -68,6 +67,7 @@ from ..training.distributed import (
     broadcast_tensor,
     wrap_ddp,
 )
+from ..training.loop import LossLog, optimizer_step
 from ..training.optim import EMA, cosine_value, warmup_cosine
 from ..training.runtime import autocast, progress
 from .base import DiffClusterMixin, EmbeddingMixin, ResumableMixin
@@ -325,8 +325,8 @@ class TEMI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
         # local means over ranks; identity when alone
         batch_mean_fn = all_reduce_mean if info.distributed else None
 
-        history, run_loss, head_sum = [], 0.0, torch.zeros(H, dtype=torch.float64)
-        log_every = max(steps // 50, 1)
+        history, head_sum = [], torch.zeros(H, dtype=torch.float64)
+        log = LossLog(max(steps // 50, 1), steps)
         # global batches from the shared generator g (same seed on every rank), interleaved with
         # the partner draws exactly as in one process; each rank keeps its slice of both
         sampler = DistributedBatchSampler(n, B, info=info, generator=g)
@@ -336,7 +336,8 @@ class TEMI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
         start, saved, extra = self._restore_training(X, state, n_steps=steps)
         if start:
             q_tilde, head_sum = saved["q_tilde"].to(dev), saved["head_sum"]
-            history, run_loss = extra["history"], extra["run_loss"]
+            history = extra["history"]
+            log.load_state_dict(extra["log"])
         bar = progress(range(start, steps), desc="TEMI", verbose=self.verbose and info.is_main,
                        initial=start, total=steps)
         for step in bar:
@@ -358,34 +359,29 @@ class TEMI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
             loss = head_losses.mean()  # local-batch mean; DDP averages its gradient over ranks
             # global-batch head losses (for the logs and the head selection); same on all ranks
             global_losses = all_reduce_mean(head_losses.detach())
-            loss_value = global_losses.mean().item()
-            if not math.isfinite(loss_value):
-                raise DivergenceError(
-                    f"TEMI training diverged at step {step} (loss={loss_value}); lower lr "
-                    f"(now {self.lr}) or use precision='fp32'")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if step < freeze:  # cancel_gradients_last_layer: AdamW skips params without grad
+
+            def freeze_last_layer():  # cancel_gradients_last_layer: AdamW skips grad-less params
                 for p in last_layer:
                     p.grad = None
-            opt.step()
-            sched.step()
-            teacher.update(net, decay=cosine_value(step, steps, self.teacher_momentum,
-                                                   self.max_teacher_momentum))
 
-            run_loss += loss_value / log_every
+            loss_value = optimizer_step(
+                loss, opt, value=global_losses.mean().item(), what=f"TEMI training at step {step}",
+                hint=f"lower lr (now {self.lr}) or use precision='fp32'", scheduler=sched,
+                before_step=freeze_last_layer if step < freeze else None, ema=teacher,
+                ema_of=net, ema_decay=cosine_value(step, steps, self.teacher_momentum,
+                                                   self.max_teacher_momentum))
             if step >= steps - window:
                 head_sum += global_losses.double().cpu()
-            if (step + 1) % log_every == 0 or step + 1 == steps:
-                history.append({"step": step + 1, "lr": sched.get_last_lr()[0],
-                                "loss": run_loss, "best_head_loss": global_losses.min().item(),
-                                "seconds": time.perf_counter() - t0})
-                bar.set_postfix(loss=f"{run_loss:.4f}")
-                run_loss = 0.0
+            rec = log.add(step + 1, {"loss": loss_value}, lr=sched.get_last_lr()[0],
+                          best_head_loss=global_losses.min().item(),
+                          seconds=time.perf_counter() - t0)
+            if rec is not None:
+                history.append(rec)
+                bar.set_postfix(loss=f"{rec['loss']:.4f}")
             if info.is_main:
                 self._checkpoint_training(step + 1, steps, state,
                                           tensors={"q_tilde": q_tilde, "head_sum": head_sum},
-                                          extra={"history": history, "run_loss": run_loss})
+                                          extra={"history": history, "log": log.state_dict()})
         bar.close()
         del student  # drop the DDP wrapper (and its gradient hooks) before the labelling pass
 
