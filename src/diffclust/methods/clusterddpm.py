@@ -25,62 +25,31 @@ for ``m_step_epochs`` epochs with the mixture fixed) followed by an E-step (diag
 on the encoder outputs of all samples, warm-started from the previous mixture). Labels are the
 GMM posterior ``argmax_c p(c | μ_φ(x))`` (eq. 22).
 
-Decisions ([PROP] in METHODS.md, or where the paper/code are silent), all switchable:
+Decisions ([PROP] in METHODS.md, or where the paper/code are silent), all switchable; the
+measurements behind them are in docs/DECISIONS.md, "ClusterDDPM":
 
-* **Networks.** ε_θ is the shared diffusers U-Net (:func:`~diffclust.diffusion.unet.make_unet`)
-  with adaptive group norm (``resnet_time_scale_shift="scale_shift"``): ``[t_emb + W z]``
-  scales and shifts the GroupNorm output inside every residual block, as the paper describes (the
-  MNIST code's ContextUnet is not reproduced). f_φ is the first half of a U-Net of the same
-  preset (``conv_in``, down blocks, mid block, no time input) followed by GroupNorm → SiLU →
-  flatten of the bottleneck and two linear heads for μ_φ and log σ_φ².
-* **Loss scale.** The main-phase reconstruction is the per-pixel squared error summed over the
-  ``C·H·W`` pixels of the *user's* image (28×28 images padded to 32×32 are scored as the mean
-  over the padded image times ``C·H·W``), so λ keeps the paper's meaning; pre-training uses the
-  mean. The two z draws of the paper's code (one for the reconstruction, one for the KL) are two
-  independent reparameterised samples from one encoder pass (same distribution, half the cost).
-* **Context dropout.** z is replaced by zeros with probability ``cond_drop`` (0.1, code) in
-  training; ``sample(..., guidance=w)`` then mixes ``(1 + w) ε(z) − w ε(0)`` (default w = 0).
-* **Mixture covariance** ([PROP], ``covariance_type``). The paper's GMM is diagonal
-  (``"diag"``: ``Σ_c = diag σ_c²``). Our default is ``"tied"``: one full ``Σ`` shared by the
-  K components, so the prior is ``z | c ~ N(μ_c, Σ)`` and the KL, the posterior ``w_c`` and the
-  sampler use the Mahalanobis distance (:func:`prior_matching_terms` has the closed form for
-  both). Measured on the latents of a 25-epoch pre-trained model on 2,000 USPS digits: a
-  diagonal GMM_0 labels them at 51 % ACC (the final diagonal ClusterDDPM stayed there, 50.3 %),
-  k-means at 64 %, a tied GMM at 76 % for three seeds (the latent dimensions are strongly
-  correlated, which per-dimension variances cannot express; full per-component covariances
-  gave 73–79 %, seed-dependent). EM cannot leave a poor GMM_0: the prior term pulls each latent
-  towards its current component.
-* **E-step.** scikit-learn ``GaussianMixture`` on the encoder means μ_φ
-  of all samples (``e_step_input="sample"`` uses a reparameterised z, as the code does), with
-  ``reg_covar = gmm_reg_covar × mean_j Var(Z_j)`` (scale-free; an absolute floor let
-  components shrink to spikes that the prior term then emptied); the first fit uses k-means
-  initialisation (``gmm_n_init`` restarts), later fits are warm-started from the previous π,
-  μ_c, Σ. The mixture is stored as tensors (``gmm_weights_``, ``gmm_means_``,
-  ``gmm_covariances_`` in scikit-learn's layout: (K, J) for diag, (J, J) for tied), never as a
-  pickled object.
-* **Read-out.** ``predict`` uses μ_φ (deterministic); ``predict_from="sample"`` uses a sampled z.
-* **Schedule.** T = ``n_timesteps`` (400), linear β from 1e-4 to 0.02 *not* rescaled with T (the
-  MNIST code); METHODS.md proposes T = 1000 for CIFAR/COIL (pass ``n_timesteps=1000``).
-* **Defaults.** ``latent_dim=32``, ``lam=0.01``: the λ of Table 4 that is good on every
-  dataset (MNIST 82.5, FMNIST 68.1, COIL-20 81.2, CIFAR-10's best); MNIST's tuned 0.1 is
-  unstable on Fashion-MNIST. :data:`PAPER_DEFAULTS` and
-  :meth:`ClusterDDPM.for_dataset` give the paper's per-dataset J and λ. Adam, EM-phase lr
-  1e-4 and batch 128 follow the code; the pre-training lr is 2e-3. Pre-training
-  (``pretrain_epochs="auto"``, [PROP]) runs the code's 10 epochs or at least
-  :data:`MIN_PRETRAIN_UPDATES` (1,200) updates, whichever is longer: the latents must be good
-  neighbours before GMM_0 is fitted, and that takes a number of updates, not of epochs. Measured
-  on 2,000 MNIST digits (16×16): 25 epochs (400 updates) gave latents with 70.7 % 3-NN accuracy
-  and ClusterDDPM 50.2 ACC, below k-means (54.8); 75 epochs (1,200 updates) gave 89.2 % and
-  65.5 ACC. ``n_em_iters`` is the paper's "epochs" (570 on
-  MNIST) and defaults to a CPU-friendly 50. A fresh Adam starts the EM phase (its loss is
-  ~C·H·W times the pre-training loss, so the old second moments would be stale).
-* **Divergence** (the λ sensitivity, Table 4): training stops with :class:`DivergenceError`
-  when a loss or gradient norm is not finite, when a batch loss exceeds ``divergence_factor``
-  times the first loss of its phase (an exploding loss), or when the encoder outputs or the
-  refitted mixture are not finite. Labels are never returned from such a run.
-* **Resume**: ``fit(X, checkpoint_dir=...)`` saves after every pre-training epoch and every EM
-  round (weights, optimiser, random states, mixture, history); a refit with the same data,
-  settings and folder continues and ends with the labels of an uninterrupted run.
+* ε_θ is the shared diffusers U-Net with adaptive group norm (``[t_emb + W z]`` scales and shifts
+  every residual block's GroupNorm); f_φ is the first half of a U-Net of the same preset and two
+  linear heads for μ_φ and log σ_φ².
+* The main-phase reconstruction is summed over the ``C·H·W`` pixels of the user's image (so λ
+  keeps the paper's meaning); pre-training uses the mean. The paper code's two z draws are two
+  reparameterised samples from one encoder pass.
+* z is dropped to zeros with probability ``cond_drop`` (0.1); ``sample(..., guidance=w)``.
+* ``covariance_type="tied"`` (one full Σ shared by the K components; ``"diag"`` is the
+  paper's): the latent dimensions are strongly correlated.
+* E-step: scikit-learn's ``GaussianMixture`` on μ_φ (``e_step_input``), ``reg_covar`` relative
+  to the latents' variance, k-means initialisation first, then warm starts; the mixture is kept
+  as tensors (``gmm_weights_``, ``gmm_means_``, ``gmm_covariances_``), never pickled.
+* ``predict`` reads out μ_φ (``predict_from="sample"``: a sampled z).
+* T = ``n_timesteps`` (400), linear β 1e-4 → 0.02 not rescaled with T (the MNIST code).
+* ``latent_dim=32``, ``lam=0.01`` (Table 4's λ that is good on every dataset;
+  :data:`PAPER_DEFAULTS`, :meth:`ClusterDDPM.for_dataset`); Adam, EM lr 1e-4, batch 128 (code);
+  pre-training lr 2e-3 for ``max(10 epochs, MIN_PRETRAIN_UPDATES)``; ``n_em_iters=50`` (the
+  paper's 570 on MNIST is not CPU-friendly); a fresh Adam starts the EM phase.
+* Divergence (Table 4's λ sensitivity): a non-finite loss, gradient norm, latent or mixture, or
+  a batch loss over ``divergence_factor`` × its phase's first loss raises
+  :class:`DivergenceError`; no labels come from such a run.
+* ``fit(X, checkpoint_dir=...)`` resumes after every pre-training epoch and EM round.
 """
 
 from __future__ import annotations

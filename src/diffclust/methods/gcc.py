@@ -28,50 +28,30 @@ Stage II (``n_rounds`` rounds, G frozen within a round):
 * ``min_{F,C} L_d + L_cwm + L_ml`` (eq. 12) for ``calib_epochs``; then G is fine-tuned for
   ``gen_epochs`` on the real images with the new labels ``argmax C(F(X))``.
 
-Decisions where the paper is silent ([PROP], METHODS.md §6):
+Decisions where the paper is silent ([PROP], METHODS.md §6; details in docs/DECISIONS.md, "GCC"):
 
-* SimCLR: 2-layer MLP projection (``out_dim → out_dim → proj_dim=128``), τ = 0.1, AdamW
-  (``clr_lr`` 1e-3, weight decay 1e-4, 10-epoch-or-5 % warm-up then cosine) instead of SCAN's SGD
-  lr 0.4 (more robust for the short CPU budgets this library is run with); 500 epochs, batch 512
-  by default. ``backbone_width`` 64 is ResNet-18; smaller widths are for CPU runs.
-* Augmentations: SimCLR/SCAN values for colour images; digits (1 channel) get a milder crop
-  (scale 0.5–1), no flip and brightness/contrast jitter only (``SimCLRAugment.for_images``).
-* k-means runs on L2-normalised backbone features (the contrastive geometry is cosine), with
-  ``kmeans_n_init`` restarts; C = ``Linear(out_dim, head_hidden=512) → ReLU → Linear(·, K)``,
-  trained on cached (non-augmented, eval-mode) features.
-* G: the library's U-Net preset for the image size (``unet_preset="auto"``; the paper's 16
-  residual blocks are not reproduced exactly), dropout 0.1, AdamW lr 2e-4 with EMA, batch
-  ``ddpm_batch_size`` (128), ``ddpm_epochs`` (300) epochs; the cluster id goes through a learned
-  embedding added to the time embedding (diffusers ``num_class_embeds``), with null-id dropout
-  ``p_uncond`` (0.1) so ``guidance`` w > 0 is possible (default 0: plain conditional).
-* Generated pool: ``n_generate`` images per round (default N) with DDIM ``sample_steps`` (100),
-  η = 0, labels drawn from the current pseudo-label distribution; a real image of label k is
-  paired with a random pool image of label k (clusters absent from the pool are skipped in L_d).
-* Real-image labels ``ŷ_i = argmax C(F(X_i))`` are computed once per round (eval mode, no
-  gradient) and kept fixed for the round's calibration epochs (``label_update="round"``, following
-  §6.4's alternation; the pool is drawn from the same labels). ``"epoch"`` recomputes them every
-  epoch, ``"batch"`` takes them from the moving network in every batch (eq. 7–9 read literally).
-  BatchNorm statistics of F are frozen in Stage II (lr 1e-4 fine-tuning; the generated half of
-  each batch would otherwise shift them).
-* Anchor on the real images (``anchor_weight`` 1, ``anchor_threshold`` 0.9): eq. 12 gets the
-  Stage-I cross-entropy (eq. 2) back as an extra term,
-  ``L_anc = CE(C(F(X_i)), ŷ_i)`` over the real images of the batch whose round-start confidence
-  ``max softmax C(F(X_i)) ≥ anchor_threshold`` (ŷ_i the round's frozen label). This is
-  self-labelling as in SCAN (confident samples keep their label; the others are left to the
-  generated-data losses) and plays the role of the source-classification loss that keeps DAN-style
-  MMD alignment from collapsing. ``anchor_weight=0`` is the paper's eq. 12.
-* ``L_d`` is averaged over the clusters present in the batch (``mmd_reduce="mean"``; ``"sum"``
-  is eq. 9), so it does not grow with the number of clusters and dropping a cluster does not
-  lower it by a whole term.
-* MMD kernel: ``Σ_s exp(−‖a − b‖² / (2 (s·m)²))``, s ∈ ``mmd_bandwidths`` (0.5, 1, 2, 4, 8), m the
-  median pairwise distance of the batch (no gradient), on L2-normalised features; the same-label
-  mean in L_cwm excludes the diagonal; L_ml uses softmax probabilities (``ml_on="proba"``; or
-  ``"logits"`` as written) and is normalised by the batch size.
-* Rounds: ``n_rounds`` = 10, ``calib_epochs`` = 5, ``gen_epochs`` = 2 (paper), Adam lr 1e-4 for
-  F and C; Stage-II batch 256. The fine-tuning of G restarts its optimiser each round (Adam and
-  EMA are re-initialised from the current EMA weights).
-* Ablations: ``use_mmd``, ``use_cwm``, ``use_ml`` switch the three losses off; the paper's exact
-  Stage II is ``anchor_weight=0, mmd_reduce="sum", label_update="batch"``.
+* SimCLR (:func:`~diffclust.training.contrastive.train_simclr`): 2-layer MLP projection to
+  ``proj_dim`` (128), τ = 0.1, AdamW ``clr_lr`` 1e-3 with warm-up and cosine (not SCAN's SGD
+  lr 0.4), 500 epochs of batch 512; SimCLR/SCAN augmentations, milder for 1-channel digits.
+* k-means on L2-normalised features (``kmeans_n_init`` restarts); C =
+  ``Linear(out_dim, 512) → ReLU → Linear(·, K)`` trained on cached eval-mode features.
+* G: the library's U-Net preset for the image size, dropout 0.1, AdamW 2e-4 with EMA, batch 128,
+  300 epochs; the cluster id is a learned embedding added to the time embedding, with null-id
+  dropout ``p_uncond`` (0.1) so ``guidance`` w > 0 is possible (default 0).
+* The pool: ``n_generate`` images per round (default N), DDIM ``sample_steps`` (100), η = 0,
+  labels drawn from the current pseudo-label distribution; a real image of label k is paired
+  with a random pool image of label k.
+* Real-image labels are fixed per round (``label_update="round"``; ``"epoch"``, ``"batch"``:
+  eq. 7–9 read literally); F's BatchNorm statistics are frozen in Stage II.
+* Anchor (``anchor_weight`` 1, ``anchor_threshold`` 0.9): the Stage-I cross-entropy on the
+  real images whose round-start confidence reaches the threshold, added to eq. 12 (SCAN-style
+  self-labelling; ``anchor_weight=0`` is the paper's eq. 12).
+* ``L_d`` averaged over the clusters present (``mmd_reduce="mean"``; ``"sum"`` is eq. 9);
+  multi-bandwidth kernel relative to the batch's median distance on L2-normalised features;
+  ``L_ml`` on probabilities (``ml_on``), normalised by the batch size.
+* 10 rounds of 5 calibration epochs (Adam 1e-4, batch 256) and 2 generator epochs (paper); G's
+  optimiser and EMA restart each round. ``use_mmd``/``use_cwm``/``use_ml`` ablate the losses;
+  the paper's exact Stage II is ``anchor_weight=0, mmd_reduce="sum", label_update="batch"``.
 
 Why the anchor, with its numbers: docs/DECISIONS.md, "GCC: the anchor". Check ``history_``
 (``cluster_sizes``, ``anchor_fraction``) and compare with ``stage1_labels_``.
@@ -101,16 +81,14 @@ from ..augment import SimCLRAugment
 from ..losses import (
     category_matching_loss,
     classwise_mmd,
-    nt_xent_loss,
     reliable_metric_loss,
 )
 from ..models.resnet import ResNet18
 from ..training.checkpoint import (
     StageCheckpoints,
-    optimizer_from_tensors,
-    optimizer_to_tensors,
     stage_fingerprints,
 )
+from ..training.contrastive import projection_head, train_simclr
 from ..training.loop import optimizer_step
 from ..training.runtime import autocast, progress
 from .base import DiffClusterMixin
@@ -139,10 +117,6 @@ class ClusterHead(nn.Module):
 
     def forward(self, f):
         return self.fc2(torch.relu(self.fc1(f)))
-
-
-def _projection(dim, out):
-    return nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, out))
 
 
 def _sub(tensors, prefix):
@@ -344,56 +318,24 @@ class GCC(DiffClusterMixin):
 
     # ---------------------------------------------------------- Stage I.1
     def _stage_contrastive(self, X, ck):
-        n, dev = len(X), self.device_
         F_ = self._build_backbone(self.seed_)
         with torch.random.fork_rng():
             torch.manual_seed(self.seed_ + 1)
-            proj = _projection(F_.out_dim, int(self.proj_dim)).to(dev)
-        params = list(F_.parameters()) + list(proj.parameters())
-        opt = torch.optim.AdamW(params, lr=self.clr_lr, weight_decay=self.clr_weight_decay)
-        E = int(self.clr_epochs)
-        B = min(int(self.clr_batch_size), n)
-        steps_per_epoch = max(n // B, 1)
-        total = max(1, E * steps_per_epoch)
-        warm = min(10 * steps_per_epoch, max(1, total // 20))
-        from ..training.optim import warmup_cosine
+            proj = projection_head(F_.out_dim, int(self.proj_dim)).to(self.device_)
 
-        sched = warmup_cosine(opt, total, warm)
-        g = torch.Generator().manual_seed(self.seed_ + 11)
-        epoch, self.clr_history_ = 0, []
-        state = ck.load("stage1_contrastive")
-        if state is not None:
-            meta, tens = state
-            F_.load_state_dict(_sub(tens, "F.")), proj.load_state_dict(_sub(tens, "P."))
-            optimizer_from_tensors(opt, meta["optimizer"], tens)
-            sched.load_state_dict(meta["sched"])
-            g.set_state(tens["rng"])
-            epoch, self.clr_history_ = int(meta["epoch"]), list(meta["history"])
-            self.resumed_from_ = f"contrastive epoch {epoch}"
-        Xt = torch.from_numpy(X)
-        bar = progress(range(epoch, E), total=E, initial=epoch, desc="GCC SimCLR",
-                       verbose=self.verbose)
-        for ep in bar:
-            F_.train(), proj.train()
-            perm = torch.randperm(n, generator=g)
-            run = 0.0
-            for s in range(steps_per_epoch):
-                x = Xt[perm[s * B:(s + 1) * B]].to(dev)
-                v = torch.cat([self.augment_(x, g), self.augment_(x, g)])
-                with autocast(dev, self.amp_dtype_):
-                    z = proj(F_(v)).float()
-                loss = nt_xent_loss(z[:len(x)], z[len(x):], self.temperature)
-                run += optimizer_step(loss, opt, scheduler=sched,
-                                      what=f"GCC SimCLR (NT-Xent) in epoch {ep}",
-                                      hint="lower clr_lr or use precision='fp32'")
-            self.clr_history_.append({"epoch": ep + 1, "loss": run / steps_per_epoch})
-            bar.set_postfix(loss=f"{run / steps_per_epoch:.3f}")
-            om, ot = optimizer_to_tensors(opt)
-            ck.save("stage1_contrastive", {**_pref(F_, "F."), **_pref(proj, "P."), **ot,
-                                           "rng": g.get_state()},
-                    {"epoch": ep + 1, "history": self.clr_history_, "optimizer": om,
-                     "sched": sched.state_dict()}, tag=str(ep + 1))
-        bar.close()
+        def load():
+            state = ck.load("stage1_contrastive")
+            if state is not None:
+                self.resumed_from_ = f"contrastive epoch {int(state[0]['epoch'])}"
+            return state
+
+        self.clr_history_ = train_simclr(
+            F_, proj, X, self.augment_, epochs=int(self.clr_epochs),
+            batch_size=int(self.clr_batch_size), lr=self.clr_lr,
+            weight_decay=self.clr_weight_decay, temperature=self.temperature,
+            generator=torch.Generator().manual_seed(self.seed_ + 11), device=self.device_,
+            amp_dtype=self.amp_dtype_, verbose=self.verbose, desc="GCC SimCLR", load=load,
+            save=lambda t, meta, ep: ck.save("stage1_contrastive", t, meta, tag=str(ep)))
         return F_.eval()
 
     # ---------------------------------------------------------- Stage I.2-3
