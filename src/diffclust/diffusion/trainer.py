@@ -46,7 +46,12 @@ from typing import Callable
 
 import torch
 
-from ..training.checkpoint import load_checkpoint, optimizer_from_tensors, save_checkpoint
+from ..training.checkpoint import (
+    load_checkpoint,
+    load_named_state,
+    optimizer_from_tensors,
+    save_checkpoint,
+)
 from ..training.distributed import (
     DistInfo,
     GlobalBatchRandom,
@@ -190,8 +195,7 @@ def train_denoiser(unet, X: torch.Tensor, loss_fn: Callable, optimizer, *, n_ste
                 raise ValueError(f"checkpoint in {ckdir} was made with {k}="
                                  f"{ck_info['settings'].get(k)!r}, this run has "
                                  f"{settings[k]!r}; use resume=False (or another out_dir)")
-        unet.load_state_dict({k[6:]: v for k, v in tens.items() if k.startswith("model.")})
-        ema.module.load_state_dict({k[4:]: v for k, v in tens.items() if k.startswith("ema.")})
+        load_named_state(tens, model=unet, ema=ema.module)
         optimizer_from_tensors(optimizer, ck_info["optimizer"], tens)
         gen.set_state(tens["rng.generator"])
         torch.set_rng_state(tens["rng.torch"])

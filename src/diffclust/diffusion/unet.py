@@ -257,12 +257,23 @@ class DiffusionUNet(nn.Module):
         atomic_write_text(path / EXTRA_NAME, json.dumps(self.extra_config(), indent=2))
         return path
 
+    def to_meta(self) -> dict:
+        """The JSON an estimator's ``config.json`` keeps to rebuild this U-Net
+        (:meth:`from_meta`): the diffusers config and :meth:`extra_config`."""
+        return {"unet_config": json.loads(self.unet.to_json_string()),
+                "unet_extra": self.extra_config()}
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> "DiffusionUNet":
+        """The (untrained) U-Net described by :meth:`to_meta`'s entries in ``meta``."""
+        return cls.from_config(meta["unet_config"], meta["unet_extra"])
+
     @classmethod
     def from_config(cls, config: dict, extra: dict | None = None) -> "DiffusionUNet":
         from diffusers import UNet2DModel
 
         extra = extra or {}
-        unet = UNet2DModel.from_config(config)
+        unet = UNet2DModel.from_config({k: v for k, v in config.items() if not k.startswith("_")})
         return cls(unet, extra.get("image_size"), extra.get("n_classes"), extra.get("cond_dim"),
                    extra.get("schedule"))
 

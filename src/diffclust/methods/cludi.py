@@ -51,6 +51,7 @@ from ..diffusion.samplers import ddim_sample, ddim_time_pairs
 from ..diffusion.schedules import NoiseSchedule
 from ..diffusion.weighting import min_snr_weight
 from ..losses import self_classifier_pair_matrix
+from ..training.checkpoint import load_named_state, named_state
 from ..training.distributed import (
     DistributedBatchSampler,
     GlobalBatchDropout,
@@ -516,7 +517,7 @@ class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
     def _get_state(self):
         meta = {"n_steps_": self.n_steps_, "fit_seconds_": self.fit_seconds_,
                 "history_": self.history_, "z_dim": self.net_.z_dim, "seed_": self.seed_}
-        tensors = {f"net.{k}": v for k, v in self.net_.state_dict().items()}
+        tensors = named_state(net=self.net_)
         return meta, dict(tensors, mean_=torch.from_numpy(self.mean_))
 
     def _set_state(self, meta, tensors):
@@ -528,5 +529,5 @@ class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
                       else np.zeros(self.n_features_in_, np.float32))
         net = CLUDINet(self.n_clusters, self.n_features_in_, meta["z_dim"], self.dropout,
                        self.learn_E)
-        net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+        load_named_state(tensors, net=net)
         self.net_ = net.to(self.device_).eval()

@@ -67,6 +67,7 @@ from ..diffusion.unet import DiffusionUNet, make_unet, unet_config
 from ..errors import DivergenceError
 from ..mixture import fit_gmm, gmm_log_posterior, prior_matching_terms
 from ..models.encoder import LatentEncoder
+from ..training.checkpoint import load_named_state, named_state
 from ..training.loop import optimizer_step
 from ..training.runtime import autocast, progress
 from .base import DiffClusterMixin, ResumableMixin
@@ -555,17 +556,14 @@ class ClusterDDPM(ResumableMixin, DiffClusterMixin):
 
     # ------------------------------------------------------------------ persistence
     def _get_state(self):
-        import json
 
         meta = {"history_": self.history_, "n_iter_": int(self.n_iter_),
                 "fit_seconds_": float(self.fit_seconds_), "seed_": int(self.seed_),
                 "n_pretrain_epochs_": int(self.n_pretrain_epochs_),
                 "input_shape_": list(self.input_shape_), "n_pixels_": int(self.n_pixels_),
-                "unet_config": json.loads(self.unet_.unet.to_json_string()),
-                "unet_extra": self.unet_.extra_config(),
+                **self.unet_.to_meta(),
                 "encoder_config": self.encoder_.config}
-        tensors = {f"unet.{k}": v for k, v in self.unet_.state_dict().items()}
-        tensors.update({f"enc.{k}": v for k, v in self.encoder_.state_dict().items()})
+        tensors = named_state(unet=self.unet_, enc=self.encoder_)
         tensors.update(gmm_weights=self.gmm_weights_, gmm_means=self.gmm_means_,
                        gmm_covariances=self.gmm_covariances_,
                        train_proba=torch.as_tensor(self.train_proba_))
@@ -576,13 +574,11 @@ class ClusterDDPM(ResumableMixin, DiffClusterMixin):
             setattr(self, k, meta[k])
         self.n_pretrain_epochs_ = int(meta.get("n_pretrain_epochs_", -1))
         self.input_shape_ = tuple(meta["input_shape_"])
-        cfg = {k: v for k, v in meta["unet_config"].items() if not k.startswith("_")}
-        unet = DiffusionUNet.from_config(cfg, meta["unet_extra"])
-        unet.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("unet.")})
+        unet = DiffusionUNet.from_meta(meta)
+        enc = LatentEncoder(meta["encoder_config"], int(self.latent_dim))
+        load_named_state(tensors, unet=unet, enc=enc)
         self.unet_ = unet.to(self.device_).eval()
         self.sched_ = unet.noise_schedule()
-        enc = LatentEncoder(meta["encoder_config"], int(self.latent_dim))
-        enc.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("enc.")})
         self.encoder_ = enc.to(self.device_).eval()
         self.gmm_weights_ = tensors["gmm_weights"].float()
         self.gmm_means_ = tensors["gmm_means"].float()

@@ -72,6 +72,7 @@ from ..losses import (
     graph_entropy,
     graph_loss,
 )
+from ..training.checkpoint import load_named_state, named_state
 from ..training.loop import optimizer_step
 from ..training.runtime import autocast, progress
 from .base import DiffClusterMixin, ResumableMixin
@@ -544,7 +545,6 @@ class DiEC(ResumableMixin, DiffClusterMixin):
             self.unet = orig
 
     def _get_state(self):
-        import json
 
         meta = {"t_star_": self.t_star_,
                 "ots_scores_": [[int(t), float(s)] for t, s in self.ots_scores_.items()],
@@ -553,12 +553,10 @@ class DiEC(ResumableMixin, DiffClusterMixin):
                 "converged_": bool(self.converged_), "fit_seconds_": self.fit_seconds_,
                 "pretrain_seconds_": self.pretrain_seconds_, "seed_": self.seed_,
                 "unet_source_": self.unet_source_, "input_shape_": list(self.input_shape_),
-                "unet_config": json.loads(self.unet_.unet.to_json_string()),
-                "unet_extra": self.unet_.extra_config(),
+                **self.unet_.to_meta(),
                 "g_dims": [self.g_.fc1.in_features, self.g_.fc1.out_features],
                 "standardized": self.feat_mean_ is not None}
-        tensors = {f"unet.{k}": v for k, v in self.unet_.state_dict().items()}
-        tensors.update({f"g.{k}": v for k, v in self.g_.state_dict().items()})
+        tensors = named_state(unet=self.unet_, g=self.g_)
         tensors["mu"] = self.mu_.detach()
         tensors["init_labels_"] = torch.from_numpy(self.init_labels_)
         if self.feat_mean_ is not None:
@@ -571,14 +569,10 @@ class DiEC(ResumableMixin, DiffClusterMixin):
             setattr(self, k, meta[k])
         self.ots_scores_ = {int(t): float(s) for t, s in meta["ots_scores_"]}
         self.input_shape_ = tuple(meta["input_shape_"])
-        cfg = {k: v for k, v in meta["unet_config"].items() if not k.startswith("_")}
-        unet = DiffusionUNet.from_config(cfg, meta["unet_extra"])
-        unet.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("unet.")})
+        unet, self.g_ = DiffusionUNet.from_meta(meta), ResidualMapping(*meta["g_dims"])
+        load_named_state(tensors, unet=unet, g=self.g_)
         self.unet_ = unet.to(self.device_).eval()
         self.sched_ = unet.noise_schedule()
-        D, H = meta["g_dims"]
-        self.g_ = ResidualMapping(D, H)
-        self.g_.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("g.")})
         self.g_ = self.g_.to(self.device_)
         self.mu_ = nn.Parameter(tensors["mu"].to(self.device_))
         self.init_labels_ = tensors["init_labels_"].numpy()

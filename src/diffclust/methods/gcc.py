@@ -68,7 +68,6 @@ the Stage-I checkpoints.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 
@@ -86,6 +85,8 @@ from ..losses import (
 from ..models.resnet import ResNet18
 from ..training.checkpoint import (
     StageCheckpoints,
+    load_named_state,
+    named_state,
     stage_fingerprints,
 )
 from ..training.contrastive import projection_head, train_simclr
@@ -117,15 +118,6 @@ class ClusterHead(nn.Module):
 
     def forward(self, f):
         return self.fc2(torch.relu(self.fc1(f)))
-
-
-def _sub(tensors, prefix):
-    n = len(prefix)
-    return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-
-def _pref(module, prefix):
-    return {prefix + k: v for k, v in module.state_dict().items()}
 
 
 # ============================================================================ estimator
@@ -348,7 +340,7 @@ class GCC(DiffClusterMixin):
             head = ClusterHead(feats.shape[1], K, int(self.head_hidden)).to(dev)
         if state is not None:
             meta, tens = state
-            head.load_state_dict(_sub(tens, "C."))
+            load_named_state(tens, C=head)
             self.kmeans_labels_ = tens["kmeans_labels"].numpy()
             self.kmeans_centers_ = tens["kmeans_centers"]
             self.head_history_ = meta["history"]
@@ -375,7 +367,7 @@ class GCC(DiffClusterMixin):
                     run += len(idx) * optimizer_step(loss, opt, what=f"GCC head in epoch {ep}",
                                                      hint="lower head_lr")
                 self.head_history_.append({"epoch": ep + 1, "ce": run / n})
-            ck.save("stage1_head", {**_pref(head, "C."), "kmeans_labels": y,
+            ck.save("stage1_head", {**named_state(C=head), "kmeans_labels": y,
                                     "kmeans_centers": self.kmeans_centers_},
                     {"history": self.head_history_})
         self.head_ = head.eval()
@@ -436,9 +428,7 @@ class GCC(DiffClusterMixin):
         state = ck.load("stage2")
         if state is not None:
             meta, tens = state
-            self.backbone_.load_state_dict(_sub(tens, "F."))
-            self.head_.load_state_dict(_sub(tens, "C."))
-            self.generator_unet_.load_state_dict(_sub(tens, "G."))
+            load_named_state(tens, F=self.backbone_, C=self.head_, G=self.generator_unet_)
             r0, self.history_ = int(meta["round"]), list(meta["history"])
             self.resumed_from_ = f"stage II round {r0}"
         if R == 0 or int(self.calib_epochs) + int(self.gen_epochs) == 0:
@@ -539,8 +529,7 @@ class GCC(DiffClusterMixin):
             rec["seconds"] = time.perf_counter() - t0
             self.history_.append(rec)
             bar.set_postfix(loss=f"{rec['loss']:.3f}", change=f"{rec['label_change']:.3f}")
-            ck.save("stage2", {**_pref(Fm, "F."), **_pref(Cm, "C."),
-                               **_pref(self.generator_unet_, "G.")},
+            ck.save("stage2", named_state(F=Fm, C=Cm, G=self.generator_unet_),
                     {"round": r + 1, "history": self.history_}, tag=str(r + 1))
         bar.close()
 
@@ -601,9 +590,8 @@ class GCC(DiffClusterMixin):
                 "history_": self.history_, "clr_history_": self.clr_history_,
                 "head_history_": self.head_history_, "fit_seconds_": self.fit_seconds_,
                 "stage_seconds_": self.stage_seconds_,
-                "unet_config": json.loads(u.unet.to_json_string()),
-                "unet_extra": u.extra_config()}
-        tensors = {**_pref(self.backbone_, "F."), **_pref(self.head_, "C."), **_pref(u, "G.")}
+                **u.to_meta()}
+        tensors = named_state(F=self.backbone_, C=self.head_, G=u)
         tensors["stage1_labels_"] = torch.from_numpy(self.stage1_labels_)
         tensors["kmeans_labels_"] = torch.from_numpy(self.kmeans_labels_)
         tensors["kmeans_centers_"] = self.kmeans_centers_
@@ -619,15 +607,14 @@ class GCC(DiffClusterMixin):
         bc = meta["backbone_config"]
         self.backbone_ = ResNet18(bc["in_channels"], bc["width"], bc["image_size"],
                                   tuple(bc["blocks"]))
-        self.backbone_.load_state_dict(_sub(tensors, "F."))
+        load_named_state(tensors, F=self.backbone_)
         self.backbone_ = self.backbone_.to(self.device_).eval()
         D, H = meta["head_dims"]
         self.head_ = ClusterHead(D, int(self.n_clusters), H)
-        self.head_.load_state_dict(_sub(tensors, "C."))
+        load_named_state(tensors, C=self.head_)
         self.head_ = self.head_.to(self.device_).eval()
-        cfg = {k: v for k, v in meta["unet_config"].items() if not k.startswith("_")}
-        unet = DiffusionUNet.from_config(cfg, meta["unet_extra"])
-        unet.load_state_dict(_sub(tensors, "G."))
+        unet = DiffusionUNet.from_meta(meta)
+        load_named_state(tensors, G=unet)
         self.generator_unet_ = unet.to(self.device_).eval()
         self.stage1_labels_ = tensors["stage1_labels_"].numpy()
         self.kmeans_labels_ = tensors["kmeans_labels_"].numpy()

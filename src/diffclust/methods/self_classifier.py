@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..losses import self_classifier_loss
+from ..training.checkpoint import load_named_state, named_state
 from ..training.loop import LossLog, optimizer_step
 from ..training.optim import warmup_cosine
 from ..training.runtime import autocast, progress
@@ -121,10 +122,10 @@ class SelfClassifier(DiffClusterMixin):
 
     def _get_state(self):
         return ({"n_steps_": self.n_steps_, "history_": self.history_},
-                {f"head.{k}": v for k, v in self.head_.state_dict().items()})
+                named_state(head=self.head_))
 
     def _set_state(self, meta, tensors):
         self.n_steps_, self.history_ = meta["n_steps_"], meta["history_"]
         head = self._head(self.n_features_in_)
-        head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
+        load_named_state(tensors, head=head)
         self.head_ = head.to(self.device_).eval()

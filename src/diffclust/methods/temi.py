@@ -61,6 +61,7 @@ from torch import nn
 
 from ..knn import knn_search
 from ..losses import temi_loss
+from ..training.checkpoint import load_named_state, named_state
 from ..training.distributed import (
     DistributedBatchSampler,
     all_reduce_mean,
@@ -437,7 +438,7 @@ class TEMI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
                 "n_steps_": self.n_steps_, "batch_size_": self.batch_size_,
                 "fit_seconds_": self.fit_seconds_, "history_": self.history_,
                 "seed_": self.seed_}
-        tensors = {f"head.{k}": v for k, v in self.head_.state_dict().items()}
+        tensors = named_state(head=self.head_)
         tensors["q_tilde_"] = self.q_tilde_
         if self.embed_norm:
             tensors["embed_mean_"], tensors["embed_std_"] = self.embed_mean_, self.embed_std_
@@ -451,7 +452,7 @@ class TEMI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
         self.seed_ = meta["seed_"]
         head = MultiHeadDINO(self.n_features_in_, self.n_clusters, 1, self.hidden_dim,
                              self.bottleneck_dim)
-        head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
+        load_named_state(tensors, head=head)
         self.head_ = head.to(self.device_).eval()
         self.q_tilde_ = tensors["q_tilde_"]
         if self.embed_norm:

@@ -24,9 +24,22 @@ from ..data.io import atomic_write_bytes, atomic_write_text, clean_stale_tmp
 
 __all__ = ["fingerprint", "save_training_state", "load_training_state", "saved_step",
            "save_checkpoint", "load_checkpoint", "optimizer_to_tensors", "optimizer_from_tensors",
-           "stage_fingerprints", "StageCheckpoints"]
+           "stage_fingerprints", "StageCheckpoints", "named_state", "load_named_state"]
 
 STATE_JSON = "state.json"
+
+
+def named_state(**modules) -> dict:
+    """The state dicts of ``modules`` in one flat dict, keys prefixed ``"<name>."``."""
+    return {f"{name}.{k}": v for name, m in modules.items() for k, v in m.state_dict().items()}
+
+
+def load_named_state(tensors: dict, **modules):
+    """Load each module of ``modules`` from the ``"<name>."`` entries of ``tensors``
+    (:func:`named_state`'s layout)."""
+    for name, m in modules.items():
+        n = len(name) + 1
+        m.load_state_dict({k[n:]: v for k, v in tensors.items() if k.startswith(name + ".")})
 
 
 def fingerprint(est, X, **more) -> dict:
@@ -93,8 +106,7 @@ def save_checkpoint(ckdir: Path, step, model, ema, opt, gen, info: dict):
     """The image diffusion loop's state (``diffusion/trainer.py``): weights, EMA, optimiser and
     random states, with ``info`` (settings, history, seconds) in ``state.json``."""
     opt_meta, tensors = optimizer_to_tensors(opt)
-    tensors.update({f"model.{k}": v for k, v in model.state_dict().items()})
-    tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
+    tensors.update(named_state(model=model, ema=ema))
     tensors["rng.generator"] = gen.get_state()
     tensors["rng.torch"] = torch.get_rng_state()
     _write_state(Path(ckdir), step, tensors, dict(info, optimizer=opt_meta))

@@ -14,7 +14,12 @@ import torch
 from torch import nn
 
 from ..losses import nt_xent_loss
-from .checkpoint import optimizer_from_tensors, optimizer_to_tensors
+from .checkpoint import (
+    load_named_state,
+    named_state,
+    optimizer_from_tensors,
+    optimizer_to_tensors,
+)
 from .loop import optimizer_step
 from .optim import warmup_cosine
 from .runtime import autocast, progress
@@ -51,8 +56,7 @@ def train_simclr(backbone: nn.Module, projection: nn.Module, X, augment: Callabl
     state = load() if load is not None else None
     if state is not None:
         meta, tens = state
-        backbone.load_state_dict({k[2:]: v for k, v in tens.items() if k.startswith("F.")})
-        projection.load_state_dict({k[2:]: v for k, v in tens.items() if k.startswith("P.")})
+        load_named_state(tens, F=backbone, P=projection)
         optimizer_from_tensors(opt, meta["optimizer"], tens)
         sched.load_state_dict(meta["sched"])
         generator.set_state(tens["rng"])
@@ -76,9 +80,7 @@ def train_simclr(backbone: nn.Module, projection: nn.Module, X, augment: Callabl
         bar.set_postfix(loss=f"{run / steps_per_epoch:.3f}")
         if save is not None:
             om, ot = optimizer_to_tensors(opt)
-            tensors = {**{"F." + k: v for k, v in backbone.state_dict().items()},
-                       **{"P." + k: v for k, v in projection.state_dict().items()},
-                       **ot, "rng": generator.get_state()}
+            tensors = {**named_state(F=backbone, P=projection), **ot, "rng": generator.get_state()}
             save(tensors, {"epoch": ep + 1, "history": history, "optimizer": om,
                            "sched": sched.state_dict()}, ep + 1)
     bar.close()
