@@ -394,6 +394,29 @@ class DiEC(ResumableMixin, DiffClusterMixin):
     def _q_of(self, Z):
         return dec_soft_assignment(Z.to(self.device_), self.mu_.detach(), self.dec_a).cpu()
 
+    def _step_loss(self, x0, idx, P, Q, nb, S, M, g, denoise):
+        """Eq. 25 on one batch ``x0`` (rows ``idx`` of the cached targets): ``α L_KL + β L_Gr``
+        on ``z = e + g_φ(e)`` at t* (averaged over M noise draws), plus ``L_Re`` (the
+        random-timestep denoising loss) when ``denoise``; γ L_En has no gradient (S is solved in
+        closed form at each refresh). Returns ``(loss, (l_kl, l_gr, l_re))``."""
+        unet, dev = self.unet_, x0.device
+        e = self._features(unet, x0, self.t_star_, M, g, average=False)
+        z = self.g_(self._standardise(e)).mean(0)
+        q = dec_soft_assignment(z, self.mu_, self.dec_a)
+        l_kl = dec_kl_loss(P[idx], q)
+        l_gr = graph_loss(q, Q[nb[idx]], S[idx])
+        loss = self.alpha * l_kl + self.beta * l_gr
+        l_re = torch.zeros(())
+        if denoise:
+            x0p = unet.pad(x0)
+            t_r = torch.randint(0, self.sched_.T, (len(x0p),), generator=g).to(dev)
+            eps = torch.randn(x0p.shape, generator=g).to(dev)
+            with autocast(dev, self.amp_dtype_):
+                pred = unet(q_sample(self.sched_, x0p, t_r, noise=eps), t_r)
+            l_re = F.mse_loss(pred.float(), eps)
+            loss = loss + self.denoise_weight * l_re
+        return loss, (l_kl, l_gr, l_re)
+
     def _train(self, X, Z):
         n, dev = len(X), self.device_
         B = min(int(self.batch_size), n)
@@ -460,24 +483,10 @@ class DiEC(ResumableMixin, DiffClusterMixin):
                     break
                 # ---- (b) one SGD step on a mini-batch
                 idx = perm[b0:b0 + B]
-                idx_d = idx.to(dev)
-                x0 = Xt[idx].to(dev)
                 unet.train(self.finetune_unet)
-                e = self._features(unet, x0, self.t_star_, M, g, average=False)
-                z = self.g_(self._standardise(e)).mean(0)
-                q = dec_soft_assignment(z, self.mu_, self.dec_a)
-                l_kl = dec_kl_loss(P_dev[idx_d], q)
-                l_gr = graph_loss(q, Q_dev[nb_dev[idx_d]], S_dev[idx_d])
-                loss = self.alpha * l_kl + self.beta * l_gr
-                l_re = torch.zeros(())
-                if finetune and self.denoise_weight > 0:
-                    x0p = unet.pad(x0)
-                    t_r = torch.randint(0, self.sched_.T, (len(x0p),), generator=g).to(dev)
-                    eps = torch.randn(x0p.shape, generator=g).to(dev)
-                    with autocast(dev, self.amp_dtype_):
-                        pred = unet(q_sample(self.sched_, x0p, t_r, noise=eps), t_r)
-                    l_re = F.mse_loss(pred.float(), eps)
-                    loss = loss + self.denoise_weight * l_re
+                loss, (l_kl, l_gr, l_re) = self._step_loss(
+                    Xt[idx].to(dev), idx.to(dev), P_dev, Q_dev, nb_dev, S_dev, M, g,
+                    denoise=finetune and self.denoise_weight > 0)
                 optimizer_step(loss, opt, what=f"DiEC training at iteration {it}",
                                hint="lower unet_lr/head_lr or use precision='fp32'")
                 for kk, v in (("l_kl", l_kl), ("l_gr", l_gr), ("l_re", l_re), ("loss", loss)):

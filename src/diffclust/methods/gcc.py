@@ -419,6 +419,36 @@ class GCC(DiffClusterMixin):
                              guidance=float(self.guidance), device=self.device_,
                              dtype=self.amp_dtype_, batch_size=int(self.embed_batch_size))
 
+    def _calibration_loss(self, Fm, Cm, xr, yr, xg, yg, a_ok, ya):
+        """Eq. 12 on one batch, ``L_d + L_cwm + L_ml`` (each switchable), plus the [PROP] anchor:
+        the Stage-I cross-entropy on the real images flagged ``a_ok`` against their round-start
+        labels ``ya``. ``xr``/``yr``: real images and their labels; ``xg``/``yg``: generated
+        images and the labels they were drawn for. Returns ``(loss, parts)``."""
+        anchor = float(self.anchor_weight) > 0
+        with autocast(xr.device, self.amp_dtype_):
+            f = Fm(torch.cat([xr, xg])).float()
+        fr, fg = f[:len(xr)], f[len(xr):]
+        pr = Cm(fr) if anchor or self.label_update == "batch" else None
+        if self.label_update == "batch":
+            # eq. 7-9 as written: ŷ_i = argmax p_i of the moving network; the generated partner
+            # keeps the label it was drawn for
+            yr = pr.detach().argmax(1)
+        parts = {}
+        if anchor:
+            parts["l_anchor"] = float(self.anchor_weight) * (
+                F.cross_entropy(pr[a_ok], ya[a_ok]) if a_ok.any() else pr.sum() * 0)
+        if self.use_mmd:
+            parts["l_d"] = classwise_mmd(fr, yr, fg, yg, int(self.n_clusters),
+                                         self.mmd_bandwidths, reduce=self.mmd_reduce)
+        if self.use_cwm:
+            parts["l_cwm"] = category_matching_loss(fg, yg)
+        if self.use_ml:
+            parts["l_ml"] = reliable_metric_loss(Cm(fg), yg, self.ml_on)
+        loss = torch.zeros((), device=xr.device)
+        for v in parts.values():
+            loss = loss + v
+        return loss, parts
+
     def _stage_calibrate(self, X, ck):
         from ..diffusion.pretrain import pretrain_ddpm
 
@@ -460,8 +490,7 @@ class GCC(DiffClusterMixin):
             offsets = torch.cumsum(counts, 0) - counts
             sums = dict.fromkeys(("l_d", "l_cwm", "l_ml", "l_anchor", "loss"), 0.0)
             n_steps = 0
-            anchor = float(self.anchor_weight) > 0
-            if any(active) or anchor:
+            if any(active) or float(self.anchor_weight) > 0:
                 for ep in range(int(self.calib_epochs)):
                     if ep > 0 and self.label_update == "epoch":
                         _, logits = self._features(Fm, X, Cm)
@@ -479,32 +508,10 @@ class GCC(DiffClusterMixin):
                         j = offsets[yr] + (torch.rand(len(yr), generator=g)
                                            * counts[yr]).long().clamp_max(counts[yr] - 1)
                         xr, xg, yg = Xt[idx].to(dev), pool_x[j].to(dev), pool_y[j].to(dev)
-                        yr = yr.to(dev)
-                        with autocast(dev, self.amp_dtype_):
-                            f = Fm(torch.cat([xr, xg])).float()
-                        fr, fg = f[:len(xr)], f[len(xr):]
-                        pr = Cm(fr) if anchor or self.label_update == "batch" else None
-                        if self.label_update == "batch":
-                            # eq. 7-9 as written: ŷ_i = argmax p_i of the moving network; the
-                            # generated partner keeps the label it was drawn for
-                            yr = pr.detach().argmax(1)
-                        loss = torch.zeros((), device=dev)
-                        parts = {}
-                        if anchor:
-                            a_ok = anchor_ok[idx].to(dev)
-                            ya = round_labels[idx].to(dev)
-                            parts["l_anchor"] = float(self.anchor_weight) * (
-                                F.cross_entropy(pr[a_ok], ya[a_ok]) if a_ok.any()
-                                else pr.sum() * 0)
-                        if self.use_mmd:
-                            parts["l_d"] = classwise_mmd(fr, yr, fg, yg, K, self.mmd_bandwidths,
-                                                         reduce=self.mmd_reduce)
-                        if self.use_cwm:
-                            parts["l_cwm"] = category_matching_loss(fg, yg)
-                        if self.use_ml:
-                            parts["l_ml"] = reliable_metric_loss(Cm(fg), yg, self.ml_on)
+                        loss, parts = self._calibration_loss(
+                            Fm, Cm, xr, yr.to(dev), xg, yg, anchor_ok[idx].to(dev),
+                            round_labels[idx].to(dev))
                         for k_, v in parts.items():
-                            loss = loss + v
                             sums[k_] += float(v.detach())
                         sums["loss"] += optimizer_step(
                             loss, opt, what=f"GCC Stage II in round {r + 1}",
