@@ -26,11 +26,13 @@ class MPSiLU(nn.Module):
         return F.silu(x) * self.gain
 
 
-def run_folded(seq: nn.Sequential, x: torch.Tensor, pre_silu: bool = False) -> torch.Tensor:
+def run_folded(seq: nn.Sequential, x: torch.Tensor, pre_silu: bool = False,
+               weights: dict | None = None) -> torch.Tensor:
     """``seq(x)`` with every MPSiLU's 1/0.596 folded into the next Linear's weight: one
     elementwise pass less per layer over the (chains × batch × width) activations, the same
     function up to rounding (the parameters are unchanged). ``pre_silu``: apply an MPSiLU to
-    ``x`` first."""
+    ``x`` first. ``weights``: the folded ``(weight, bias)`` of each such Linear, prepared once
+    (:meth:`VectorDenoiser.inference_weights`) for a run of steps without gradients."""
     mods = list(seq)
     scale = MPSiLU.gain if pre_silu else None
     if pre_silu:
@@ -39,7 +41,8 @@ def run_folded(seq: nn.Sequential, x: torch.Tensor, pre_silu: bool = False) -> t
         if isinstance(m, MPSiLU):
             x, scale = F.silu(x), MPSiLU.gain
         elif isinstance(m, nn.Linear) and scale is not None:
-            x, scale = F.linear(x, m.weight * scale, m.bias), None
+            w, b = weights[m] if weights is not None else (m.weight * scale, m.bias)
+            x, scale = F.linear(x, w, b), None
         else:
             if scale is not None:  # an MPSiLU not followed by a Linear: apply its gain here
                 x, scale = x * scale, None
@@ -103,16 +106,38 @@ class VectorDenoiser(nn.Module):
         temb = self.time(timestep_embedding(t.reshape(-1), self.width))
         return self.trunk_in(temb)[:, None, :]
 
+    @torch.no_grad()
+    def inference_weights(self, dtype: torch.dtype | None = None) -> dict:
+        """The folded ``(weight, bias)`` of every Linear that follows an MPSiLU, and the
+        assignment share of the first trunk layer, cast once to ``dtype`` (the autocast dtype,
+        or None): :meth:`step` then skips the fold and the casts at every denoising step. Valid
+        until the parameters change (one teacher pass, one prediction)."""
+        cast = (lambda t: t) if dtype is None else (lambda t: t.to(dtype))
+        out = {}
+        for seq, scale in ((self.assign, None), (self.trunk, MPSiLU.gain)):
+            for m in seq:
+                if isinstance(m, MPSiLU):
+                    scale = MPSiLU.gain
+                elif isinstance(m, nn.Linear) and scale is not None:
+                    out[m] = (cast(m.weight * scale), None if m.bias is None else cast(m.bias))
+                    scale = None
+                else:
+                    scale = None
+        out["trunk_in.assign"] = cast(self.trunk_in.weight[:, self.cond_dim:].T)
+        return out
+
     def step(self, z_t: torch.Tensor, h_cond: torch.Tensor, h_time: torch.Tensor,
-             z_sc: torch.Tensor | None = None) -> torch.Tensor:
+             z_sc: torch.Tensor | None = None, weights: dict | None = None) -> torch.Tensor:
         """ẑ_0 from ``z_t`` (S, B, d) given :meth:`prepare` (B|S×B, width) and
-        :meth:`time_bias` (S, 1, width) outputs."""
+        :meth:`time_bias` (S, 1, width) outputs; ``weights``: :meth:`inference_weights`."""
         if self.self_condition:
             z_sc = torch.zeros_like(z_t) if z_sc is None else z_sc.to(z_t.dtype)
             z_t = torch.cat([z_sc, z_t], dim=-1)
-        a = run_folded(self.assign, z_t)
-        h = a @ self.trunk_in.weight[:, self.cond_dim:].T + h_cond + h_time
-        return run_folded(self.trunk, h, pre_silu=True)
+        a = run_folded(self.assign, z_t, weights=weights)
+        W_a = (weights["trunk_in.assign"] if weights is not None
+               else self.trunk_in.weight[:, self.cond_dim:].T)
+        h = a @ W_a + h_cond + h_time
+        return run_folded(self.trunk, h, pre_silu=True, weights=weights)
 
     def forward(self, z_t, x, t, z_sc=None):
         """ẑ_θ(z_t, x, t, z_sc) for ``z_t`` (S, B, d), ``x`` (B, D) or (S, B, D), ``t`` (S,)."""

@@ -306,11 +306,14 @@ class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
         h_cond = den.prepare(x)
         dev = x.device
         cache = {}
+        # the steps without a graph fold and cast the weights once, not at every step
+        frozen = {"w": None if torch.is_grad_enabled() and not grad_last
+                  else den.inference_weights(self.amp_dtype_)}
 
         def model_x0(z, t, z_sc):
             if t not in cache:
                 cache[t] = den.time_bias(torch.tensor([t], device=dev))
-            return den.step(z, h_cond, cache[t], z_sc).float()
+            return den.step(z, h_cond, cache[t], z_sc, weights=frozen["w"]).float()
 
         z_T = noise_scale * rows.randn((S, len(x), net.z_dim), g, dev)
         pairs = ddim_time_pairs(self.n_timesteps, n_steps)
@@ -319,6 +322,7 @@ class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
         # truncated back-propagation: every step but the last without a graph
         with torch.no_grad():
             z_t, z_sc = self._ddim(model_x0, z_T, pairs[:-1], g, noise_scale, rows)
+        frozen["w"] = None  # the last step back-propagates into the parameters
         z_sc = torch.zeros_like(z_t) if z_sc is None else z_sc
         return model_x0(z_t, pairs[-1][0], z_sc).clamp(-1.0, 1.0)
 
