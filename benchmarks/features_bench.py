@@ -7,14 +7,21 @@ its steps costs ~2 TFLOP (hours per fit on a 2-core CPU). Appends records (with 
 peak memory) to results/features_bench.json.
 
     python benchmarks/features_bench.py --set usps --seeds 0 [--methods kmeans sc temi cludi]
+    python benchmarks/features_bench.py --set fashion_mnist --methods temi --checkpoints DIR
+    python benchmarks/features_bench.py --set usps --methods cludi --param teacher_steps=10
+
+``--checkpoints DIR``: TEMI and CLUDI fits save their training state there (per set, method,
+seed and parameters) and a rerun of the same command continues an interrupted fit. ``--param``
+changes a parameter of the non-k-means methods; the records then name it.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
-from _common import Timer, append_results, record
+from _common import Timer, append_results, parse_params, record
 from features import DEFAULT_CACHE, build
 
 from diffclust import CLUDI, TEMI, KMeansClusterer, SelfClassifier, evaluate
@@ -30,7 +37,11 @@ def main():
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--backbone", default="efficientnet-lite0")
     ap.add_argument("--cache", default=str(DEFAULT_CACHE))
+    ap.add_argument("--checkpoints", default=None)
+    ap.add_argument("--param", nargs="*", default=[], help="KEY=VALUE for the methods")
     a = ap.parse_args()
+    params = parse_params(a.param)
+    tag = "".join(f"[{k}={v}]" for k, v in sorted(params.items()))
     z = np.load(build(a.set, a.backbone, a.cache))
     X, y = z["x"], z["y"]
     K = len(np.unique(y))
@@ -40,15 +51,20 @@ def main():
         X = PCA(a.dim, random_state=0).fit_transform(X).astype(np.float32)
     for seed in a.seeds:
         for m in a.methods:
-            kw = {} if m == "kmeans" else {"verbose": False}
+            kw = {} if m == "kmeans" else {"verbose": False, **params}
+            fit_kw = {}
+            if a.checkpoints and m in ("temi", "cludi"):
+                fit_kw["checkpoint_dir"] = (Path(a.checkpoints) /
+                                            f"{a.set}-pca{a.dim}-{m}{tag}-seed{seed}")
             with Timer() as t:
-                est = METHODS[m](K, random_state=seed, **kw).fit(X)
+                est = METHODS[m](K, random_state=seed, **kw).fit(X, **fit_kw)
             r = evaluate(y, est.labels_)
-            rec = record(m, f"{a.set}-{a.backbone}-pca{a.dim}", len(X), K, seed, r, t.seconds,
+            name = m if m == "kmeans" else m + tag
+            rec = record(name, f"{a.set}-{a.backbone}-pca{a.dim}", len(X), K, seed, r, t.seconds,
                          n_used=int(len(np.unique(est.labels_))),
                          n_steps=getattr(est, "n_steps_", None))
             append_results("features_bench", [rec])
-            print(f"{a.set} seed {seed} {m}: {100 * r['acc']:.1f} / {100 * r['nmi']:.1f} / "
+            print(f"{a.set} seed {seed} {name}: {100 * r['acc']:.1f} / {100 * r['nmi']:.1f} / "
                   f"{100 * r['ari']:.1f} in {t.seconds:.0f}s", flush=True)
 
 
