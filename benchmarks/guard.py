@@ -22,7 +22,6 @@ import time
 
 import numpy as np
 import torch
-
 from _common import RESULTS, append_results, command_line, machine
 
 FEATURE_KW = dict(random_state=0, verbose=False, precision="fp32")
