@@ -16,7 +16,7 @@ import torch
 
 from .errors import DivergenceError
 
-__all__ = ["COVARIANCE_TYPES", "fit_diag_gmm", "fit_gmm", "gmm_log_posterior",
+__all__ = ["COVARIANCE_TYPES", "fit_diag_gmm", "fit_gmm", "gmm_log_posterior", "sample_gmm",
            "prior_matching_terms"]
 
 _LOG2PI = math.log(2 * math.pi)
@@ -136,3 +136,26 @@ def fit_gmm(Z, n_components, covariance_type="diag", init=None, reg_covar=1e-4, 
 def fit_diag_gmm(Z, n_components, **kwargs):
     """:func:`fit_gmm` with the paper's diagonal covariances."""
     return fit_gmm(Z, n_components, "diag", **kwargs)
+
+
+def sample_gmm(n, weights, means, covariances, covariance_type="diag", cluster=None,
+               generator=None):
+    """Draw ``n`` latents ``z ~ N(μ_c, Σ_c)``: ``c`` = ``cluster`` (an int, or ``n`` ids) or, when
+    ``None``, ``c ~ Cat(π)``; ``Σ_c = diag σ_c²`` (``"diag"``) or one shared Σ = L Lᵀ
+    (``"tied"``, ``z = μ_c + L ε``). Returns ``(z (n, J), c (n,))``."""
+    K = len(weights)
+    if cluster is None:
+        c = torch.multinomial(weights.double(), n, replacement=True, generator=generator)
+    else:
+        c = torch.as_tensor(np.asarray(cluster)).long().reshape(-1)
+        if c.numel() == 1:
+            c = c.expand(n).clone()
+        if c.numel() != n:
+            raise ValueError(f"cluster must be an int or hold n={n} ids, got {c.numel()}")
+        if int(c.min()) < 0 or int(c.max()) >= K:
+            raise ValueError(f"cluster ids must lie in [0, {K - 1}], got {c.tolist()[:10]}")
+    eps = torch.randn((n, means.shape[1]), generator=generator)
+    if covariance_type == "diag":
+        return means[c] + covariances[c].sqrt() * eps, c
+    return means[c] + eps @ torch.linalg.cholesky(covariances).T, c
+

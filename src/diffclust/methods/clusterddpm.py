@@ -65,7 +65,7 @@ from ..diffusion.process import q_sample
 from ..diffusion.schedules import NoiseSchedule
 from ..diffusion.unet import DiffusionUNet, make_unet, unet_config
 from ..errors import DivergenceError
-from ..mixture import fit_gmm, gmm_log_posterior, prior_matching_terms
+from ..mixture import fit_gmm, gmm_log_posterior, prior_matching_terms, sample_gmm
 from ..models.encoder import LatentEncoder
 from ..training.checkpoint import load_named_state, named_state
 from ..training.loop import optimizer_step
@@ -514,24 +514,10 @@ class ClusterDDPM(ResumableMixin, DiffClusterMixin):
         n = int(n)
         if n < 1:
             raise ValueError(f"n must be ≥ 1, got {n}")
-        K = int(self.n_clusters)
         seed = (getattr(self, "seed_", 0) + 99991) if random_state is None else int(random_state)
         g = torch.Generator().manual_seed(seed)
-        if cluster is None:
-            c = torch.multinomial(self.gmm_weights_.double(), n, replacement=True, generator=g)
-        else:
-            c = torch.as_tensor(np.asarray(cluster)).long().reshape(-1)
-            if c.numel() == 1:
-                c = c.expand(n).clone()
-            if c.numel() != n:
-                raise ValueError(f"cluster must be an int or hold n={n} ids, got {c.numel()}")
-            if int(c.min()) < 0 or int(c.max()) >= K:
-                raise ValueError(f"cluster ids must lie in [0, {K - 1}], got {c.tolist()[:10]}")
-        eps_z = torch.randn((n, int(self.latent_dim)), generator=g)
-        if self.covariance_type == "diag":
-            Zs = self.gmm_means_[c] + self.gmm_covariances_[c].sqrt() * eps_z
-        else:  # z = μ_c + L ε with Σ = L Lᵀ
-            Zs = self.gmm_means_[c] + eps_z @ torch.linalg.cholesky(self.gmm_covariances_).T
+        Zs, c = sample_gmm(n, self.gmm_weights_, self.gmm_means_, self.gmm_covariances_,
+                           self.covariance_type, cluster, g)
         unet, dev = self.unet_.eval(), self.device_
         C, S = unet.in_channels, unet.sample_size
         w = check_guidance(guidance)
