@@ -39,6 +39,7 @@ def main():
     ap.add_argument("--cache", default=str(DEFAULT_CACHE))
     ap.add_argument("--checkpoints", default=None)
     ap.add_argument("--param", nargs="*", default=[], help="KEY=VALUE for the methods")
+    ap.add_argument("--save", default=None, help="save each fitted TEMI/CLUDI model under DIR")
     a = ap.parse_args()
     params = parse_params(a.param)
     tag = "".join(f"[{k}={v}]" for k, v in sorted(params.items()))
@@ -59,6 +60,8 @@ def main():
             with Timer() as t:
                 est = METHODS[m](K, random_state=seed, **kw).fit(X, **fit_kw)
             r = evaluate(y, est.labels_)
+            if a.save and m in ("temi", "cludi"):
+                est.save_pretrained(Path(a.save) / f"{a.set}-pca{a.dim}-{m}{tag}-seed{seed}")
             name = m if m == "kmeans" else m + tag
             rec = record(name, f"{a.set}-{a.backbone}-pca{a.dim}", len(X), K, seed, r, t.seconds,
                          n_used=int(len(np.unique(est.labels_))),
