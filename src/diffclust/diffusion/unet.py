@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DiffusionUNet", "unet_config", "make_unet", "bottleneck_features", "PRESETS",
+__all__ = ["DiffusionUNet", "unet_config", "make_unet", "load_unet", "bottleneck_features", "PRESETS",
            "unet_block_names"]
 
 EXTRA_NAME = "diffclust_unet.json"
@@ -403,3 +403,36 @@ def bottleneck_features(unet, x_t: torch.Tensor, t, block: str = "mid", class_la
         if i == stop and block != "mid":
             return h
     return u.mid_block(h, emb)
+
+
+def load_unet(src, image_shape) -> tuple[DiffusionUNet, str]:
+    """A copy of the U-Net ``src`` (a :class:`DiffusionUNet`, a diffusers ``UNet2DModel``, or a
+    folder / hub id of one) checked against images of ``image_shape`` ``(C, H, W)``, and where it
+    came from (for the fitted model's record). Smaller images are padded to its sample size."""
+    import copy
+
+    from diffusers import UNet2DModel
+
+    C, H, W = image_shape
+    if isinstance(src, DiffusionUNet):
+        model, where = copy.deepcopy(src), "DiffusionUNet object"
+    elif isinstance(src, UNet2DModel):
+        model, where = DiffusionUNet(copy.deepcopy(src), image_size=H), "UNet2DModel object"
+    elif isinstance(src, (str, Path)):
+        model, where = DiffusionUNet.from_pretrained(src, image_size=None), str(src)
+    else:
+        raise ValueError(f"unet must be None, a folder/hub id, a DiffusionUNet or a diffusers "
+                         f"UNet2DModel; got {type(src).__name__}")
+    if model.in_channels != C:
+        raise ValueError(f"the U-Net takes {model.in_channels}-channel images but X has {C} "
+                         f"channels")
+    if H != W:
+        raise ValueError(f"the U-Net needs square images, got {H}×{W}")
+    if model.image_size != H:
+        if H > model.sample_size:
+            raise ValueError(f"images are {H}×{H} but the U-Net was built for "
+                             f"{model.sample_size}×{model.sample_size}; resize the images or "
+                             f"use a U-Net of that size")
+        model.image_size = H  # pad the smaller images to the U-Net's sample_size
+    return model, where
+

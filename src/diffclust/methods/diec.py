@@ -62,7 +62,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..diffusion.process import q_sample
-from ..diffusion.unet import DiffusionUNet, bottleneck_features
+from ..diffusion.unet import DiffusionUNet, bottleneck_features, load_unet
 from ..knn import knn_search
 from ..losses import (
     dec_kl_loss,
@@ -203,60 +203,35 @@ class DiEC(ResumableMixin, DiffClusterMixin):
         self.verbose = verbose
 
     # ------------------------------------------------------------------ the U-Net
-    def _check_params(self, n):
-        """The rule that needs the data (each parameter alone is declared above)."""
+    def _check_params(self, X):
+        """The rules that need the data (each parameter alone is declared above)."""
+        n, H, W = len(X), X.shape[2], X.shape[3]
+        if H != W:
+            raise ValueError(f"DiEC needs square images (for the U-Net), got {H}×{W}")
         if self.n_neighbors >= n:
             raise ValueError(f"n_neighbors={self.n_neighbors} needs more than that many images "
                              f"(got {n}); lower n_neighbors")
 
     def _resolve_unet(self, X) -> DiffusionUNet:
-        from diffusers import UNet2DModel
-
-        C, H, W = X.shape[1:]
-        src = self.unet
+        """The U-Net: pretrained here on ``X`` (``unet=None``, resumable with the fit's
+        checkpoints) or the given one (:func:`~diffclust.diffusion.unet.load_unet`)."""
         self.pretrain_seconds_ = 0.0
-        if src is None:
-            from ..diffusion.pretrain import pretrain_ddpm
+        if self.unet is not None:
+            model, self.unet_source_ = load_unet(self.unet, X.shape[1:])
+            return model.to(self.device_).float()
+        from ..diffusion.pretrain import pretrain_ddpm
 
-            ck = getattr(self, "_checkpoint", None)  # fit(X, checkpoint_dir=...): resumable
-            steps = int(self.pretrain_steps)
-            res = pretrain_ddpm(X, None if ck is None else ck[0] / "pretrain",
-                                checkpoint_every=max(1, min(500, steps // 4)), resume=True,
-                                preset=self.unet_preset, n_steps=steps,
-                                batch_size=int(self.pretrain_batch_size), lr=self.pretrain_lr,
-                                schedule=self.schedule, n_timesteps=int(self.n_timesteps),
-                                seed=self.seed_, device=self.device_, verbose=self.verbose,
-                                precision=self.precision, n_samples=0)
-            self.pretrain_seconds_ = res.seconds
-            self.unet_source_ = "pretrained in fit"
-            model = res.unet
-        elif isinstance(src, DiffusionUNet):
-            import copy
-
-            model, self.unet_source_ = copy.deepcopy(src), "DiffusionUNet object"
-        elif isinstance(src, UNet2DModel):
-            import copy
-
-            model = DiffusionUNet(copy.deepcopy(src), image_size=H)
-            self.unet_source_ = "UNet2DModel object"
-        elif isinstance(src, (str, Path)):
-            model = DiffusionUNet.from_pretrained(src, image_size=None)
-            self.unet_source_ = str(src)
-        else:
-            raise ValueError(f"unet must be None, a folder/hub id, a DiffusionUNet or a diffusers "
-                             f"UNet2DModel; got {type(src).__name__}")
-        if model.in_channels != C:
-            raise ValueError(f"the U-Net takes {model.in_channels}-channel images but X has {C} "
-                             f"channels")
-        if H != W:
-            raise ValueError(f"DiEC needs square images, got {H}×{W}")
-        if model.image_size != H:
-            if H > model.sample_size:
-                raise ValueError(f"images are {H}×{H} but the U-Net was built for "
-                                 f"{model.sample_size}×{model.sample_size}; resize the images or "
-                                 f"use a U-Net of that size")
-            model.image_size = H  # pad the smaller images to the U-Net's sample_size
-        return model.to(self.device_).float()
+        ck = getattr(self, "_checkpoint", None)  # fit(X, checkpoint_dir=...): resumable
+        steps = int(self.pretrain_steps)
+        res = pretrain_ddpm(X, None if ck is None else ck[0] / "pretrain",
+                            checkpoint_every=max(1, min(500, steps // 4)), resume=True,
+                            preset=self.unet_preset, n_steps=steps,
+                            batch_size=int(self.pretrain_batch_size), lr=self.pretrain_lr,
+                            schedule=self.schedule, n_timesteps=int(self.n_timesteps),
+                            seed=self.seed_, device=self.device_, verbose=self.verbose,
+                            precision=self.precision, n_samples=0)
+        self.pretrain_seconds_, self.unet_source_ = res.seconds, "pretrained in fit"
+        return res.unet.to(self.device_).float()
 
     # ------------------------------------------------------------------ features
     def _features(self, unet, x0, t, n_noise, generator, average=True):
@@ -343,8 +318,7 @@ class DiEC(ResumableMixin, DiffClusterMixin):
 
     # ------------------------------------------------------------------ fit
     def _fit(self, X):
-        n = len(X)
-        self._check_params(n)
+        self._check_params(X)
         t_start = time.perf_counter()
         unet = self._resolve_unet(X)
         self.sched_ = unet.noise_schedule()
