@@ -265,17 +265,19 @@ def test_cludi_global_draws_and_dropout_split_like_one_process():
     are the halves of the single process's draws, bit for bit, on CPU."""
     from torch import nn
 
-    from diffclust.methods.cludi import _rows
-    from diffclust.training.distributed import GlobalBatchDropout
+    from diffclust.training.distributed import DistInfo, GlobalBatchDropout, GlobalBatchRandom
 
-    alone = _rows()
+    def rows(B, rank, world):  # CLUDI's (chains, batch, dim) tensors: the batch is dim 1
+        return GlobalBatchRandom.for_rank(B, DistInfo(rank=rank, world_size=world), dim=1)
+
+    alone = GlobalBatchRandom(dim=1)
     for draw in ("randn", "rand"):
         ref = getattr(alone, draw)((3, 10, 4), torch.Generator().manual_seed(5), "cpu")
-        parts = [getattr(_rows(10, r, 2), draw)((3, 5, 4), torch.Generator().manual_seed(5),
-                                                "cpu") for r in range(2)]
+        parts = [getattr(rows(10, r, 2), draw)((3, 5, 4), torch.Generator().manual_seed(5),
+                                               "cpu") for r in range(2)]
         assert torch.equal(torch.cat(parts, dim=1), ref)
     with pytest.raises(ValueError, match="local batch size"):
-        _rows(10, 0, 2).randn((3, 10, 4), torch.Generator(), "cpu")
+        rows(10, 0, 2).randn((3, 10, 4), torch.Generator(), "cpu")
     x = torch.randn(3, 10, 6)
     torch.manual_seed(1)
     ref = nn.Dropout(0.3).train()(x)

@@ -56,6 +56,7 @@ from ..training.distributed import (
     DistributedBatchSampler,
     GlobalBatchDropout,
     GlobalBatchRandom,
+    StepModule,
     all_gather_cat,
     all_reduce_mean,
     swap_dropout,
@@ -81,30 +82,8 @@ from .params import (
 __all__ = ["CLUDI", "CLUDINet"]
 
 
-def _rows(global_batch=None, rank=0, world_size=1) -> GlobalBatchRandom:
-    """This rank's rows ``[r·b, (r + 1)·b)`` of a global batch of ``B = W·b`` points; CLUDI's
-    per-point tensors are ``(chains, batch, dim)``, so the batch is dimension 1."""
-    if global_batch is None or world_size == 1:
-        return GlobalBatchRandom(dim=1)
-    b = int(global_batch) // int(world_size)
-    return GlobalBatchRandom(global_batch, slice(rank * b, (rank + 1) * b), dim=1)
-
-
-_ALONE = _rows()
-
-
-class _TrainStep(nn.Module):
-    """One CLUDI training step as a module's forward, so that DistributedDataParallel sees the
-    whole step (the teacher pass, through which gradients may flow, and the student pass)."""
-
-    def __init__(self, est, net):
-        super().__init__()
-        self.net = net
-        self._est = est  # a plain attribute (the estimator is not a module)
-
-    def forward(self, x, teacher_net, g, rows, gather, x_view=None):
-        return self._est._train_step(self.net, teacher_net, x, g, rows=rows, gather=gather,
-                                     x_view=x_view)
+# CLUDI's per-point tensors are (chains, batch, dim): the batch is dimension 1
+_ALONE = GlobalBatchRandom(dim=1)
 
 
 class CLUDINet(nn.Module):
@@ -417,9 +396,10 @@ class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
         # as one process draws them; each rank keeps its contiguous slice
         sampler = DistributedBatchSampler(n, B, info=info, generator=g)
         local = sampler.local_slice()
-        rows = _rows(B, info.rank, W) if info.distributed else _ALONE
+        rows = GlobalBatchRandom.for_rank(B, info, dim=1) if info.distributed else _ALONE
         gather = (lambda t: all_gather_cat(t, dim=-2)) if info.distributed else None
-        step_fn = wrap_ddp(_TrainStep(self, net), info)  # DDP over the whole step, or as is
+        # DDP over the whole step (the teacher pass may carry gradients too), or the step as is
+        step_fn = wrap_ddp(StepModule(self._train_step, net), info)
         log = LossLog(max(steps // 50, 1), steps)
         state = dict(modules={"net": net, **({"ema": ema.module} if ema else {})},
                      optimizer=opt, scheduler=sched, sampler=sampler, generator=g)
@@ -436,7 +416,7 @@ class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
                 pick = torch.randint(nbrs.shape[1], (len(gidx),), generator=g)
                 x_view = Xt[nbrs[gidx, pick][local].to(self.device_)]
             idx = gidx[local].to(self.device_)
-            loss, parts = step_fn(Xt[idx], ema.module if ema else net, g, rows, gather, x_view)
+            loss, parts = step_fn(ema.module if ema else net, Xt[idx], g, rows, gather, x_view)
             optimizer_step(loss, opt, value=parts["loss"], what=f"CLUDI training at step {step}",
                            hint=f"lower lr (now {self.lr}) or ce_weight (now {self.ce_weight}), "
                                 f"or use precision='fp32'",

@@ -39,7 +39,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["GlobalBatchDropout", "swap_dropout", "GlobalBatchRandom", "DistInfo",
+__all__ = ["GlobalBatchDropout", "swap_dropout", "GlobalBatchRandom", "StepModule", "DistInfo",
            "init_distributed", "ensure_distributed",
            "cleanup_distributed",
            "dist_info", "is_main_process", "barrier", "wrap_ddp", "unwrap",
@@ -303,6 +303,13 @@ class GlobalBatchRandom:
             local = slice(0, self.global_batch)
         self.local, self.generator, self.dim = local, generator, int(dim)
 
+    @classmethod
+    def for_rank(cls, global_batch: int, info, dim: int = 0) -> "GlobalBatchRandom":
+        """This rank's contiguous rows ``[r·b, (r + 1)·b)`` of a global batch of ``B = W·b``
+        (``info``: :func:`dist_info`)."""
+        b = int(global_batch) // int(info.world_size)
+        return cls(global_batch, slice(info.rank * b, (info.rank + 1) * b), dim=dim)
+
     @property
     def local_batch(self) -> int | None:
         return None if self.local is None else self.local.stop - self.local.start
@@ -364,3 +371,18 @@ def swap_dropout(module: nn.Module, make):
             setattr(module, name, make(child))
         else:
             swap_dropout(child, make)
+
+
+class StepModule(nn.Module):
+    """A training step as a module's forward, ``forward(*a) = step(net, *a)``, so that
+    DistributedDataParallel (:func:`wrap_ddp`) sees the whole step, e.g. a teacher pass through
+    which gradients flow as well as the student's."""
+
+    def __init__(self, step, net: nn.Module):
+        super().__init__()
+        self.net = net
+        self._step = step  # a plain attribute (a bound method of the estimator)
+
+    def forward(self, *args, **kwargs):
+        return self._step(self.net, *args, **kwargs)
+
