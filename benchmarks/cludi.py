@@ -43,8 +43,9 @@ def bf16_matmul_rate(n=2048, k=576, reps=200):
 
 
 def throughput(steps=20, **kw):
-    """Training samples/s at batch 256, 8 chains, 25 teacher steps (D = 384, K = 50) and the
-    achieved GFLOP/s, with FLOPs counted by torch's FlopCounterMode on one real step."""
+    """Training samples/s at batch 256, 8 chains, the default 10 teacher steps (``--param
+    teacher_steps=25``: the paper's; D = 384, K = 50) and the achieved GFLOP/s, with FLOPs
+    counted by torch's FlopCounterMode on one real step."""
     from torch.utils.flop_counter import FlopCounterMode
 
     rng = np.random.default_rng(0)
