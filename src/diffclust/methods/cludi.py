@@ -65,7 +65,7 @@ from ..training.distributed import (
 )
 from ..training.loop import LossLog, optimizer_step
 from ..training.optim import EMA, param_groups, warmup_cosine
-from ..training.runtime import autocast, progress
+from ..training.runtime import autocast, map_batches, progress
 from .base import DiffClusterMixin, EmbeddingMixin, ResumableMixin
 from .params import (
     AUTO,
@@ -466,21 +466,18 @@ class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
         net = self.net_.eval()
         S = int(self.eval_chains)
         g = torch.Generator().manual_seed(getattr(self, "seed_", 0) + 1)
-        out = []
-        Xt = torch.from_numpy(X)
-        bs = max(1, int(self.predict_batch_size))
-        for i in progress(range(0, len(X), bs), desc="CLUDI predict", verbose=self.verbose):
-            xb = Xt[i:i + bs].to(self.device_)
+
+        def proba(xb):
             with autocast(self.device_, self.amp_dtype_):
                 z0 = self._sample_embeddings(net, xb, S, self.eval_steps, g,
                                              self.decoding_noise_scale)
                 logits = net.classifier(z0).float()
             if self.average == "logits":
-                p = torch.softmax(logits.mean(0) / self.tau, dim=-1)
-            else:
-                p = torch.softmax(logits / self.tau, dim=-1).mean(0)
-            out.append(p.cpu())
-        return torch.cat(out).numpy().astype(np.float64)
+                return torch.softmax(logits.mean(0) / self.tau, dim=-1)
+            return torch.softmax(logits / self.tau, dim=-1).mean(0)
+
+        return map_batches(proba, X, self.predict_batch_size, self.device_, "CLUDI predict",
+                           self.verbose).numpy().astype(np.float64)
 
     def transform(self, X):
         """The averaged assignment embedding E[ẑ_0 | x] over ``eval_chains`` chains, (N, d)."""
@@ -489,15 +486,15 @@ class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
         check_is_fitted(self, "labels_")
         X = self._center(self._validate_input(X, fitting=False))
         g = torch.Generator().manual_seed(getattr(self, "seed_", 0) + 2)
-        out = []
+
+        def embedding(xb):
+            with autocast(self.device_, self.amp_dtype_):
+                z0 = self._sample_embeddings(self.net_, xb, self.eval_chains, self.eval_steps, g,
+                                             self.decoding_noise_scale)
+            return z0.float().mean(0)
+
         with torch.no_grad():
-            for i in range(0, len(X), self.predict_batch_size):
-                xb = torch.from_numpy(X[i:i + self.predict_batch_size]).to(self.device_)
-                with autocast(self.device_, self.amp_dtype_):
-                    z0 = self._sample_embeddings(self.net_, xb, self.eval_chains,
-                                                 self.eval_steps, g, self.decoding_noise_scale)
-                out.append(z0.float().mean(0).cpu())
-        return torch.cat(out).numpy()
+            return map_batches(embedding, X, self.predict_batch_size, self.device_).numpy()
 
     # ------------------------------------------------------------------ persistence
     def _get_state(self):

@@ -69,7 +69,7 @@ from ..mixture import fit_gmm, gmm_log_posterior, prior_matching_terms, sample_g
 from ..models.encoder import LatentEncoder
 from ..training.checkpoint import load_named_state, named_state
 from ..training.loop import optimizer_step
-from ..training.runtime import autocast, progress
+from ..training.runtime import autocast, map_batches, progress
 from .base import DiffClusterMixin, ResumableMixin
 from .params import (
     AUTO,
@@ -260,16 +260,15 @@ class ClusterDDPM(ResumableMixin, DiffClusterMixin):
     def _embed(self, X, sample=False, generator=None):
         """μ_φ (or a reparameterised z when ``sample``) for all rows of ``X``: (N, J) on CPU."""
         self.encoder_.eval()
-        out = []
-        bs = int(self.embed_batch_size)
-        for i in range(0, len(X), bs):
-            xb = torch.as_tensor(X[i:i + bs]).to(self.device_)
+
+        def z(xb):
             mu, logvar = self._encode(xb)
             if sample:
                 eps = torch.randn(mu.shape, generator=generator).to(mu.device)
                 mu = mu + (0.5 * logvar).exp() * eps
-            out.append(mu.cpu())
-        Z = torch.cat(out)
+            return mu
+
+        Z = map_batches(z, X, self.embed_batch_size, self.device_)
         if not torch.isfinite(Z).all():
             raise DivergenceError("the encoder produced NaN/inf latent codes; training diverged "
                                   "(lower lam or lr, or set clip_grad)")

@@ -74,7 +74,7 @@ from ..losses import (
 )
 from ..training.checkpoint import load_named_state, named_state
 from ..training.loop import optimizer_step
-from ..training.runtime import autocast, progress
+from ..training.runtime import autocast, map_batches, progress
 from .base import DiffClusterMixin, ResumableMixin
 from .params import AUTO, COMMON, StrOptions, flag, int_at_least, non_negative, pair, positive
 
@@ -252,13 +252,8 @@ class DiEC(ResumableMixin, DiffClusterMixin):
     def _embed_raw(self, unet, X, t, n_noise, seed, desc=None):
         """Averaged raw features ē(t) of all rows of ``X`` (numpy) with draws from ``seed``."""
         g = torch.Generator().manual_seed(int(seed))
-        bs = max(1, int(self.embed_batch_size) // n_noise)
-        out = []
-        it = range(0, len(X), bs)
-        for i in progress(it, total=len(it), desc=desc, verbose=self.verbose and desc is not None):
-            xb = torch.from_numpy(X[i:i + bs]).to(self.device_)
-            out.append(self._features(unet, xb, t, n_noise, g).cpu())
-        return torch.cat(out)
+        return map_batches(lambda xb: self._features(unet, xb, t, n_noise, g), X,
+                           int(self.embed_batch_size) // n_noise, self.device_, desc, self.verbose)
 
     def _standardise(self, e):
         if self.feat_mean_ is None:
@@ -269,15 +264,14 @@ class DiEC(ResumableMixin, DiffClusterMixin):
     def _embed(self, X, n_noise, seed, desc=None):
         """Z = mean_m (ẽ^(m) + g(ẽ^(m))) with ẽ the standardised features, no grad (N, D_e)."""
         g = torch.Generator().manual_seed(int(seed))
-        bs = max(1, int(self.embed_batch_size) // n_noise)
-        out = []
         self.unet_.eval()
-        it = range(0, len(X), bs)
-        for i in progress(it, total=len(it), desc=desc, verbose=self.verbose and desc is not None):
-            xb = torch.from_numpy(X[i:i + bs]).to(self.device_)
+
+        def z(xb):
             e = self._features(self.unet_, xb, self.t_star_, n_noise, g, average=False)
-            out.append(self.g_(self._standardise(e)).mean(0).cpu())
-        return torch.cat(out)
+            return self.g_(self._standardise(e)).mean(0)
+
+        return map_batches(z, X, int(self.embed_batch_size) // n_noise, self.device_, desc,
+                           self.verbose)
 
     # ------------------------------------------------------------------ OTS
     def _search_timestep(self, unet, X):

@@ -91,7 +91,7 @@ from ..training.checkpoint import (
 )
 from ..training.contrastive import projection_head, train_simclr
 from ..training.loop import optimizer_step
-from ..training.runtime import autocast, progress
+from ..training.runtime import autocast, map_batches, progress
 from .base import DiffClusterMixin
 from .params import (
     AUTO,
@@ -266,18 +266,14 @@ class GCC(DiffClusterMixin):
     def _features(self, backbone, X, head=None, desc=None):
         """Eval-mode features F(X) (and logits C(F(X)) when ``head``) of a numpy array."""
         backbone.eval()
-        bs = int(self.embed_batch_size)
-        fs, ls = [], []
-        it = range(0, len(X), bs)
-        for i in progress(it, total=len(it), desc=desc, verbose=self.verbose and bool(desc)):
-            xb = torch.from_numpy(np.ascontiguousarray(X[i:i + bs])).to(self.device_)
+
+        def features(xb):
             with autocast(self.device_, self.amp_dtype_):
                 f = backbone(xb).float()
-            fs.append(f.cpu())
-            if head is not None:
-                ls.append(head(f).float().cpu())
-        f = torch.cat(fs)
-        return (f, torch.cat(ls)) if head is not None else f
+            return f if head is None else (f, head(f).float())
+
+        return map_batches(features, X, self.embed_batch_size, self.device_, desc or None,
+                           self.verbose)
 
     # ------------------------------------------------------------------ fit
     def _fit(self, X):

@@ -70,7 +70,7 @@ from ..training.distributed import (
 )
 from ..training.loop import LossLog, optimizer_step
 from ..training.optim import EMA, cosine_value, warmup_cosine
-from ..training.runtime import autocast, progress
+from ..training.runtime import autocast, map_batches, progress
 from .base import DiffClusterMixin, EmbeddingMixin, ResumableMixin
 from .params import (
     AUTO,
@@ -409,15 +409,13 @@ class TEMI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
     # ------------------------------------------------------------------ predict
     @torch.no_grad()
     def _predict_proba(self, X):
-        Xt = self._preprocess(X)
-        bs = int(self.predict_batch_size)
-        out = []
-        for i in range(0, len(Xt), bs):
-            xb = Xt[i:i + bs].to(self.device_)
+        def proba(xb):
             with autocast(self.device_, self.amp_dtype_):
                 logits = self.head_(xb)[0]
-            out.append(torch.softmax(logits.float() / self.teacher_temp, dim=-1).cpu())
-        return torch.cat(out).numpy().astype(np.float64)
+            return torch.softmax(logits.float() / self.teacher_temp, dim=-1)
+
+        return map_batches(proba, self._preprocess(X), self.predict_batch_size,
+                           self.device_).numpy().astype(np.float64)
 
     def transform(self, X):
         """The selected teacher head's L2-normalised bottleneck embedding, ``(N, 256)``."""
@@ -425,11 +423,10 @@ class TEMI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
 
         check_is_fitted(self, "labels_")
         X = self._validate_input(X, fitting=False)
-        Xt = self._preprocess(X)
         with torch.no_grad(), autocast(self.device_, self.amp_dtype_):
-            z = [self.head_.bottleneck(Xt[i:i + self.predict_batch_size].to(self.device_))[0]
-                 for i in range(0, len(Xt), self.predict_batch_size)]
-        return torch.cat(z).float().cpu().numpy()
+            z = map_batches(lambda xb: self.head_.bottleneck(xb)[0], self._preprocess(X),
+                            self.predict_batch_size, self.device_)
+        return z.float().numpy()
 
     # ------------------------------------------------------------------ persistence
     def _get_state(self):

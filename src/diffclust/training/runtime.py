@@ -90,6 +90,20 @@ def progress(iterable=None, total=None, desc=None, verbose=True, **kw):
                 dynamic_ncols=True, **kw)
 
 
+def map_batches(fn, X, batch_size: int, device=None, desc=None, verbose=True):
+    """``fn`` over the rows of ``X`` (a numpy array or a tensor) in batches of ``batch_size``
+    moved to ``device``; the outputs (a tensor, or a tuple of tensors) concatenated on the CPU,
+    in order. A progress bar when ``desc`` is given (silenced as :func:`progress`)."""
+    bs = max(1, int(batch_size))
+    starts = range(0, len(X), bs)
+    outs = []
+    for i in progress(starts, total=len(starts), desc=desc, verbose=verbose and desc is not None):
+        outs.append(fn(torch.as_tensor(X[i:i + bs]).to(device)))
+    if isinstance(outs[0], tuple):
+        return tuple(torch.cat([o[k].cpu() for o in outs]) for k in range(len(outs[0])))
+    return torch.cat([o.cpu() for o in outs])
+
+
 @contextlib.contextmanager
 def thread_policy(cap: int | None = None):
     """Torch's intra-op thread count for the duration of a fit (restored afterwards).
