@@ -282,6 +282,21 @@ class TEMI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
                 {"params": no_decay, "weight_decay": 0.0}]
 
     # ------------------------------------------------------------------ fit
+    def _train_step(self, student, teacher, x, x_pair, q_tilde, batch_mean_fn=None):
+        """Steps 3–4 of the algorithm on a batch ``x`` and its mined partners ``x_pair``: both
+        views through the student and the EMA teacher (no gradient), then the TEMI loss of every
+        head. Returns ``(head_losses (H,), q̃ updated)``."""
+        b, dev = len(x), x.device
+        views = torch.cat([x, x_pair])  # (2b, D): x then x'
+        with torch.no_grad(), autocast(dev, self.amp_dtype_):
+            t_logits = teacher(views)
+        with autocast(dev, self.amp_dtype_):
+            s_logits = student(views)
+        return temi_loss(s_logits[:, :b], s_logits[:, b:], t_logits[:, :b], t_logits[:, b:],
+                         q_tilde, gamma=self.gamma, student_temp=self.student_temp,
+                         teacher_temp=self.teacher_temp, probs_momentum=self.probs_momentum,
+                         batch_mean_fn=batch_mean_fn)
+
     def _fit(self, X):
         n, D = X.shape
         B, steps, warm, freeze, window = self._resolve_schedule(n)
@@ -331,7 +346,7 @@ class TEMI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
         # global batches from the shared generator g (same seed on every rank), interleaved with
         # the partner draws exactly as in one process; each rank keeps its slice of both
         sampler = DistributedBatchSampler(n, B, info=info, generator=g)
-        local, b = sampler.local_slice(), sampler.local_batch_size
+        local = sampler.local_slice()
         state = dict(modules={"net": net, "teacher": teacher.module}, optimizer=opt,
                      scheduler=sched, sampler=sampler, generator=g)
         start, saved, extra = self._restore_training(X, state, n_steps=steps)
@@ -346,17 +361,8 @@ class TEMI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
             j = torch.randint(0, m, (B,), generator=g)
             idx, j = idx[local].to(dev), j[local].to(dev)
             pair = nbrs[idx, j]
-            views = torch.cat([Xt[idx], Xt[pair]])  # (2b, D): x then x' (b = B / world)
-
-            with torch.no_grad(), autocast(dev, self.amp_dtype_):
-                t_logits = teacher.module(views)
-            with autocast(dev, self.amp_dtype_):
-                s_logits = student(views)
-            head_losses, q_tilde = temi_loss(
-                s_logits[:, :b], s_logits[:, b:], t_logits[:, :b], t_logits[:, b:], q_tilde,
-                gamma=self.gamma, student_temp=self.student_temp,
-                teacher_temp=self.teacher_temp, probs_momentum=self.probs_momentum,
-                batch_mean_fn=batch_mean_fn)
+            head_losses, q_tilde = self._train_step(student, teacher.module, Xt[idx], Xt[pair],
+                                                    q_tilde, batch_mean_fn)
             loss = head_losses.mean()  # local-batch mean; DDP averages its gradient over ranks
             # global-batch head losses (for the logs and the head selection); same on all ranks
             global_losses = all_reduce_mean(head_losses.detach())
