@@ -6,7 +6,8 @@ averages ``p(y | z_0^(s))`` over S sampled chains (eq. 3). Training is teacher�
 self-distillation with shared weights (METHODS.md §2.4):
 
 1. teacher: stochastic DDIM (η = 1, noise scale F; the paper's 25 steps, our 10) from
-   ``z_T ~ N(0, F² I)`` on the clean features → logits ``L^T = W ẑ_0 + b``, ``p^T = softmax(L^T/τ)`` and the target
+   ``z_T ~ N(0, F² I)`` on the clean features → logits ``L^T = W ẑ_0 + b``,
+   ``p^T = softmax(L^T/τ)`` and the target
    ``z̃ = sqrt(d) · normalize(p^T Ē)`` (eq. 13–14);
 2. student: ``z_t = sqrt(ᾱ_t) z̃ + sqrt(1 − ᾱ_t) F ε`` on augmented features (unit-direction
    Gaussian noise + coordinate dropout), ``ẑ^S = ẑ_θ(z_t, x̃, t)``, re-embedded ``z̃^S`` (eq. 15–17);
@@ -288,13 +289,13 @@ class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
         dev = x.device
         cache = {}
         # the steps without a graph fold and cast the weights once, not at every step
-        frozen = {"w": None if torch.is_grad_enabled() and not grad_last
-                  else den.inference_weights(self.amp_dtype_)}
+        weights = (None if torch.is_grad_enabled() and not grad_last
+                   else den.inference_weights(self.amp_dtype_))
 
         def model_x0(z, t, z_sc):
             if t not in cache:
                 cache[t] = den.time_bias(torch.tensor([t], device=dev))
-            return den.step(z, h_cond, cache[t], z_sc, weights=frozen["w"]).float()
+            return den.step(z, h_cond, cache[t], z_sc, weights=weights).float()
 
         z_T = noise_scale * rows.randn((S, len(x), net.z_dim), g, dev)
         pairs = ddim_time_pairs(self.n_timesteps, n_steps)
@@ -303,7 +304,7 @@ class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
         # truncated back-propagation: every step but the last without a graph
         with torch.no_grad():
             z_t, z_sc = self._ddim(model_x0, z_T, pairs[:-1], g, noise_scale, rows)
-        frozen["w"] = None  # the last step back-propagates into the parameters
+        weights = None  # the last step back-propagates into the parameters (read at call time)
         z_sc = torch.zeros_like(z_t) if z_sc is None else z_sc
         return model_x0(z_t, pairs[-1][0], z_sc).clamp(-1.0, 1.0)
 

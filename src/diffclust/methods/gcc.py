@@ -323,6 +323,7 @@ class GCC(DiffClusterMixin):
             weight_decay=self.clr_weight_decay, temperature=self.temperature,
             generator=torch.Generator().manual_seed(self.seed_ + 11), device=self.device_,
             amp_dtype=self.amp_dtype_, verbose=self.verbose, desc="GCC SimCLR", load=load,
+            hint="lower clr_lr or use precision='fp32'",
             save=lambda t, meta, ep: ck.save("stage1_contrastive", t, meta, tag=str(ep)))
         return F_.eval()
 

@@ -36,7 +36,8 @@ def train_simclr(backbone: nn.Module, projection: nn.Module, X, augment: Callabl
                  epochs: int, batch_size: int, lr: float, weight_decay: float,
                  temperature: float, generator: torch.Generator, device, amp_dtype=None,
                  verbose: bool = True, desc: str = "SimCLR", load: Callable | None = None,
-                 save: Callable | None = None) -> list[dict]:
+                 save: Callable | None = None,
+                 hint: str = "lower lr or use precision='fp32'") -> list[dict]:
     """Train ``backbone`` and ``projection`` on the images ``X`` (numpy ``(N, C, H, W)``) for
     ``epochs`` epochs of ``N // batch_size`` steps; returns the history ``[{"epoch", "loss"}]``.
 
@@ -44,7 +45,7 @@ def train_simclr(backbone: nn.Module, projection: nn.Module, X, augment: Callabl
     ``generator``. Checkpoints: ``load()`` returns ``(meta, tensors)`` saved by an earlier
     ``save(tensors, meta, epoch)`` (called after every epoch) or ``None``; the weights, the
     optimiser, the schedule and the generator are restored and training continues with the
-    next epoch, as an uninterrupted run would."""
+    next epoch, as an uninterrupted run would. ``hint``: the advice if the loss diverges."""
     n = len(X)
     params = list(backbone.parameters()) + list(projection.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -74,8 +75,8 @@ def train_simclr(backbone: nn.Module, projection: nn.Module, X, augment: Callabl
             with autocast(device, amp_dtype):
                 z = projection(backbone(v)).float()
             loss = nt_xent_loss(z[:len(x)], z[len(x):], temperature)
-            run += optimizer_step(loss, opt, scheduler=sched, what=f"{desc} (NT-Xent) in epoch {ep}",
-                                  hint="lower the learning rate or use precision='fp32'")
+            run += optimizer_step(loss, opt, scheduler=sched, hint=hint,
+                                  what=f"{desc} (NT-Xent) in epoch {ep}")
         history.append({"epoch": ep + 1, "loss": run / steps_per_epoch})
         bar.set_postfix(loss=f"{run / steps_per_epoch:.3f}")
         if save is not None:
