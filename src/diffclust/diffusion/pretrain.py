@@ -70,41 +70,58 @@ class PretrainResult:
 @torch.no_grad()
 def sample_images(unet: DiffusionUNet, n: int, n_steps: int = 50, eta: float = 0.0,
                   class_labels=None, guidance: float = 0.0, generator=None, device=None,
-                  dtype=None, batch_size: int = 256, schedule: NoiseSchedule | None = None):
-    """Draw ``n`` images with DDIM(η) (η = 0: deterministic given the start noise), cropped to
-    ``unet.image_size`` and clipped to [−1, 1]. With ``class_labels`` (a class-conditional
-    U-Net) the prediction uses classifier-free guidance with weight ``guidance``
-    (:mod:`diffclust.diffusion.guidance`; 0 = the conditional model)."""
+                  dtype=None, batch_size: int = 256, schedule: NoiseSchedule | None = None,
+                  cond: torch.Tensor | None = None, sampler: str = "ddim", progress=None):
+    """Draw ``n`` images, cropped to ``unet.image_size`` and clipped to [−1, 1].
+
+    ``sampler="ddim"``: DDIM(η) in ``n_steps`` steps (η = 0: deterministic given the start
+    noise); ``"ddpm"``: ancestral sampling over all T steps with σ_t² = β_t. A conditional
+    U-Net gets ``class_labels`` (one id, or one per image) or ``cond`` (one vector per image,
+    e.g. ClusterDDPM's latent z; the null condition is zeros), with classifier-free guidance of
+    weight ``guidance`` (:mod:`diffclust.diffusion.guidance`; 0 = the conditional model).
+    ``progress``: a bar advanced once per denoising step."""
+    from .samplers import ddpm_sample
+
+    if sampler not in ("ddim", "ddpm"):
+        raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}")
     guidance = check_guidance(guidance)
     sched = schedule or unet.noise_schedule()
     device = device or next(unet.parameters()).device
     unet = unet.eval()
     C, S = unet.in_channels, unet.sample_size
-    pairs = ddim_time_pairs(sched.T, n_steps)
+    pairs = ddim_time_pairs(sched.T, n_steps) if sampler == "ddim" else None
+    if class_labels is not None:
+        labels = torch.as_tensor(class_labels).reshape(-1).long()
+        labels = labels.expand(n) if labels.numel() == 1 else labels
     out = []
     for i0 in range(0, n, batch_size):
         b = min(batch_size, n - i0)
-        cl = None
-        if class_labels is not None:
-            cl = torch.as_tensor(class_labels).reshape(-1)
-            cl = (cl.expand(n) if cl.numel() == 1 else cl)[i0:i0 + b].to(device).long()
+        c = c_null = None
+        if cond is not None:
+            c = cond[i0:i0 + b].to(device)
+            c_null, key = torch.zeros_like(c), "cond"
+        elif class_labels is not None:
+            c = labels[i0:i0 + b].to(device)
+            c_null, key = torch.full_like(c, unet.null_class), "class_labels"
 
-        def model_x0(x, t, _sc, cl=cl):
+        def model_eps(x, t):
             with autocast(torch.device(device), dtype):
-                if cl is None:
-                    eps = unet(x, t).float()
-                else:
-                    eps = guided_call(lambda x, t, c: unet(x, t, class_labels=c).float(), x, t,
-                                      cl, torch.full_like(cl, unet.null_class), guidance)
-            return predict_x0_from_eps(sched, x, t, eps)
+                if c is None:
+                    return unet(x, t).float()
+                return guided_call(lambda x, t, c: unet(x, t, **{key: c}).float(), x, t, c,
+                                   c_null, guidance)
 
         x_T = torch.randn((b, C, S, S), generator=generator).to(device)
-        x, _ = ddim_sample(model_x0, sched, (b, C, S, S), eta=eta, noise_scale=1.0, clip=1.0,
-                           generator=generator, time_pairs=pairs, x_T=x_T)
+        if sampler == "ddpm":
+            x = ddpm_sample(model_eps, sched, (b, C, S, S), variance="beta", generator=generator,
+                            device=device, x_T=x_T, progress=progress)
+        else:
+            x, _ = ddim_sample(lambda x, t, _sc: predict_x0_from_eps(sched, x, t, model_eps(x, t)),
+                               sched, (b, C, S, S), eta=eta, noise_scale=1.0, clip=1.0,
+                               generator=generator, time_pairs=pairs, x_T=x_T,
+                               progress=progress)
         out.append(unet.crop(x.clamp(-1, 1)).float().cpu())
     return torch.cat(out)
-
-
 
 
 def _prepare_images(images):

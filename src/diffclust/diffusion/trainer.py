@@ -40,9 +40,9 @@ W), up to float rounding:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -62,12 +62,17 @@ from ..training.distributed import (
     ensure_distributed,
     wrap_ddp,
 )
-from ..training.loop import LossLog, optimizer_step
+from ..training.loop import LossLog, Step, train_steps
 from ..training.optim import EMA
-from ..training.runtime import progress
 
-__all__ = ["train_denoiser", "TrainLoopResult", "EpochOrder", "BatchRandom", "CKPT_DIR",
-           "setup_distributed"]
+__all__ = [
+    "CKPT_DIR",
+    "BatchRandom",
+    "EpochOrder",
+    "TrainLoopResult",
+    "setup_distributed",
+    "train_denoiser",
+]
 
 CKPT_DIR = "checkpoint"
 
@@ -212,7 +217,7 @@ def train_denoiser(unet, X: torch.Tensor, loss_fn: Callable, optimizer, *, n_ste
     def elapsed():
         return seconds_before + time.perf_counter() - t0
 
-    def checkpoint():
+    def checkpoint(step):
         if ckdir is not None and checkpoint_every:
             extra = checkpoint_info() if checkpoint_info is not None else {}
             if info.is_main:
@@ -220,49 +225,45 @@ def train_denoiser(unet, X: torch.Tensor, loss_fn: Callable, optimizer, *, n_ste
                                 {"settings": settings, "history": history,
                                  "seconds": elapsed(), **extra})
 
-    bar = progress(range(step, n_steps), total=n_steps, initial=step, desc=desc,
-                   verbose=verbose and info.is_main)
-    log = LossLog(max(1, min(100, n_steps // 50)), n_steps)
+    def train_step(step):
+        idx = order.batch(step)  # the global batch; this rank keeps rows [local]
+        cl = None
+        if labels is not None:
+            cl = labels[idx].clone()
+            if p_uncond > 0:
+                cl[torch.rand(B, generator=gen) < p_uncond] = unet.null_class
+            cl = cl[local].to(device)
+        x0 = unet.pad(X[idx[local]].to(device))
+        for g in optimizer.param_groups:
+            g["lr"] = lr * min(1.0, (step + 1) / max(1, warmup_steps))
+        loss = loss_fn(net, x0, cl, rng)
+        # the logged and checked value is the global-batch loss; DDP averages the gradients
+        return Step(loss, {"loss": all_reduce_mean(loss.detach()).item()},
+                    update={"ema_decay": min(ema_decay, (1 + step) / (10 + step))})
+
     stopped_early = False
-    try:
-        for _ in bar:
-            idx = order.batch(step)  # the global batch; this rank keeps rows [local]
-            cl = None
-            if labels is not None:
-                cl = labels[idx].clone()
-                if p_uncond > 0:
-                    cl[torch.rand(B, generator=gen) < p_uncond] = unet.null_class
-                cl = cl[local].to(device)
-            x0 = unet.pad(X[idx[local]].to(device))
-            for g in optimizer.param_groups:
-                g["lr"] = lr * min(1.0, (step + 1) / max(1, warmup_steps))
-            loss = loss_fn(net, x0, cl, rng)
-            # the logged and checked value is the global-batch loss; DDP averages the gradients
-            loss_value = optimizer_step(
-                loss, optimizer, value=all_reduce_mean(loss.detach()).item(),
-                what=f"{desc} at step {step}", hint=f"lower lr (now {lr}) or use precision='fp32'",
-                clip_grad=clip_grad or None, parameters=unet, ema=ema, ema_of=unet,
-                ema_decay=min(ema_decay, (1 + step) / (10 + step)))
-            step += 1
-            rec = log.add(step, {"loss": loss_value}, seconds=elapsed())
-            if rec is not None:
-                history.append(rec)
-                bar.set_postfix(loss=f"{rec['loss']:.4f}")
-            if on_step is not None:
-                on_step(step, loss_value, ema.module)
-            if checkpoint_every and step % checkpoint_every == 0 and step < n_steps:
-                checkpoint()
-            if max_seconds is not None:
-                stop = time.perf_counter() - t0 > max_seconds
-                if info.distributed:  # rank 0 decides, so that all ranks stop together
-                    flag = torch.tensor([float(stop)], device=info.device)
-                    stop = bool(broadcast_tensor(flag).item())
-                if stop:
-                    stopped_early = step < n_steps
-                    break
-    finally:
-        bar.close()
+
+    def after_step(done, value):
+        nonlocal stopped_early
+        if on_step is not None:
+            on_step(done, value, ema.module)
+        if checkpoint_every and done % checkpoint_every == 0 and done < n_steps:
+            checkpoint(done)
+        if max_seconds is not None:
+            stop = time.perf_counter() - t0 > max_seconds
+            if info.distributed:  # rank 0 decides, so that all ranks stop together
+                flag = torch.tensor([float(stop)], device=info.device)
+                stop = bool(broadcast_tensor(flag).item())
+            stopped_early = stop and done < n_steps
+            return stop
+
+    step = train_steps(train_step, optimizer, n_steps=n_steps, start=step, desc=desc,
+                       what=desc, history=history, verbose=verbose and info.is_main,
+                       log=LossLog(max(1, min(100, n_steps // 50)), n_steps),
+                       after_step=after_step, clock=elapsed,
+                       hint=f"lower lr (now {lr}) or use precision='fp32'",
+                       clip_grad=clip_grad or None, parameters=unet, ema=ema, ema_of=unet)
     seconds = elapsed()
-    checkpoint()
+    checkpoint(step)
     barrier()  # the final checkpoint is on disk for every rank
     return TrainLoopResult(ema.module, unet, step, history, seconds, stopped_early)

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DiffusionUNet", "unet_config", "make_unet", "load_unet", "bottleneck_features", "PRESETS",
+__all__ = ["DiffusionUNet", "unet_config", "make_unet", "load_unet", "bottleneck_features", "noisy_features", "PRESETS",
            "unet_block_names"]
 
 EXTRA_NAME = "diffclust_unet.json"
@@ -403,6 +403,24 @@ def bottleneck_features(unet, x_t: torch.Tensor, t, block: str = "mid", class_la
         if i == stop and block != "mid":
             return h
     return u.mid_block(h, emb)
+
+
+def noisy_features(unet, sched, x0: torch.Tensor, t: int, n_noise: int, generator,
+                   block: str = "mid", dtype=None) -> torch.Tensor:
+    """Block activations of clean images ``x0`` noised to step ``t`` (DiEC eq. 9–13):
+    ``e = vec(h(x_t, t))`` with ``x_t = sqrt(ᾱ_t) x_0 + sqrt(1 − ᾱ_t) ξ`` for ``n_noise`` draws
+    of ξ from ``generator``, as ``(n_noise, B, D_e)`` in fp32; ``dtype``: autocast precision.
+    Gradients follow the caller's grad mode."""
+    from ..training.runtime import autocast
+    from .process import q_sample
+
+    B = x0.shape[0]
+    xr = unet.pad(x0).repeat(n_noise, 1, 1, 1)
+    eps = torch.randn(xr.shape, generator=generator).to(xr.device)
+    tt = torch.full((xr.shape[0],), int(t), device=xr.device, dtype=torch.long)
+    with autocast(xr.device, dtype):
+        h = bottleneck_features(unet, q_sample(sched, xr, tt, noise=eps), tt, block=block)
+    return h.float().reshape(n_noise, B, -1)
 
 
 def load_unet(src, image_shape) -> tuple[DiffusionUNet, str]:

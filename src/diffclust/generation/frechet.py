@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..training.loop import optimizer_step
+from ..training.loop import epoch_batches, train_epoch
 
 __all__ = [
     "ClassifierFeatures",
@@ -191,19 +191,19 @@ def train_feature_extractor(images, labels, n_epochs: int = 3, batch_size: int =
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.15)
     net.train()
     acc = 0.0
+    correct = 0
+
+    def step(idx):  # a batch shifted by up to one pixel, cross-entropy on its classes
+        nonlocal correct
+        sh = torch.randint(-1, 2, (2,), generator=g).tolist()
+        logits = net(torch.roll(X[idx], shifts=sh, dims=(2, 3)))
+        correct += int((logits.argmax(1) == y[idx]).sum())
+        return nn.functional.cross_entropy(logits, y[idx]), {}
+
     for ep in range(n_epochs):
-        perm = torch.randperm(len(X), generator=g)
         correct = 0
-        for i in range(0, len(X), batch_size):
-            idx = perm[i:i + batch_size]
-            xb = X[idx]
-            sh = torch.randint(-1, 2, (2,), generator=g).tolist()
-            xb = torch.roll(xb, shifts=sh, dims=(2, 3))
-            logits = net(xb)
-            loss = nn.functional.cross_entropy(logits, y[idx])
-            optimizer_step(loss, opt, scheduler=sched, what=f"feature CNN in epoch {ep + 1}",
-                           hint="lower lr")
-            correct += int((logits.argmax(1) == y[idx]).sum())
+        train_epoch(step, epoch_batches(len(X), batch_size, g), opt, scheduler=sched,
+                    what=f"feature CNN in epoch {ep + 1}", hint="lower lr")
         acc = correct / len(X)
         if verbose:
             print(f"feature CNN epoch {ep + 1}/{n_epochs}: train acc {acc:.4f}")

@@ -170,6 +170,13 @@ class DiffClusterMixin(ClusterMixin, BaseEstimator):
         return tags
 
     # ----- persistence ------------------------------------------------------------------
+    #: fitted attributes that ``save_pretrained`` writes and ``load_pretrained`` restores by
+    #: name: JSON values (``config.json``), numpy arrays and tensors (``model.safetensors``);
+    #: ``_get_state``/``_set_state`` handle the rest (the networks)
+    _fitted_json: tuple[str, ...] = ()
+    _fitted_numpy: tuple[str, ...] = ()
+    _fitted_tensors: tuple[str, ...] = ()
+
     def _get_state(self) -> tuple[dict, dict]:
         raise NotImplementedError
 
@@ -194,8 +201,13 @@ class DiffClusterMixin(ClusterMixin, BaseEstimator):
             return path
         path.mkdir(parents=True, exist_ok=True)
         meta, tensors = self._get_state()
-        meta = dict(meta, labels_=None, n_features_in_=int(self.n_features_in_))
-        tensors = dict(tensors, labels_=torch.as_tensor(np.asarray(self.labels_), dtype=torch.int64))
+        meta = {**{k: getattr(self, k) for k in self._fitted_json}, **meta, "labels_": None,
+                "n_features_in_": int(self.n_features_in_)}
+        if self._input_kind == "images":
+            meta["input_shape_"] = list(self.input_shape_)
+        tensors = {**{k: torch.as_tensor(np.asarray(getattr(self, k))) for k in self._fitted_numpy},
+                   **{k: getattr(self, k) for k in self._fitted_tensors}, **tensors,
+                   "labels_": torch.as_tensor(np.asarray(self.labels_), dtype=torch.int64)}
         config = {"class": type(self).__name__, "library": "diffclust",
                   "params": {k: _jsonable(v) for k, v in self.get_params().items()},
                   "fitted": {k: _jsonable(v) for k, v in meta.items()}}
@@ -361,6 +373,14 @@ def load_pretrained(path, device=None):
     meta.pop("labels_", None)
     est._ensure_runtime()
     try:
+        for k in klass._fitted_json:
+            setattr(est, k, meta.pop(k))
+        for k in klass._fitted_numpy:
+            setattr(est, k, tensors.pop(k).numpy())
+        for k in klass._fitted_tensors:
+            setattr(est, k, tensors.pop(k))
+        if klass._input_kind == "images":
+            est.input_shape_ = tuple(meta.pop("input_shape_"))
         est._set_state(meta, tensors)
     except (KeyError, RuntimeError, TypeError, ValueError, IndexError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

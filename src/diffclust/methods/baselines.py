@@ -53,15 +53,14 @@ class KMeansClusterer(DiffClusterMixin):
         X = self._validate_input(X, fitting=False)
         return _sqdist(X, self.cluster_centers_).argmin(1)
 
+    _fitted_json = ("inertia_", "temperature_")
+    _fitted_numpy = ("cluster_centers_",)
+
     def _get_state(self):
-        return ({"inertia_": self.inertia_, "temperature_": self.temperature_,
-                 "n_iter_": self.n_iter_},
-                {"cluster_centers_": torch.from_numpy(self.cluster_centers_)})
+        return {"n_iter_": self.n_iter_}, {}
 
     def _set_state(self, meta, tensors):
-        self.inertia_, self.temperature_ = meta["inertia_"], meta["temperature_"]
-        self.n_iter_ = int(meta.get("n_iter_", 0))
-        self.cluster_centers_ = tensors["cluster_centers_"].numpy()
+        self.n_iter_ = int(meta.get("n_iter_", 0))  # models saved before n_iter_ have none
         _check_shape("cluster_centers_", self.cluster_centers_,
                      (self.n_clusters, self.n_features_in_))
 

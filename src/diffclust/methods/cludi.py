@@ -15,24 +15,20 @@ self-distillation with shared weights (METHODS.md §2.4):
    authors' code), ``L_emb`` the MSE between re-embeddings (eq. 18) and ``L_CE`` the symmetric
    Self-Classifier cross-entropy over all teacher–student chain pairs (eq. 20–24).
 
-Decisions where METHODS.md leaves a choice (all switchable):
+Decisions where METHODS.md leaves a choice (all switchable; measured in docs/DECISIONS.md,
+"CLUDI"):
 
-* ``teacher_grad="last"`` (our default): gradients reach the teacher through its *last*
-  denoising step only; ``"none"`` is the paper's stop-gradient, ``"all"`` the authors' code.
-* ``lr=1e-3`` with warm-up and cosine decay over the step budget (the code's 1e-4 is tuned for
-  ~50k steps). Both measured: docs/DECISIONS.md, "CLUDI".
-* ``teacher="shared"`` uses the student's own weights in eval mode (paper); ``"ema"`` samples the
-  teacher with an EMA copy of the weights (the authors keep one but never use it).
-* Pair weighting of the CE terms by the *student* chain's weight (``code_faithful_weighting``
-  reproduces the code's teacher-index weighting).
-* Augmentation order: Gaussian direction noise then dropout (code); ``aug_order`` flips it.
-* The teacher samples 10 DDIM steps (``teacher_steps``; the paper's 25 measured no better).
-* Prediction averages probabilities (paper eq. 3); ``average="logits"`` is the code's variant.
-  It samples with 10 DDIM steps (``eval_steps``; measured equal to 50).
-* Training length is counted in optimiser steps: ``n_steps="auto"`` gives
-  ``clip(60·N/B, 2000, 50000)`` (docs/DECISIONS.md, "CLUDI").
-* ``embedding_dim="auto"`` is 64 for K ≤ 50 and 128 above (the paper uses a larger d for
-  K ≥ 100; the value is lost).
+* ``teacher_grad="last"``: gradients reach the teacher through its last denoising step only
+  (``"none"``: the paper's stop-gradient; ``"all"``: the authors' code).
+* ``lr=1e-3`` with warm-up and cosine decay over ``n_steps="auto"`` =
+  ``clip(60·N/B, 2000, 50000)`` optimiser steps (the code's 1e-4 is tuned for ~50k steps).
+* The teacher samples 10 DDIM steps (``teacher_steps``; the paper's 25 measured no better) with
+  the student's own weights in eval mode (``teacher="shared"``; ``"ema"``: an EMA copy).
+* CE pairs weighted by the student chain's weight (``code_faithful_weighting``: the code's
+  teacher-index weighting); augmentation noise then dropout (``aug_order``).
+* Prediction averages probabilities (eq. 3; ``average="logits"``: the code) over
+  ``eval_chains`` chains of 10 DDIM steps (``eval_steps``; measured equal to 50).
+* ``embedding_dim="auto"``: 64 for K ≤ 50, 128 above.
 
 Distributed training under ``torchrun``: docs/DISTRIBUTED.md.
 """
@@ -64,9 +60,9 @@ from ..training.distributed import (
     swap_dropout,
     wrap_ddp,
 )
-from ..training.loop import LossLog, optimizer_step
+from ..training.loop import LossLog, train_steps
 from ..training.optim import EMA, param_groups, warmup_cosine
-from ..training.runtime import autocast, map_batches, progress
+from ..training.runtime import autocast, map_batches
 from .base import DiffClusterMixin, EmbeddingMixin, ResumableMixin
 from .params import (
     AUTO,
@@ -410,30 +406,28 @@ class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
         history.extend(extra.get("history", []))
         if "log" in extra:
             log.load_state_dict(extra["log"])
-        bar = progress(range(start, steps), desc="CLUDI", verbose=self.verbose and info.is_main,
-                       initial=start, total=steps)
-        for step in bar:
+
+        def step(i):
             gidx = sampler.next_global_batch()
             x_view = None
             if nbrs is not None:  # one random neighbour per point, drawn for the global batch
                 pick = torch.randint(nbrs.shape[1], (len(gidx),), generator=g)
                 x_view = Xt[nbrs[gidx, pick][local].to(self.device_)]
             idx = gidx[local].to(self.device_)
-            loss, parts = step_fn(ema.module if ema else net, Xt[idx], g, rows, gather, x_view)
-            optimizer_step(loss, opt, value=parts["loss"], what=f"CLUDI training at step {step}",
-                           hint=f"lower lr (now {self.lr}) or ce_weight (now {self.ce_weight}), "
-                                f"or use precision='fp32'",
-                           scheduler=sched, clip_grad=self.clip_grad or None,
-                           clip="per_parameter", parameters=net, ema=ema, ema_of=net)
-            rec = log.add(step + 1, parts, lr=sched.get_last_lr()[0],
-                          seconds=time.perf_counter() - t0)
-            if rec is not None:
-                history.append(rec)
-                bar.set_postfix(loss=f"{rec['loss']:.4f}", ce=f"{rec['l_ce']:.3f}")
+            return step_fn(ema.module if ema else net, Xt[idx], g, rows, gather, x_view)
+
+        def checkpoint(done, _):
             if info.is_main:
-                self._checkpoint_training(step + 1, steps, state,
+                self._checkpoint_training(done, steps, state,
                                           extra={"history": history, "log": log.state_dict()})
-        bar.close()
+
+        train_steps(step, opt, n_steps=steps, start=start, desc="CLUDI", history=history,
+                    log=log, verbose=self.verbose and info.is_main, after_step=checkpoint,
+                    clock=lambda: time.perf_counter() - t0, postfix=("loss", "l_ce"),
+                    hint=f"lower lr (now {self.lr}) or ce_weight (now {self.ce_weight}), "
+                         f"or use precision='fp32'",
+                    scheduler=sched, clip_grad=self.clip_grad or None, clip="per_parameter",
+                    parameters=net, ema=ema, ema_of=net)
         del step_fn  # drop the DDP wrapper (and its gradient hooks) before the labelling pass
         final = ema.module if ema is not None else net
         if info.distributed:  # back to plain dropout (inactive in eval mode anyway)
@@ -498,15 +492,13 @@ class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
             return map_batches(embedding, X, self.predict_batch_size, self.device_).numpy()
 
     # ------------------------------------------------------------------ persistence
+    _fitted_json = ("n_steps_", "fit_seconds_", "history_", "seed_")
+
     def _get_state(self):
-        meta = {"n_steps_": self.n_steps_, "fit_seconds_": self.fit_seconds_,
-                "history_": self.history_, "z_dim": self.net_.z_dim, "seed_": self.seed_}
-        tensors = named_state(net=self.net_)
-        return meta, dict(tensors, mean_=torch.from_numpy(self.mean_))
+        return ({"z_dim": self.net_.z_dim},
+                dict(named_state(net=self.net_), mean_=torch.from_numpy(self.mean_)))
 
     def _set_state(self, meta, tensors):
-        self.n_steps_, self.fit_seconds_ = meta["n_steps_"], meta["fit_seconds_"]
-        self.history_, self.seed_ = meta["history_"], meta["seed_"]
         self._make_schedule()
         mean = tensors.pop("mean_", None)  # models saved before `center` have none
         self.mean_ = (mean.numpy() if mean is not None

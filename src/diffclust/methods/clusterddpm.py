@@ -28,27 +28,17 @@ GMM posterior ``argmax_c p(c | μ_φ(x))`` (eq. 22).
 Decisions ([PROP] in METHODS.md, or where the paper/code are silent), all switchable; the
 measurements behind them are in docs/DECISIONS.md, "ClusterDDPM":
 
-* ε_θ is the shared diffusers U-Net with adaptive group norm (``[t_emb + W z]`` scales and shifts
-  every residual block's GroupNorm); f_φ is the first half of a U-Net of the same preset and two
-  linear heads for μ_φ and log σ_φ².
-* The main-phase reconstruction is summed over the ``C·H·W`` pixels of the user's image (so λ
-  keeps the paper's meaning); pre-training uses the mean. The paper code's two z draws are two
-  reparameterised samples from one encoder pass.
-* z is dropped to zeros with probability ``cond_drop`` (0.1); ``sample(..., guidance=w)``.
-* ``covariance_type="tied"`` (one full Σ shared by the K components; ``"diag"`` is the
-  paper's): the latent dimensions are strongly correlated.
-* E-step: scikit-learn's ``GaussianMixture`` on μ_φ (``e_step_input``), ``reg_covar`` relative
-  to the latents' variance, k-means initialisation first, then warm starts; the mixture is kept
-  as tensors (``gmm_weights_``, ``gmm_means_``, ``gmm_covariances_``), never pickled.
-* ``predict`` reads out μ_φ (``predict_from="sample"``: a sampled z).
-* T = ``n_timesteps`` (400), linear β 1e-4 → 0.02 not rescaled with T (the MNIST code).
-* ``latent_dim=32``, ``lam=0.01`` (Table 4's λ that is good on every dataset;
-  :data:`PAPER_DEFAULTS`, :meth:`ClusterDDPM.for_dataset`); Adam, EM lr 1e-4, batch 128 (code);
-  pre-training lr 2e-3 for ``max(10 epochs, MIN_PRETRAIN_UPDATES)``; ``n_em_iters=50`` (the
-  paper's 570 on MNIST is not CPU-friendly); a fresh Adam starts the EM phase.
-* Divergence (Table 4's λ sensitivity): a non-finite loss, gradient norm, latent or mixture, or
-  a batch loss over ``divergence_factor`` × its phase's first loss raises
-  :class:`DivergenceError`; no labels come from such a run.
+* ε_θ is the shared diffusers U-Net with adaptive group norm (``[t_emb + W z]``); f_φ is the
+  first half of a U-Net of the same preset (:class:`~diffclust.models.encoder.LatentEncoder`).
+* The main-phase reconstruction is summed over the pixels (λ keeps the paper's meaning);
+  pre-training uses the mean, for ``max(10 epochs, MIN_PRETRAIN_UPDATES)`` at lr 2e-3; a fresh
+  Adam starts the EM phase. z is dropped with probability ``cond_drop`` (guided sampling).
+* ``covariance_type="tied"``; the E-step is scikit-learn's ``GaussianMixture`` on μ_φ with
+  ``reg_covar`` relative to the latents' variance, warm-started; the mixture is kept as tensors.
+* T = 400, linear β not rescaled with T (the MNIST code); ``latent_dim=32``, ``lam=0.01``
+  (:data:`PAPER_DEFAULTS`, :meth:`ClusterDDPM.for_dataset`); ``n_em_iters=50``.
+* Divergence: a non-finite loss, gradient norm, latent or mixture, or a batch loss over
+  ``divergence_factor`` × its phase's first loss raises :class:`DivergenceError`.
 * ``fit(X, checkpoint_dir=...)`` resumes after every pre-training epoch and EM round.
 """
 
@@ -60,7 +50,6 @@ import time
 import numpy as np
 import torch
 
-from ..diffusion.guidance import check_guidance, guided_call
 from ..diffusion.process import q_sample
 from ..diffusion.schedules import NoiseSchedule
 from ..diffusion.unet import DiffusionUNet, make_unet, unet_config
@@ -68,7 +57,7 @@ from ..errors import DivergenceError
 from ..mixture import fit_gmm, gmm_log_posterior, prior_matching_terms, sample_gmm
 from ..models.encoder import LatentEncoder
 from ..training.checkpoint import load_named_state, named_state
-from ..training.loop import optimizer_step
+from ..training.loop import epoch_batches, train_epoch
 from ..training.runtime import autocast, map_batches, progress
 from .base import DiffClusterMixin, ResumableMixin
 from .params import (
@@ -331,29 +320,25 @@ class ClusterDDPM(ResumableMixin, DiffClusterMixin):
         state = {"ref": None, "it": 0}
 
         def run_epoch(phase, epoch, prior):
-            sums, count = {}, 0
-            perm = torch.randperm(n, generator=g)
             self.unet_.train()
             self.encoder_.train()
-            for b0 in range(0, n, B):
-                idx = perm[b0:b0 + B]
-                if len(idx) < 2 and b0 > 0:
-                    continue
-                x0 = Xt[idx].to(self.device_)
-                loss, logs = self._losses(x0, prior, g)
-                value = self._check_loss(loss, phase, epoch, state)
-                # the gradient norm is always computed (inf: no clipping) and must be finite
-                optimizer_step(loss, opt_box[0], value=value, parameters=params,
+
+            def step(idx):
+                loss, logs = self._losses(Xt[idx].to(self.device_), prior, g)
+                self._check_loss(loss, phase, epoch, state)
+                return loss, logs
+
+            # the gradient norm is always computed (inf: no clipping) and must be finite
+            batches = epoch_batches(n, B, g)  # a one-image remainder has no batch statistics
+            batches = batches[:1] + [b for b in batches[1:] if len(b) >= 2]
+            logs = train_epoch(step, batches, opt_box[0], parameters=params,
                                clip_grad=float(self.clip_grad) if self.clip_grad else math.inf,
                                what=f"ClusterDDPM diverged in the {phase} phase (epoch {epoch})",
-                               hint=self._divergence_hint())
-                for k, v in logs.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach())
-                count += 1
-                state["it"] += 1
-                bar.update(1)
-                bar.set_postfix(phase=phase, loss=f"{float(loss.detach()):.3f}")
-            return {k: v / max(count, 1) for k, v in sums.items()}
+                               hint=self._divergence_hint(), bar=bar,
+                               postfix=lambda p: {"phase": phase, "loss": f"{p['loss']:.3f}"})
+            state["it"] += logs.pop("steps")
+            logs.pop("loss")  # the history keeps the named terms
+            return logs
 
         # resumable per epoch (fit(X, checkpoint_dir=...)): steps 1..n_pre are the pre-training
         # epochs (step n_pre also holds GMM_0), steps n_pre + r the EM rounds
@@ -506,7 +491,7 @@ class ClusterDDPM(ResumableMixin, DiffClusterMixin):
         [−1, 1] of shape ``(n, C, H, W)`` and the cluster ids ``(n,)``."""
         from sklearn.utils.validation import check_is_fitted
 
-        from ..diffusion.samplers import ddpm_sample
+        from ..diffusion.pretrain import sample_images
 
         check_is_fitted(self, "labels_")
         self._ensure_runtime()
@@ -517,36 +502,19 @@ class ClusterDDPM(ResumableMixin, DiffClusterMixin):
         g = torch.Generator().manual_seed(seed)
         Zs, c = sample_gmm(n, self.gmm_weights_, self.gmm_means_, self.gmm_covariances_,
                            self.covariance_type, cluster, g)
-        unet, dev = self.unet_.eval(), self.device_
-        C, S = unet.in_channels, unet.sample_size
-        w = check_guidance(guidance)
-        out = []
         bar = progress(total=self.sched_.T * math.ceil(n / int(batch_size)), desc="sampling",
                        verbose=self.verbose if verbose is None else verbose)
-        for i0 in range(0, n, int(batch_size)):
-            zb = Zs[i0:i0 + int(batch_size)].to(dev)
-            b = len(zb)
-
-            def model_eps(x, t, zb=zb):
-                with autocast(dev, self.amp_dtype_):
-                    return guided_call(lambda x, t, z: unet(x, t, cond=z).float(), x, t, zb,
-                                       torch.zeros_like(zb), w)
-
-            x_T = torch.randn((b, C, S, S), generator=g).to(dev)
-            x = ddpm_sample(model_eps, self.sched_, (b, C, S, S), variance="beta",
-                            generator=g, device=dev, x_T=x_T, progress=bar)
-            out.append(unet.crop(x.clamp(-1, 1)).float().cpu())
-        bar.close()
-        return torch.cat(out).numpy(), c.numpy()
+        with bar:
+            x = sample_images(self.unet_, n, cond=Zs, sampler="ddpm", guidance=guidance,
+                              generator=g, device=self.device_, dtype=self.amp_dtype_,
+                              batch_size=int(batch_size), schedule=self.sched_, progress=bar)
+        return x.numpy(), c.numpy()
 
     # ------------------------------------------------------------------ persistence
-    def _get_state(self):
+    _fitted_json = ("history_", "n_iter_", "fit_seconds_", "seed_", "n_pixels_")
 
-        meta = {"history_": self.history_, "n_iter_": int(self.n_iter_),
-                "fit_seconds_": float(self.fit_seconds_), "seed_": int(self.seed_),
-                "n_pretrain_epochs_": int(self.n_pretrain_epochs_),
-                "input_shape_": list(self.input_shape_), "n_pixels_": int(self.n_pixels_),
-                **self.unet_.to_meta(),
+    def _get_state(self):
+        meta = {"n_pretrain_epochs_": int(self.n_pretrain_epochs_), **self.unet_.to_meta(),
                 "encoder_config": self.encoder_.config}
         tensors = named_state(unet=self.unet_, enc=self.encoder_)
         tensors.update(gmm_weights=self.gmm_weights_, gmm_means=self.gmm_means_,
@@ -555,10 +523,7 @@ class ClusterDDPM(ResumableMixin, DiffClusterMixin):
         return meta, tensors
 
     def _set_state(self, meta, tensors):
-        for k in ("history_", "n_iter_", "fit_seconds_", "seed_", "n_pixels_"):
-            setattr(self, k, meta[k])
         self.n_pretrain_epochs_ = int(meta.get("n_pretrain_epochs_", -1))
-        self.input_shape_ = tuple(meta["input_shape_"])
         unet = DiffusionUNet.from_meta(meta)
         enc = LatentEncoder(meta["encoder_config"], int(self.latent_dim))
         load_named_state(tensors, unet=unet, enc=enc)

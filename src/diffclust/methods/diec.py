@@ -16,38 +16,19 @@ Clustering Middle Layer, CML) read at one clustering-optimal timestep t*:
 6. random-timestep denoising loss ``L_Re = E ‖ε − ε_θ(x_{t_rand}, t_rand)‖²`` (eq. 24);
 7. ``L = α L_KL + β L_Gr + γ L_En + L_Re`` (eq. 25), trained end to end over θ (U-Net), φ, μ.
 
-Decisions where the paper is silent ([PROP], METHODS.md §3.5–3.6, all switchable):
+Decisions where the paper is silent ([PROP], METHODS.md §3.5–3.6, all switchable; each with
+its reason in docs/DECISIONS.md, "DiEC: choices the paper leaves open"):
 
-* Where the U-Net comes from: ``unet=None`` pretrains one on the data being clustered
-  (:func:`~diffclust.diffusion.pretrain.pretrain_ddpm`, ``pretrain_steps`` optimiser steps);
-  ``unet`` may be a folder / hub id of any diffusers ``UNet2DModel`` (e.g. the output of
-  ``diffclust pretrain-diffusion``), a :class:`DiffusionUNet` or a ``UNet2DModel``.
-* OTS: m = ``ots_subset`` (5000), R = ``ots_repeats`` (4) with the same subset and the same noise
-  draws for every t (common random numbers); candidates ``t ∈ [ots_range]`` (default
-  ``[1, T−1]``, in steps of ``ots_stride``); coarse grid guard of ``ots_grid`` points, then golden
-  section down to ``ots_tol`` candidates and ``ots_final`` last evaluations; k-means with
-  ``ots_n_init`` restarts.
-* The closed-form S update: minimising ``β L_Gr + γ L_En`` over each row of S on the simplex
-  gives ``s_ij = softmax_{j∈NB_i}(−β d_ij / γ)``, ``d_ij = ‖q_i − q_j‖²``. S is refreshed with P;
-  ``γ L_En`` then has no gradient with respect to θ, φ, μ (it is logged, not back-propagated).
-* Alternating scheme: at each target refresh (every epoch, or every ``update_interval``
-  iterations) all images are embedded (no grad, M = ``n_noise_train`` draws), then Q, P and S are
-  recomputed and cached; the k-NN graph (cosine on Z, ``n_neighbors``) is rebuilt every
-  ``knn_rebuild_every`` refreshes; mini-batch losses use P and the cached neighbour
-  assignments ``Q_cache[j]`` (no gradient through the neighbours). Losses are per-sample means.
-* ``standardize=True``: e is standardised per dimension with the mean/std of the first pass
-  (then frozen) — the Student-t kernel is scale sensitive and bottleneck activations are not
-  normalised (METHODS.md §3.8).
-* ``g_φ``: ``Linear(D_e, H) → ReLU → Linear(H, D_e)`` with the last layer zero-initialised
-  (``z = e`` at the start); H = 512, or 256 when D_e > 4096.
-* Stopping: after ``n_epochs`` or when fewer than ``tol`` of the labels change between two
-  refreshes (DEC's rule).
-* Read-out: ``argmax_k q_ik`` at t* with M = ``n_noise_infer`` (8) draws from a fixed seed.
-* Optimiser: Adam, ``unet_lr`` (1e-5) for the U-Net, ``head_lr`` (1e-3) for g_φ and μ; batch 256;
-  α, β, γ = 1, 0.1, 0.01; the denoising loss weight is fixed to 1 (``denoise_weight``).
-* Resume: ``fit(X, checkpoint_dir=...)`` checkpoints the DDPM pretraining (``pretrain/``) and
-  every fine-tuning epoch; a refit with the same arguments continues and ends with the labels
-  of an uninterrupted run (t*, the first embedding and k-means are recomputed, deterministic).
+* ``unet=None`` pretrains a U-Net on the data being clustered (``pretrain_steps``); ``unet`` may
+  be a folder / hub id of a diffusers ``UNet2DModel``, a :class:`DiffusionUNet` or a model.
+* OTS on one subset with common random numbers for every t, a coarse grid guard, then golden
+  section (``ots_*``).
+* S in closed form, ``s_ij = softmax_{j∈NB_i}(−β d_ij / γ)``, refreshed with P (γ L_En is logged,
+  not back-propagated); targets, S and the k-NN graph are refreshed every epoch
+  (``update_interval``), the graph every ``knn_rebuild_every`` refreshes.
+* ``standardize=True`` (per-dimension, frozen after the first pass); ``g_φ`` zero-initialised
+  (z = e at the start); DEC's stopping rule (``tol``); read-out with ``n_noise_infer`` draws.
+* ``fit(X, checkpoint_dir=...)`` resumes the DDPM pretraining and every fine-tuning epoch.
 """
 
 from __future__ import annotations
@@ -62,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..diffusion.process import q_sample
-from ..diffusion.unet import DiffusionUNet, bottleneck_features, load_unet
+from ..diffusion.unet import DiffusionUNet, load_unet, noisy_features
 from ..knn import knn_search
 from ..losses import (
     dec_kl_loss,
@@ -72,27 +53,14 @@ from ..losses import (
     graph_entropy,
     graph_loss,
 )
+from ..models.heads import ResidualMapping
 from ..training.checkpoint import load_named_state, named_state
-from ..training.loop import optimizer_step
+from ..training.loop import RunningMeans, Step, epoch_batches, train_epoch
 from ..training.runtime import autocast, map_batches, progress
 from .base import DiffClusterMixin, ResumableMixin
 from .params import AUTO, COMMON, StrOptions, flag, int_at_least, non_negative, pair, positive
 
 __all__ = ["DiEC", "ResidualMapping"]
-
-
-class ResidualMapping(nn.Module):
-    """``z = e + g_φ(e)``, ``g_φ = Linear → ReLU → Linear`` with a zero last layer (eq. 18)."""
-
-    def __init__(self, dim: int, hidden: int = 512):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-        nn.init.zeros_(self.fc2.weight)
-        nn.init.zeros_(self.fc2.bias)
-
-    def forward(self, e):
-        return e + self.fc2(F.relu(self.fc1(e)))
 
 
 class DiEC(ResumableMixin, DiffClusterMixin):
@@ -238,14 +206,8 @@ class DiEC(ResumableMixin, DiffClusterMixin):
         """Bottleneck features of clean images ``x0`` (B, C, H, W, on device) at step ``t`` for
         ``n_noise`` noise draws: ``(M, B, D_e)``, or their mean ``(B, D_e)`` when ``average``
         (eq. 11–13). Gradients follow the caller's grad mode."""
-        B = x0.shape[0]
-        xr = unet.pad(x0).repeat(n_noise, 1, 1, 1)
-        eps = torch.randn(xr.shape, generator=generator).to(xr.device)
-        tt = torch.full((xr.shape[0],), int(t), device=xr.device, dtype=torch.long)
-        x_t = q_sample(self.sched_, xr, tt, noise=eps)
-        with autocast(self.device_, self.amp_dtype_):
-            h = bottleneck_features(unet, x_t, tt, block=self.block)
-        e = h.float().reshape(n_noise, B, -1)
+        e = noisy_features(unet, self.sched_, x0, t, n_noise, generator, self.block,
+                           self.amp_dtype_)
         return e.mean(0) if average else e
 
     @torch.no_grad()
@@ -385,6 +347,33 @@ class DiEC(ResumableMixin, DiffClusterMixin):
             loss = loss + self.denoise_weight * l_re
         return loss, (l_kl, l_gr, l_re)
 
+    def _refresh(self, X, Z, st, it, iters_per_epoch):
+        """(a) of the algorithm, every ``update_interval`` iterations (no gradients): the
+        embedding Z (recomputed after the first), Q, the target P, the k-NN graph (every
+        ``knn_rebuild_every`` refreshes) and the graph affinities S; a history record. Sets
+        ``st["stopped"]`` when fewer than ``tol`` of the labels changed."""
+        if it > 0:
+            Z = self._embed(X, int(self.n_noise_train), self.seed_ + 1000 + st["n_refresh"])
+        Q = self._q_of(Z)
+        labels = Q.argmax(1).numpy()
+        prev = st["prev_labels"]
+        changed = float((labels != prev).mean()) if prev is not None else 1.0
+        if st["n_refresh"] % int(self.knn_rebuild_every) == 0 or st["nb"] is None:
+            st["nb"] = torch.from_numpy(knn_search(Z.numpy(), int(self.n_neighbors),
+                                                   metric="cosine")[0])
+        S, _ = graph_affinities(Q, st["nb"], self.beta, self.gamma)
+        rec = {"iter": it, "epoch": it / iters_per_epoch, "label_change": changed,
+               "l_en": graph_entropy(S), "seconds": time.perf_counter() - st["t0"]}
+        run = st["run"]
+        if run.steps:
+            rec.update(run.means())
+            st["run"] = RunningMeans(run.sums)
+        st["history"].append(rec)
+        st["n_refresh"] += 1
+        st["prev_labels"] = labels
+        st.update(Q=Q, P=dec_target_distribution(Q), S=S)
+        st["stopped"] = it > 0 and changed < self.tol
+
     def _train(self, X, Z):
         n, dev = len(X), self.device_
         B = min(int(self.batch_size), n)
@@ -399,15 +388,11 @@ class DiEC(ResumableMixin, DiffClusterMixin):
         iters_per_epoch = math.ceil(n / B)
         interval = iters_per_epoch if self.update_interval == "epoch" else int(self.update_interval)
         total_iters = int(self.n_epochs) * iters_per_epoch
-        M, k = int(self.n_noise_train), int(self.n_neighbors)
-        Xt = torch.from_numpy(X)
-        history, prev_labels, nb, n_refresh = [], None, None, 0
-        t0 = time.perf_counter()
-        it, stopped = 0, False
+        M, Xt = int(self.n_noise_train), torch.from_numpy(X)
+        st = dict(history=[], prev_labels=None, nb=None, n_refresh=0, it=0, stopped=False,
+                  t0=time.perf_counter(), run=RunningMeans(("l_kl", "l_gr", "l_re", "loss")),
+                  Q=None, P=None, S=None)
         bar = progress(range(total_iters), desc="DiEC", verbose=self.verbose)
-        run = {"l_kl": 0.0, "l_gr": 0.0, "l_re": 0.0, "loss": 0.0}
-        run_n = 0
-        P = S = Q = None
         # resumable per epoch (fit(X, checkpoint_dir=...)); what precedes this loop (the U-Net,
         # t*, the first embedding, k-means) is recomputed or reloaded deterministically
         ck_state = dict(modules={"unet": unet, "g": self.g_}, optimizer=opt, generator=g)
@@ -415,70 +400,54 @@ class DiEC(ResumableMixin, DiffClusterMixin):
         if epoch:
             with torch.no_grad():
                 self.mu_.copy_(tens["mu"])
-            Q, P, S, nb = tens["Q"], tens["P"], tens["S"], tens["nb"]
-            Q_dev, P_dev, S_dev, nb_dev = Q.to(dev), P.to(dev), S.to(dev), nb.to(dev)
-            prev_labels = tens["prev_labels"].numpy()
-            history, n_refresh, it = extra["history"], extra["n_refresh"], extra["it"]
-            run, run_n, stopped = extra["run"], extra["run_n"], extra["stopped"]
-            bar.update(it)
-        while it < total_iters and not stopped:
-            perm = torch.randperm(n, generator=g)
-            for b0 in range(0, n, B):
-                if it % interval == 0:  # ---- (a) refresh Z, Q, P, graph, S (no gradients)
-                    if it > 0:
-                        Z = self._embed(X, M, self.seed_ + 1000 + n_refresh)
-                    Q = self._q_of(Z)
-                    P = dec_target_distribution(Q)
-                    labels = Q.argmax(1).numpy()
-                    changed = (float((labels != prev_labels).mean()) if prev_labels is not None
-                               else 1.0)
-                    if n_refresh % int(self.knn_rebuild_every) == 0 or nb is None:
-                        nb = torch.from_numpy(knn_search(Z.numpy(), k, metric="cosine")[0])
-                    S, _ = graph_affinities(Q, nb, self.beta, self.gamma)
-                    rec = {"iter": it, "epoch": it / iters_per_epoch, "label_change": changed,
-                           "l_en": graph_entropy(S), "seconds": time.perf_counter() - t0}
-                    if run_n:
-                        rec.update({kk: v / run_n for kk, v in run.items()})
-                        run, run_n = dict.fromkeys(run, 0.0), 0
-                    history.append(rec)
-                    n_refresh += 1
-                    prev_labels = labels
-                    if it > 0 and changed < self.tol:
-                        stopped = True
-                        break
-                    Q_dev, P_dev, S_dev, nb_dev = Q.to(dev), P.to(dev), S.to(dev), nb.to(dev)
-                if it >= total_iters:
-                    break
-                # ---- (b) one SGD step on a mini-batch
-                idx = perm[b0:b0 + B]
-                unet.train(self.finetune_unet)
-                loss, (l_kl, l_gr, l_re) = self._step_loss(
-                    Xt[idx].to(dev), idx.to(dev), P_dev, Q_dev, nb_dev, S_dev, M, g,
-                    denoise=finetune and self.denoise_weight > 0)
-                optimizer_step(loss, opt, what=f"DiEC training at iteration {it}",
-                               hint="lower unet_lr/head_lr or use precision='fp32'")
-                for kk, v in (("l_kl", l_kl), ("l_gr", l_gr), ("l_re", l_re), ("loss", loss)):
-                    run[kk] += float(v.detach())
-                run_n += 1
-                it += 1
-                bar.update(1)
-                bar.set_postfix(kl=f"{float(l_kl.detach()):.4f}", re=f"{float(l_re.detach()):.4f}")
+            st.update({k: tens[k] for k in ("Q", "P", "S", "nb")},
+                      prev_labels=tens["prev_labels"].numpy(),
+                      **{k: extra[k] for k in ("history", "n_refresh", "it", "stopped")})
+            st["run"] = RunningMeans(extra["run"])
+            st["run"].weight = st["run"].steps = extra["run_n"]
+            bar.update(st["it"])
+        dev_targets = {}
+
+        def step(idx):
+            if st["stopped"] or st["it"] >= total_iters:
+                return None
+            if st["it"] % interval == 0:
+                self._refresh(X, Z, st, st["it"], iters_per_epoch)
+                if st["stopped"]:
+                    return None
+                dev_targets.update({k: st[k].to(dev) for k in ("P", "Q", "nb", "S")})
+            elif not dev_targets:
+                dev_targets.update({k: st[k].to(dev) for k in ("P", "Q", "nb", "S")})
+            unet.train(self.finetune_unet)
+            d = dev_targets
+            loss, (l_kl, l_gr, l_re) = self._step_loss(
+                Xt[idx].to(dev), idx.to(dev), d["P"], d["Q"], d["nb"], d["S"], M, g,
+                denoise=finetune and self.denoise_weight > 0)
+            parts = {"l_kl": l_kl, "l_gr": l_gr, "l_re": l_re, "loss": loss}
+            st["run"].add(parts)
+            st["it"] += 1
+            return Step(loss, {k: float(v.detach()) for k, v in parts.items()})
+
+        while st["it"] < total_iters and not st["stopped"]:
+            train_epoch(step, epoch_batches(n, B, g), opt, bar=bar,
+                        what=f"DiEC training in the epoch from iteration {st['it']}",
+                        hint="lower unet_lr/head_lr or use precision='fp32'",
+                        postfix=lambda p: {"kl": f"{p['l_kl']:.4f}", "re": f"{p['l_re']:.4f}"})
             epoch += 1
             self._checkpoint_training(
                 epoch, int(self.n_epochs), ck_state, every=1,
-                tensors={"mu": self.mu_, "Q": Q, "P": P, "S": S, "nb": nb,
-                         "prev_labels": torch.as_tensor(prev_labels)},
-                extra={"history": history, "n_refresh": n_refresh, "it": it, "run": run,
-                       "run_n": run_n, "stopped": stopped})
+                tensors={"mu": self.mu_, **{k: st[k] for k in ("Q", "P", "S", "nb")},
+                         "prev_labels": torch.as_tensor(st["prev_labels"])},
+                extra={"run": st["run"].sums, "run_n": st["run"].weight,
+                       **{k: st[k] for k in ("history", "n_refresh", "it", "stopped")}})
         bar.close()
         unet.requires_grad_(True)
         self.unet_ = unet.eval()
-        self.history_ = history
-        self.n_iter_ = it
-        self.converged_ = stopped
-        self.train_seconds_ = time.perf_counter() - t0
+        self.history_ = st["history"]
+        self.n_iter_ = st["it"]
+        self.converged_ = st["stopped"]
+        self.train_seconds_ = time.perf_counter() - st["t0"]
 
-    # ------------------------------------------------------------------ predict / transform
     def _predict_proba(self, X):
         self._ensure_runtime()
         Z = self._embed(X, int(self.n_noise_infer), getattr(self, "seed_", 0) + 2)
@@ -521,38 +490,29 @@ class DiEC(ResumableMixin, DiffClusterMixin):
         finally:
             self.unet = orig
 
-    def _get_state(self):
+    _fitted_json = ("t_star_", "ots_n_evals_", "ots_seconds_", "history_", "n_iter_",
+                    "converged_", "fit_seconds_", "pretrain_seconds_", "seed_", "unet_source_")
+    _fitted_numpy = ("init_labels_",)
 
-        meta = {"t_star_": self.t_star_,
-                "ots_scores_": [[int(t), float(s)] for t, s in self.ots_scores_.items()],
-                "ots_n_evals_": self.ots_n_evals_, "ots_seconds_": self.ots_seconds_,
-                "history_": self.history_, "n_iter_": self.n_iter_,
-                "converged_": bool(self.converged_), "fit_seconds_": self.fit_seconds_,
-                "pretrain_seconds_": self.pretrain_seconds_, "seed_": self.seed_,
-                "unet_source_": self.unet_source_, "input_shape_": list(self.input_shape_),
+    def _get_state(self):
+        meta = {"ots_scores_": [[int(t), float(s)] for t, s in self.ots_scores_.items()],
                 **self.unet_.to_meta(),
                 "g_dims": [self.g_.fc1.in_features, self.g_.fc1.out_features],
                 "standardized": self.feat_mean_ is not None}
         tensors = named_state(unet=self.unet_, g=self.g_)
         tensors["mu"] = self.mu_.detach()
-        tensors["init_labels_"] = torch.from_numpy(self.init_labels_)
         if self.feat_mean_ is not None:
             tensors["feat_mean"], tensors["feat_std"] = self.feat_mean_, self.feat_std_
         return meta, tensors
 
     def _set_state(self, meta, tensors):
-        for k in ("t_star_", "ots_n_evals_", "ots_seconds_", "history_", "n_iter_", "converged_",
-                  "fit_seconds_", "pretrain_seconds_", "seed_", "unet_source_"):
-            setattr(self, k, meta[k])
         self.ots_scores_ = {int(t): float(s) for t, s in meta["ots_scores_"]}
-        self.input_shape_ = tuple(meta["input_shape_"])
         unet, self.g_ = DiffusionUNet.from_meta(meta), ResidualMapping(*meta["g_dims"])
         load_named_state(tensors, unet=unet, g=self.g_)
         self.unet_ = unet.to(self.device_).eval()
         self.sched_ = unet.noise_schedule()
         self.g_ = self.g_.to(self.device_)
         self.mu_ = nn.Parameter(tensors["mu"].to(self.device_))
-        self.init_labels_ = tensors["init_labels_"].numpy()
         if meta["standardized"]:
             self.feat_mean_, self.feat_std_ = tensors["feat_mean"], tensors["feat_std"]
         else:

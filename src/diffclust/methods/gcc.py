@@ -28,33 +28,21 @@ Stage II (``n_rounds`` rounds, G frozen within a round):
 * ``min_{F,C} L_d + L_cwm + L_ml`` (eq. 12) for ``calib_epochs``; then G is fine-tuned for
   ``gen_epochs`` on the real images with the new labels ``argmax C(F(X))``.
 
-Decisions where the paper is silent ([PROP], METHODS.md §6; details in docs/DECISIONS.md, "GCC"):
+Decisions where the paper is silent ([PROP], METHODS.md §6; each with its reason in
+docs/DECISIONS.md, "GCC: choices the paper leaves open" and "GCC: the anchor"):
 
-* SimCLR (:func:`~diffclust.training.contrastive.train_simclr`): 2-layer MLP projection to
-  ``proj_dim`` (128), τ = 0.1, AdamW ``clr_lr`` 1e-3 with warm-up and cosine (not SCAN's SGD
-  lr 0.4), 500 epochs of batch 512; SimCLR/SCAN augmentations, milder for 1-channel digits.
-* k-means on L2-normalised features (``kmeans_n_init`` restarts); C =
-  ``Linear(out_dim, 512) → ReLU → Linear(·, K)`` trained on cached eval-mode features.
-* G: the library's U-Net preset for the image size, dropout 0.1, AdamW 2e-4 with EMA, batch 128,
-  300 epochs; the cluster id is a learned embedding added to the time embedding, with null-id
-  dropout ``p_uncond`` (0.1) so ``guidance`` w > 0 is possible (default 0).
-* The pool: ``n_generate`` images per round (default N), DDIM ``sample_steps`` (100), η = 0,
-  labels drawn from the current pseudo-label distribution; a real image of label k is paired
-  with a random pool image of label k.
-* Real-image labels are fixed per round (``label_update="round"``; ``"epoch"``, ``"batch"``:
-  eq. 7–9 read literally); F's BatchNorm statistics are frozen in Stage II.
+* SimCLR (:func:`~diffclust.training.contrastive.train_simclr`) with AdamW ``clr_lr`` 1e-3,
+  warm-up and cosine; milder augmentations for 1-channel digits. k-means on L2-normalised
+  features; C trained on cached eval-mode features.
+* G: the library's U-Net preset for the image size, a learned cluster-id embedding added to
+  the time embedding, null-id dropout ``p_uncond`` (so ``guidance`` w > 0 is possible).
+* The pool: ``n_generate`` images per round, DDIM ``sample_steps`` (100), η = 0, labels drawn
+  from the current pseudo-labels; a real image of label k is paired with a pool image of
+  label k. Real labels are fixed per round (``label_update``); F's BatchNorm is frozen.
 * Anchor (``anchor_weight`` 1, ``anchor_threshold`` 0.9): the Stage-I cross-entropy on the
-  real images whose round-start confidence reaches the threshold, added to eq. 12 (SCAN-style
-  self-labelling; ``anchor_weight=0`` is the paper's eq. 12).
-* ``L_d`` averaged over the clusters present (``mmd_reduce="mean"``; ``"sum"`` is eq. 9);
-  multi-bandwidth kernel relative to the batch's median distance on L2-normalised features;
-  ``L_ml`` on probabilities (``ml_on``), normalised by the batch size.
-* 10 rounds of 5 calibration epochs (Adam 1e-4, batch 256) and 2 generator epochs (paper); G's
-  optimiser and EMA restart each round. ``use_mmd``/``use_cwm``/``use_ml`` ablate the losses;
-  the paper's exact Stage II is ``anchor_weight=0, mmd_reduce="sum", label_update="batch"``.
-
-Why the anchor, with its numbers: docs/DECISIONS.md, "GCC: the anchor". Check ``history_``
-(``cluster_sizes``, ``anchor_fraction``) and compare with ``stage1_labels_``.
+  confident real images, added to eq. 12. ``L_d`` averaged over the clusters present
+  (``mmd_reduce``); the paper's exact Stage II is ``anchor_weight=0, mmd_reduce="sum",
+  label_update="batch"``. Check ``history_`` (``cluster_sizes``, ``anchor_fraction``).
 
 Crash safety: with ``checkpoint_dir`` every stage is checkpointed (SimCLR every epoch, the head,
 G through :func:`pretrain_ddpm`'s own step checkpoints, every Stage-II round); a refit with the
@@ -74,7 +62,6 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..augment import SimCLRAugment
 from ..losses import (
@@ -82,6 +69,7 @@ from ..losses import (
     classwise_mmd,
     reliable_metric_loss,
 )
+from ..models.heads import ClusterHead
 from ..models.resnet import ResNet18
 from ..training.checkpoint import (
     StageCheckpoints,
@@ -90,7 +78,7 @@ from ..training.checkpoint import (
     stage_fingerprints,
 )
 from ..training.contrastive import projection_head, train_simclr
-from ..training.loop import optimizer_step
+from ..training.loop import RunningMeans, epoch_batches, train_epoch
 from ..training.runtime import autocast, map_batches, progress
 from .base import DiffClusterMixin
 from .params import (
@@ -108,19 +96,6 @@ from .params import (
 __all__ = ["GCC", "ClusterHead"]
 
 
-# ============================================================================ modules
-class ClusterHead(nn.Module):
-    """C: ``Linear(D, H) → ReLU → Linear(H, K)`` (logits)."""
-
-    def __init__(self, in_dim: int, n_clusters: int, hidden: int = 512):
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(in_dim, hidden), nn.Linear(hidden, n_clusters)
-
-    def forward(self, f):
-        return self.fc2(torch.relu(self.fc1(f)))
-
-
-# ============================================================================ estimator
 class GCC(DiffClusterMixin):
     """Generative Calibration Clustering of images (see the module docstring).
 
@@ -354,16 +329,16 @@ class GCC(DiffClusterMixin):
             n, B = len(X), min(int(self.head_batch_size), len(X))
             fd, yd = feats.to(dev), y.to(dev)
             self.head_history_ = []
+
+            def step(idx):
+                idx = idx.to(dev)
+                return F.cross_entropy(head(fd[idx]), yd[idx]), {}
+
             for ep in progress(range(int(self.head_epochs)), desc="GCC head",
                                verbose=self.verbose):
-                perm = torch.randperm(n, generator=g).to(dev)
-                run = 0.0
-                for b0 in range(0, n, B):
-                    idx = perm[b0:b0 + B]
-                    loss = F.cross_entropy(head(fd[idx]), yd[idx])
-                    run += len(idx) * optimizer_step(loss, opt, what=f"GCC head in epoch {ep}",
-                                                     hint="lower head_lr")
-                self.head_history_.append({"epoch": ep + 1, "ce": run / n})
+                means = train_epoch(step, epoch_batches(n, B, g), opt, weighted=True,
+                                    what=f"GCC head in epoch {ep}", hint="lower head_lr")
+                self.head_history_.append({"epoch": ep + 1, "ce": means["loss"]})
             ck.save("stage1_head", {**named_state(C=head), "kmeans_labels": y,
                                     "kmeans_centers": self.kmeans_centers_},
                     {"history": self.head_history_})
@@ -485,8 +460,20 @@ class GCC(DiffClusterMixin):
             rec["sample_seconds"] = time.perf_counter() - ts
             counts = torch.bincount(pool_y, minlength=K)
             offsets = torch.cumsum(counts, 0) - counts
-            sums = dict.fromkeys(("l_d", "l_cwm", "l_ml", "l_anchor", "loss"), 0.0)
-            n_steps = 0
+            running = RunningMeans(("l_d", "l_cwm", "l_ml", "l_anchor", "loss"))
+
+            def step(idx):  # a batch of real images, each with a generated one of its label
+                yr = labels[idx]
+                ok = counts[yr] > 0
+                idx, yr = idx[ok], yr[ok]
+                if len(idx) < 2:
+                    return None
+                j = offsets[yr] + (torch.rand(len(yr), generator=g)
+                                   * counts[yr]).long().clamp_max(counts[yr] - 1)
+                xr, xg, yg = Xt[idx].to(dev), pool_x[j].to(dev), pool_y[j].to(dev)
+                return self._calibration_loss(Fm, Cm, xr, yr.to(dev), xg, yg,
+                                              anchor_ok[idx].to(dev), round_labels[idx].to(dev))
+
             if any(active) or float(self.anchor_weight) > 0:
                 for ep in range(int(self.calib_epochs)):
                     if ep > 0 and self.label_update == "epoch":
@@ -494,28 +481,11 @@ class GCC(DiffClusterMixin):
                         labels = logits.argmax(1)
                     Fm.eval()  # frozen BatchNorm statistics; gradients still flow
                     Cm.train()
-                    perm = torch.randperm(n, generator=g)
-                    for b0 in range(0, n - B + 1 if n >= B else 1, B):
-                        idx = perm[b0:b0 + B]
-                        yr = labels[idx]
-                        ok = counts[yr] > 0
-                        idx, yr = idx[ok], yr[ok]
-                        if len(idx) < 2:
-                            continue
-                        j = offsets[yr] + (torch.rand(len(yr), generator=g)
-                                           * counts[yr]).long().clamp_max(counts[yr] - 1)
-                        xr, xg, yg = Xt[idx].to(dev), pool_x[j].to(dev), pool_y[j].to(dev)
-                        loss, parts = self._calibration_loss(
-                            Fm, Cm, xr, yr.to(dev), xg, yg, anchor_ok[idx].to(dev),
-                            round_labels[idx].to(dev))
-                        for k_, v in parts.items():
-                            sums[k_] += float(v.detach())
-                        sums["loss"] += optimizer_step(
-                            loss, opt, what=f"GCC Stage II in round {r + 1}",
-                            hint="lower calib_lr or use precision='fp32'")
-                        n_steps += 1
+                    train_epoch(step, epoch_batches(n, B, g, drop_last=True), opt,
+                                running=running, what=f"GCC Stage II in round {r + 1}",
+                                hint="lower calib_lr or use precision='fp32'")
             Fm.eval(), Cm.eval()
-            rec.update({k_: v / max(1, n_steps) for k_, v in sums.items()}, calib_steps=n_steps)
+            rec.update(running.means(), calib_steps=running.steps)
             # ---- fine-tune G on the real images with the improved pseudo-labels
             _, logits = self._features(Fm, X, Cm)
             new_labels = logits.argmax(1).numpy()
@@ -586,28 +556,21 @@ class GCC(DiffClusterMixin):
         finally:
             self.augment, self.checkpoint_dir = orig
 
+    _fitted_json = ("seed_", "history_", "clr_history_", "head_history_", "fit_seconds_",
+                    "stage_seconds_")
+    _fitted_numpy = ("stage1_labels_", "kmeans_labels_")
+    _fitted_tensors = ("kmeans_centers_",)
+
     def _get_state(self):
         u = self.generator_unet_
-        meta = {"input_shape_": list(self.input_shape_), "seed_": int(self.seed_),
-                "backbone_config": self.backbone_.config,
+        meta = {"backbone_config": self.backbone_.config,
                 "head_dims": [self.head_.fc1.in_features, self.head_.fc1.out_features],
-                "history_": self.history_, "clr_history_": self.clr_history_,
-                "head_history_": self.head_history_, "fit_seconds_": self.fit_seconds_,
-                "stage_seconds_": self.stage_seconds_,
                 **u.to_meta()}
-        tensors = named_state(F=self.backbone_, C=self.head_, G=u)
-        tensors["stage1_labels_"] = torch.from_numpy(self.stage1_labels_)
-        tensors["kmeans_labels_"] = torch.from_numpy(self.kmeans_labels_)
-        tensors["kmeans_centers_"] = self.kmeans_centers_
-        return meta, tensors
+        return meta, named_state(F=self.backbone_, C=self.head_, G=u)
 
     def _set_state(self, meta, tensors):
         from ..diffusion.unet import DiffusionUNet
 
-        for k in ("seed_", "history_", "clr_history_", "head_history_", "fit_seconds_",
-                  "stage_seconds_"):
-            setattr(self, k, meta[k])
-        self.input_shape_ = tuple(meta["input_shape_"])
         bc = meta["backbone_config"]
         self.backbone_ = ResNet18(bc["in_channels"], bc["width"], bc["image_size"],
                                   tuple(bc["blocks"]))
@@ -620,6 +583,3 @@ class GCC(DiffClusterMixin):
         unet = DiffusionUNet.from_meta(meta)
         load_named_state(tensors, G=unet)
         self.generator_unet_ = unet.to(self.device_).eval()
-        self.stage1_labels_ = tensors["stage1_labels_"].numpy()
-        self.kmeans_labels_ = tensors["kmeans_labels_"].numpy()
-        self.kmeans_centers_ = tensors["kmeans_centers_"]

@@ -21,9 +21,9 @@ from torch import nn
 
 from ..losses import self_classifier_loss
 from ..training.checkpoint import load_named_state, named_state
-from ..training.loop import LossLog, optimizer_step
+from ..training.loop import train_steps
 from ..training.optim import warmup_cosine
-from ..training.runtime import autocast, progress
+from ..training.runtime import autocast
 from .base import DiffClusterMixin
 from .params import AUTO, COMMON, int_at_least, non_negative, pair, positive
 
@@ -96,19 +96,18 @@ class SelfClassifier(DiffClusterMixin):
         sched = warmup_cosine(opt, steps, max(steps // 20, 1), 1e-3)
         Xt = F.normalize(torch.from_numpy(X), dim=-1)
         history, t0 = [], time.perf_counter()
-        log = LossLog(max(steps // 50, 1), steps)
-        for step in progress(range(steps), desc="Self-Classifier", verbose=self.verbose):
+
+        def step(i):
             x = Xt[torch.randint(n, (B,), generator=g)]
             v1, v2 = self._view(x, g).to(self.device_), self._view(x, g).to(self.device_)
             head.train()
             with autocast(self.device_, self.amp_dtype_):
                 l1, l2 = head(v1).float(), head(v2).float()
-            loss = self_classifier_loss(l1, l2, self.tau_row, self.tau_col)
-            value = optimizer_step(loss, opt, what=f"Self-Classifier training at step {step}",
-                                   hint=f"lower lr (now {self.lr})", scheduler=sched)
-            rec = log.add(step + 1, {"loss": value}, seconds=time.perf_counter() - t0)
-            if rec is not None:
-                history.append(rec)
+            return self_classifier_loss(l1, l2, self.tau_row, self.tau_col), {}
+
+        train_steps(step, opt, n_steps=steps, desc="Self-Classifier", history=history,
+                    verbose=self.verbose, clock=lambda: time.perf_counter() - t0,
+                    hint=f"lower lr (now {self.lr})", scheduler=sched)
         self.head_ = head.eval()
         self.history_, self.n_steps_ = history, steps
         self.labels_ = self._predict_proba(X).argmax(1)
@@ -120,12 +119,12 @@ class SelfClassifier(DiffClusterMixin):
             logits = self.head_.eval()(x).float()
         return torch.softmax(logits / self.tau_row, dim=-1).cpu().numpy().astype(np.float64)
 
+    _fitted_json = ("n_steps_", "history_")
+
     def _get_state(self):
-        return ({"n_steps_": self.n_steps_, "history_": self.history_},
-                named_state(head=self.head_))
+        return {}, named_state(head=self.head_)
 
     def _set_state(self, meta, tensors):
-        self.n_steps_, self.history_ = meta["n_steps_"], meta["history_"]
         head = self._head(self.n_features_in_)
         load_named_state(tensors, head=head)
         self.head_ = head.to(self.device_).eval()

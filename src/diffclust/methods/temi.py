@@ -57,10 +57,10 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..knn import knn_search
 from ..losses import temi_loss
+from ..models.heads import MultiHeadDINO
 from ..training.checkpoint import load_named_state, named_state
 from ..training.distributed import (
     DistributedBatchSampler,
@@ -68,9 +68,9 @@ from ..training.distributed import (
     broadcast_tensor,
     wrap_ddp,
 )
-from ..training.loop import LossLog, optimizer_step
+from ..training.loop import LossLog, Step, train_steps
 from ..training.optim import EMA, cosine_value, warmup_cosine
-from ..training.runtime import autocast, map_batches, progress
+from ..training.runtime import autocast, map_batches
 from .base import DiffClusterMixin, EmbeddingMixin, ResumableMixin
 from .params import (
     AUTO,
@@ -85,71 +85,6 @@ from .params import (
 )
 
 __all__ = ["TEMI", "MultiHeadDINO"]
-
-
-class MultiHeadDINO(nn.Module):
-    """H DINO heads with stacked weights, evaluated together.
-
-    ``forward(x)`` maps ``(B, D)`` features to logits ``(H, B, C)``:
-    ``z^i = normalize(W2^i GELU(W1^i x + b1^i) + b2^i)``, ``logits^i = z^i (g^i ⊙ V^i/‖V^i‖)``
-    with the weight normalisation over the bottleneck dimension (``torch.nn.utils.weight_norm``
-    of a ``Linear(256, C)``, gain initialised to 1).
-    """
-
-    def __init__(self, in_dim, n_clusters, n_heads=16, hidden_dim=512, bottleneck_dim=256,
-                 generator=None):
-        super().__init__()
-        H, D, Hd, Bn, C = n_heads, in_dim, hidden_dim, bottleneck_dim, n_clusters
-        self.n_heads, self.hidden_dim, self.bottleneck_dim = H, Hd, Bn
-        # DINOHead init: trunc_normal(std=0.02) weights, zero biases
-        self.W1 = nn.Parameter(self._trunc_normal((D, H * Hd), generator))
-        self.b1 = nn.Parameter(torch.zeros(H * Hd))
-        self.W2 = nn.Parameter(self._trunc_normal((H, Hd, Bn), generator))
-        self.b2 = nn.Parameter(torch.zeros(H, 1, Bn))
-        # last layer: nn.Linear's default init of the direction, gain g = 1
-        bound = 1.0 / math.sqrt(Bn)
-        self.V = nn.Parameter(torch.empty(H, Bn, C).uniform_(-bound, bound, generator=generator))
-        self.g = nn.Parameter(torch.ones(H, 1, C))
-
-    @staticmethod
-    def _trunc_normal(shape, generator):
-        t = torch.empty(shape)
-        nn.init.trunc_normal_(t, std=0.02, a=-2.0, b=2.0, generator=generator)
-        return t
-
-    def last_layer_parameters(self):
-        return [self.V, self.g]
-
-    def bottleneck(self, x):
-        """The L2-normalised 256-d bottleneck of every head, ``(H, B, 256)`` (fp32).
-
-        The first layers run as one batched product over the heads on the shared input, so that
-        the hidden activations are born head-major ``(H, B, 512)``: a ``(B, H·512)`` product
-        transposed to head-major cost a strided copy forward and backward (1.4× slower step)."""
-        H, Hd = self.n_heads, self.hidden_dim
-        W1 = self.W1.view(-1, H, Hd).transpose(0, 1)  # (H, D, 512), a view
-        h = F.gelu(torch.baddbmm(self.b1.view(H, 1, Hd), x.expand(H, *x.shape), W1))
-        z = torch.baddbmm(self.b2, h, self.W2).float()  # (H, B, 256)
-        return z * torch.rsqrt((z * z).sum(-1, keepdim=True).clamp_min(1e-24))
-
-    def forward(self, x):
-        z = self.bottleneck(x)
-        with torch.autocast(z.device.type, enabled=False):
-            W = self.g.float() * F.normalize(self.V.float(), dim=1)
-            return torch.bmm(z, W)
-
-    @torch.no_grad()
-    def select(self, i: int) -> "MultiHeadDINO":
-        """A one-head module holding head ``i``."""
-        D = self.W1.shape[0]
-        C = self.V.shape[-1]
-        out = MultiHeadDINO(D, C, 1, self.hidden_dim, self.bottleneck_dim)
-        Hd = self.hidden_dim
-        out.W1.copy_(self.W1[:, i * Hd:(i + 1) * Hd])
-        out.b1.copy_(self.b1[i * Hd:(i + 1) * Hd])
-        for name in ("W2", "b2", "V", "g"):
-            getattr(out, name).copy_(getattr(self, name)[i:i + 1])
-        return out.to(self.W1.device)
 
 
 class TEMI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
@@ -354,42 +289,40 @@ class TEMI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
             q_tilde, head_sum = saved["q_tilde"].to(dev), saved["head_sum"]
             history = extra["history"]
             log.load_state_dict(extra["log"])
-        bar = progress(range(start, steps), desc="TEMI", verbose=self.verbose and info.is_main,
-                       initial=start, total=steps)
-        for step in bar:
+
+        def freeze_last_layer():  # cancel_gradients_last_layer: AdamW skips grad-less params
+            for p in last_layer:
+                p.grad = None
+
+        def step(i):
+            nonlocal q_tilde, head_sum
             idx = sampler.next_global_batch()
             j = torch.randint(0, m, (B,), generator=g)
             idx, j = idx[local].to(dev), j[local].to(dev)
-            pair = nbrs[idx, j]
-            head_losses, q_tilde = self._train_step(student, teacher.module, Xt[idx], Xt[pair],
-                                                    q_tilde, batch_mean_fn)
-            loss = head_losses.mean()  # local-batch mean; DDP averages its gradient over ranks
+            head_losses, q_tilde = self._train_step(student, teacher.module, Xt[idx],
+                                                    Xt[nbrs[idx, j]], q_tilde, batch_mean_fn)
             # global-batch head losses (for the logs and the head selection); same on all ranks
             global_losses = all_reduce_mean(head_losses.detach())
-
-            def freeze_last_layer():  # cancel_gradients_last_layer: AdamW skips grad-less params
-                for p in last_layer:
-                    p.grad = None
-
-            loss_value = optimizer_step(
-                loss, opt, value=global_losses.mean().item(), what=f"TEMI training at step {step}",
-                hint=f"lower lr (now {self.lr}) or use precision='fp32'", scheduler=sched,
-                before_step=freeze_last_layer if step < freeze else None, ema=teacher,
-                ema_of=net, ema_decay=cosine_value(step, steps, self.teacher_momentum,
-                                                   self.max_teacher_momentum))
-            if step >= steps - window:
+            if i >= steps - window:
                 head_sum += global_losses.double().cpu()
-            rec = log.add(step + 1, {"loss": loss_value}, lr=sched.get_last_lr()[0],
-                          best_head_loss=global_losses.min().item(),
-                          seconds=time.perf_counter() - t0)
-            if rec is not None:
-                history.append(rec)
-                bar.set_postfix(loss=f"{rec['loss']:.4f}")
+            # the local-batch mean: DDP averages its gradient over ranks
+            return Step(head_losses.mean(), {"loss": global_losses.mean().item()},
+                        extra={"best_head_loss": global_losses.min().item()},
+                        update={"before_step": freeze_last_layer if i < freeze else None,
+                                "ema_decay": cosine_value(i, steps, self.teacher_momentum,
+                                                          self.max_teacher_momentum)})
+
+        def checkpoint(done, _):
             if info.is_main:
-                self._checkpoint_training(step + 1, steps, state,
+                self._checkpoint_training(done, steps, state,
                                           tensors={"q_tilde": q_tilde, "head_sum": head_sum},
                                           extra={"history": history, "log": log.state_dict()})
-        bar.close()
+
+        train_steps(step, opt, n_steps=steps, start=start, desc="TEMI", history=history, log=log,
+                    verbose=self.verbose and info.is_main, after_step=checkpoint,
+                    clock=lambda: time.perf_counter() - t0,
+                    hint=f"lower lr (now {self.lr}) or use precision='fp32'", scheduler=sched,
+                    ema=teacher, ema_of=net)
         del student  # drop the DDP wrapper (and its gradient hooks) before the labelling pass
 
         # 3. head selection and assignments from the best teacher head
@@ -435,29 +368,23 @@ class TEMI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
         return z.float().numpy()
 
     # ------------------------------------------------------------------ persistence
+    _fitted_json = ("selected_head_", "n_steps_", "batch_size_", "fit_seconds_", "history_",
+                    "seed_")
+    _fitted_tensors = ("q_tilde_",)
+
     def _get_state(self):
-        meta = {"selected_head_": self.selected_head_,
-                "head_losses_": [float(v) for v in self.head_losses_],
-                "n_steps_": self.n_steps_, "batch_size_": self.batch_size_,
-                "fit_seconds_": self.fit_seconds_, "history_": self.history_,
-                "seed_": self.seed_}
+        meta = {"head_losses_": [float(v) for v in self.head_losses_]}
         tensors = named_state(head=self.head_)
-        tensors["q_tilde_"] = self.q_tilde_
         if self.embed_norm:
             tensors["embed_mean_"], tensors["embed_std_"] = self.embed_mean_, self.embed_std_
         return meta, tensors
 
     def _set_state(self, meta, tensors):
-        self.selected_head_ = meta["selected_head_"]
         self.head_losses_ = np.asarray(meta["head_losses_"])
-        self.n_steps_, self.batch_size_ = meta["n_steps_"], meta["batch_size_"]
-        self.fit_seconds_, self.history_ = meta["fit_seconds_"], meta["history_"]
-        self.seed_ = meta["seed_"]
         head = MultiHeadDINO(self.n_features_in_, self.n_clusters, 1, self.hidden_dim,
                              self.bottleneck_dim)
         load_named_state(tensors, head=head)
         self.head_ = head.to(self.device_).eval()
-        self.q_tilde_ = tensors["q_tilde_"]
         if self.embed_norm:
             self.embed_mean_, self.embed_std_ = tensors["embed_mean_"], tensors["embed_std_"]
         self._set_cluster_stats()

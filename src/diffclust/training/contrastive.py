@@ -8,7 +8,7 @@ works.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -20,7 +20,7 @@ from .checkpoint import (
     optimizer_from_tensors,
     optimizer_to_tensors,
 )
-from .loop import optimizer_step
+from .loop import epoch_batches, train_epoch
 from .optim import warmup_cosine
 from .runtime import autocast, progress
 
@@ -63,22 +63,22 @@ def train_simclr(backbone: nn.Module, projection: nn.Module, X, augment: Callabl
         generator.set_state(tens["rng"])
         start, history = int(meta["epoch"]), list(meta["history"])
     Xt = torch.from_numpy(X)
+
+    def step(idx):  # one NT-Xent step on two augmented views of the batch
+        x = Xt[idx].to(device)
+        v = torch.cat([augment(x, generator), augment(x, generator)])
+        with autocast(device, amp_dtype):
+            z = projection(backbone(v)).float()
+        return nt_xent_loss(z[:len(x)], z[len(x):], temperature), {}
+
     bar = progress(range(start, int(epochs)), total=int(epochs), initial=start, desc=desc,
                    verbose=verbose)
     for ep in bar:
         backbone.train(), projection.train()
-        perm = torch.randperm(n, generator=generator)
-        run = 0.0
-        for s in range(steps_per_epoch):
-            x = Xt[perm[s * B:(s + 1) * B]].to(device)
-            v = torch.cat([augment(x, generator), augment(x, generator)])
-            with autocast(device, amp_dtype):
-                z = projection(backbone(v)).float()
-            loss = nt_xent_loss(z[:len(x)], z[len(x):], temperature)
-            run += optimizer_step(loss, opt, scheduler=sched, hint=hint,
-                                  what=f"{desc} (NT-Xent) in epoch {ep}")
-        history.append({"epoch": ep + 1, "loss": run / steps_per_epoch})
-        bar.set_postfix(loss=f"{run / steps_per_epoch:.3f}")
+        means = train_epoch(step, epoch_batches(n, B, generator, drop_last=True), opt,
+                            scheduler=sched, hint=hint, what=f"{desc} (NT-Xent) in epoch {ep}")
+        history.append({"epoch": ep + 1, "loss": means["loss"]})
+        bar.set_postfix(loss=f"{means['loss']:.3f}")
         if save is not None:
             om, ot = optimizer_to_tensors(opt)
             tensors = {**named_state(F=backbone, P=projection), **ot, "rng": generator.get_state()}
