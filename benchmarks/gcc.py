@@ -123,10 +123,9 @@ def main():
                       unet_preset=args.unet_preset, **ablation, **extra)
         if args.paper_stage2:
             params.update(anchor_weight=0.0, mmd_reduce="sum", label_update="batch")
-        m = GCC(k, random_state=seed, verbose=args.verbose, device=args.device,
-                checkpoint_dir=args.checkpoint_dir, **params)
+        m = GCC(k, random_state=seed, verbose=args.verbose, device=args.device, **params)
         with Timer() as tf:
-            m.fit(Xs)
+            m.fit(Xs, checkpoint_dir=args.checkpoint_dir)
         common = dict(params={kk: v for kk, v in params.items()},
                       ablation=args.ablation + ("+paper-stage2" if args.paper_stage2 else ""),
                       stage_seconds={kk: round(v, 1) for kk, v in m.stage_seconds_.items()})

@@ -1,6 +1,7 @@
 """GCC: losses against hand-computed values, augmentations, the backbone, and a short end-to-end
 run on real USPS digits (crash in Stage II → resume without redoing Stage I)."""
 
+import json
 import math
 
 import numpy as np
@@ -245,7 +246,7 @@ def test_gcc_end_to_end_resume_and_round_trip(digits, tmp_path, monkeypatch):
     with monkeypatch.context() as mp:
         mp.setattr(GCC, "_stage_calibrate", boom)
         with pytest.raises(_Crash):
-            GCC(3, random_state=0, checkpoint_dir=ckdir, **TINY).fit(X)
+            GCC(3, random_state=0, **TINY).fit(X, checkpoint_dir=ckdir)
     assert (ckdir / "stage1_contrastive.json").exists() and (ckdir / "stage1_head.json").exists()
     calls = []
     orig = GCC._stage_head
@@ -255,20 +256,60 @@ def test_gcc_end_to_end_resume_and_round_trip(digits, tmp_path, monkeypatch):
         return orig(self, X, ck)
 
     monkeypatch.setattr(GCC, "_stage_head", spy)
-    m = GCC(3, random_state=0, checkpoint_dir=ckdir, **TINY).fit(X)
+    m = GCC(3, random_state=0, **TINY).fit(X, checkpoint_dir=ckdir)
     assert m.resumed_from_ == "contrastive epoch 1" and calls == [True]
     np.testing.assert_array_equal(m.stage1_labels_, ref.stage1_labels_)
     np.testing.assert_allclose(m.predict_proba(X), p, atol=1e-4)
     # checkpoints of other Stage-I settings are refused
     with pytest.raises(ValueError, match="other data or settings"):
-        GCC(3, random_state=0, checkpoint_dir=ckdir, **dict(TINY, clr_lr=2e-3)).fit(X)
+        GCC(3, random_state=0, **dict(TINY, clr_lr=2e-3)).fit(X, checkpoint_dir=ckdir)
 
-    for fitted in (ref, m):  # m has a Path checkpoint_dir in its params
+    for fitted in (ref, m):
         fitted.save_pretrained(tmp_path / "m")
         m2 = load_pretrained(tmp_path / "m")
         assert isinstance(m2, GCC)
         np.testing.assert_allclose(m2.predict_proba(X), p, atol=1e-4)
         np.testing.assert_array_equal(m2.labels_, ref.labels_)
+    # models saved when checkpoint_dir was a parameter still load
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    cfg["params"]["checkpoint_dir"] = str(ckdir)
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    np.testing.assert_array_equal(load_pretrained(tmp_path / "m").labels_, ref.labels_)
+
+
+def test_killed_fit_resumes_to_the_same_labels(digits, tmp_path):
+    """kill -9 a real GCC fit once Stage I's head is saved; a fit with the same data, settings
+    and checkpoint folder skips the finished stages and ends with the uninterrupted labels."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    X, _ = digits
+    np.save(tmp_path / "x.npy", X)
+    kw = dict(TINY, n_rounds=3)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ref = GCC(3, random_state=0, **kw).fit(X)
+        ck = tmp_path / "ck"
+        script = (f"import numpy as np, torch\ntorch.set_num_threads(1)\n"
+                  f"from diffclust import GCC\nX = np.load({str(tmp_path / 'x.npy')!r})\n"
+                  f"GCC(3, random_state=0, **{kw!r}).fit(X, checkpoint_dir={str(ck)!r})\n")
+        p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        deadline = time.time() + 240
+        while time.time() < deadline and p.poll() is None \
+                and not (ck / "stage1_head.json").exists():
+            time.sleep(0.02)
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=60)
+        assert (ck / "stage1_head.json").exists() and not (ck / "stage2.json").exists()
+        m = GCC(3, random_state=0, **kw).fit(X, checkpoint_dir=ck)
+        assert m.resumed_from_ is not None  # it continued, not started over
+        np.testing.assert_array_equal(m.labels_, ref.labels_)
+    finally:
+        torch.set_num_threads(n)
 
 
 def test_gcc_anchor_and_label_update_modes(digits):

@@ -186,10 +186,10 @@ def fit(data: str = typer.Argument(..., help="features file (.npy/.npz/.pt/.csv)
         resume: bool = typer.Option(False, "--resume",
                                     help="continue an interrupted fit from its checkpoint "
                                          "(.OUT.checkpoint beside --out; CLUDI, TEMI, "
-                                         "ClusterDDPM, DiEC)"),
+                                         "ClusterDDPM, DiEC, GCC)"),
         checkpoint_every: int = typer.Option(200, help="steps between checkpoints (CLUDI, "
-                                                       "TEMI; ClusterDDPM and DiEC save every "
-                                                       "epoch)"),
+                                                       "TEMI; ClusterDDPM, DiEC and GCC save "
+                                                       "every epoch or stage)"),
         quiet: bool = typer.Option(False, "--quiet", "-q")):
     """Fit a clusterer and write a run directory: config.json, labels.csv, metrics.jsonl,
     metrics.json (when labels are known), model/ and run.json (the manifest, written last).
@@ -235,8 +235,8 @@ def _checkpoint_dir(est, out: Path, resume: bool):
 
     if "checkpoint_dir" not in inspect.signature(type(est).fit).parameters:
         if resume:
-            _fail(f"--resume is not available for {type(est).__name__} yet (CLUDI and TEMI "
-                  f"only); fit again without --resume")
+            _fail(f"--resume is not available for {type(est).__name__}: it keeps no "
+                  f"checkpoints (the diffusion methods do); fit again without --resume")
         return None
     ckdir = Path(out).absolute().parent / f".{Path(out).name}.checkpoint"
     if not resume and ckdir.exists() and os.environ.get("RANK", "0") == "0":

@@ -346,6 +346,8 @@ def load_pretrained(path, device=None):
     for old, new in getattr(klass, "_renamed_params", {}).items():  # models saved before
         if old in params and new not in params:
             params[new] = params.pop(old)
+    for old in getattr(klass, "_dropped_params", ()):
+        params.pop(old, None)
     defaults = klass().get_params()
     unknown = sorted(set(params) - set(defaults))
     if unknown:

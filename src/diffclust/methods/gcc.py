@@ -44,10 +44,10 @@ docs/DECISIONS.md, "GCC: choices the paper leaves open" and "GCC: the anchor"):
   (``mmd_reduce``); the paper's exact Stage II is ``anchor_weight=0, mmd_reduce="sum",
   label_update="batch"``. Check ``history_`` (``cluster_sizes``, ``anchor_fraction``).
 
-Crash safety: with ``checkpoint_dir`` every stage is checkpointed (SimCLR every epoch, the head,
-G through :func:`pretrain_ddpm`'s own step checkpoints, every Stage-II round); a refit with the
-same data and parameters resumes after the last completed stage (or epoch / round), so a crash in
-Stage II does not redo Stage I. Each stage checks only the settings that shape it (``_stages``:
+Crash safety: with ``fit(X, checkpoint_dir=...)`` every stage is checkpointed (SimCLR every
+epoch, the head, G through :func:`pretrain_ddpm`'s own step checkpoints, every Stage-II round);
+a refit with the same data and parameters resumes after the last completed stage (or epoch /
+round), so a crash in Stage II does not redo Stage I. Each stage checks only the settings that shape it (``_stages``:
 its parameters and those before it in the signature, through
 :func:`~diffclust.training.checkpoint.stage_fingerprints`): changing a Stage-II setting reuses
 the Stage-I checkpoints.
@@ -80,7 +80,7 @@ from ..training.checkpoint import (
 from ..training.contrastive import projection_head, train_simclr
 from ..training.loop import RunningMeans, epoch_batches, train_epoch
 from ..training.runtime import autocast, map_batches, progress
-from .base import DiffClusterMixin
+from .base import DiffClusterMixin, ResumableMixin
 from .params import (
     AUTO,
     COMMON,
@@ -96,7 +96,7 @@ from .params import (
 __all__ = ["GCC", "ClusterHead"]
 
 
-class GCC(DiffClusterMixin):
+class GCC(ResumableMixin, DiffClusterMixin):
     """Generative Calibration Clustering of images (see the module docstring).
 
     Parameters
@@ -129,12 +129,13 @@ class GCC(DiffClusterMixin):
     anchor_weight, anchor_threshold : float
         [PROP] weight (1; 0 = the paper's eq. 12) and confidence threshold (0.9) of the
         cross-entropy anchor on the real images' round-start pseudo-labels.
-    checkpoint_dir : None or folder for the resumable stage checkpoints.
     embed_batch_size : batch for feature extraction / prediction.
     random_state, device, precision, verbose
     """
 
     _input_kind = "images"
+    #: parameters of models saved before they were removed (``checkpoint_dir``: now fit's)
+    _dropped_params = ("checkpoint_dir",)
 
     #: the fit's stages, in order, each with its first parameter in ``__init__``'s order: a
     #: stage's checkpoint depends on its parameters and all those before it
@@ -161,7 +162,7 @@ class GCC(DiffClusterMixin):
         "ml_on": [StrOptions({"proba", "logits"})],
         "label_update": [StrOptions({"round", "epoch", "batch"})],
         "anchor_weight": [non_negative], "anchor_threshold": [fraction],
-        "embed_batch_size": [int_at_least(1)], "checkpoint_dir": "no_validation",
+        "embed_batch_size": [int_at_least(1)],
     }
 
     def __init__(self, n_clusters=10, *, backbone_width=64, proj_dim=128, temperature=0.1,
@@ -173,7 +174,7 @@ class GCC(DiffClusterMixin):
                  n_generate="auto", sample_steps=100, guidance=0.0, use_mmd=True,
                  use_cwm=True, use_ml=True, mmd_bandwidths=(0.5, 1.0, 2.0, 4.0, 8.0),
                  ml_on="proba", mmd_reduce="mean", label_update="round", anchor_weight=1.0,
-                 anchor_threshold=0.9, checkpoint_dir=None, embed_batch_size=512, random_state=None,
+                 anchor_threshold=0.9, embed_batch_size=512, random_state=None,
                  device=None, precision="auto", verbose=True):
         self.n_clusters = n_clusters
         self.backbone_width = backbone_width
@@ -213,7 +214,6 @@ class GCC(DiffClusterMixin):
         self.label_update = label_update
         self.anchor_weight = anchor_weight
         self.anchor_threshold = anchor_threshold
-        self.checkpoint_dir = checkpoint_dir
         self.embed_batch_size = embed_batch_size
         self.random_state = random_state
         self.device = device
@@ -255,7 +255,8 @@ class GCC(DiffClusterMixin):
         self._check_params(X)
         t_start = time.perf_counter()
         self.augment_ = self.augment or SimCLRAugment.for_images(X.shape[1], X.shape[2])
-        ck = StageCheckpoints(self.checkpoint_dir, stage_fingerprints(self, X, self._stages))
+        folder = self._checkpoint[0] if getattr(self, "_checkpoint", None) else None
+        ck = StageCheckpoints(folder, stage_fingerprints(self, X, self._stages))
         self.stage_seconds_ = {}
         self.resumed_from_ = None
         # ---- Stage I.1: SimCLR
@@ -546,15 +547,12 @@ class GCC(DiffClusterMixin):
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, path):
-        # an augmentation object cannot go into config.json (recorded as None), a Path as str
-        orig = self.augment, self.checkpoint_dir
-        self.augment = None
-        if self.checkpoint_dir is not None:
-            self.checkpoint_dir = str(self.checkpoint_dir)
+        # an augmentation object cannot go into config.json (recorded as None)
+        orig, self.augment = self.augment, None
         try:
             return super().save_pretrained(path)
         finally:
-            self.augment, self.checkpoint_dir = orig
+            self.augment = orig
 
     _fitted_json = ("seed_", "history_", "clr_history_", "head_history_", "fit_seconds_",
                     "stage_seconds_")
