@@ -1,4 +1,9 @@
+import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -28,3 +33,31 @@ def record_restores(monkeypatch, cls) -> list:
 
     monkeypatch.setattr(cls, "_restore_training", spy)
     return restored
+
+
+def fit_script(cls_name: str, kw: dict, x_path, ck) -> str:
+    """Python source that fits ``diffclust.<cls_name>(3, random_state=0, **kw)`` on the array
+    in ``x_path`` with ``checkpoint_dir=ck``, on one thread (a subprocess to kill)."""
+    return (f"import numpy as np, torch\ntorch.set_num_threads(1)\n"
+            f"from diffclust import {cls_name}\nX = np.load({str(x_path)!r})\n"
+            f"{cls_name}(3, random_state=0, **{kw!r}).fit(X, checkpoint_dir={str(ck)!r})\n")
+
+
+def kill_when(script: str, ready, timeout: float = 240) -> None:
+    """Run ``script`` in a fresh interpreter and SIGKILL it as soon as ``ready()`` is true
+    (polled every 20 ms; or when it ends, or after ``timeout`` seconds)."""
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline and p.poll() is None and not ready():
+        time.sleep(0.02)
+    p.send_signal(signal.SIGKILL)
+    p.wait(timeout=60)
+
+
+def saved_step(state: Path) -> int:
+    """The step of a training state.json (0 while it is missing or being replaced)."""
+    try:
+        return int(json.loads(state.read_text())["step"])
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return 0

@@ -2,15 +2,11 @@
 
 import json
 import math
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 import torch
-from conftest import record_restores
+from conftest import fit_script, kill_when, record_restores, saved_step
 
 from diffclust import ClusterDDPM, evaluate, load_pretrained
 from diffclust.errors import DivergenceError
@@ -362,24 +358,10 @@ def test_loads_a_model_saved_before_covariance_type(usps3, tmp_path):
     np.testing.assert_allclose(old.predict_proba(X), m.predict_proba(X), atol=1e-6)
 
 
-def _kill_when(script, state, at_least, timeout=240):
-    """Run ``script`` in a fresh interpreter and SIGKILL it once ``state`` (a state.json) has
-    reached step ``at_least``; returns the step it had."""
-    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
-    deadline = time.time() + timeout
-    step = 0
-    while time.time() < deadline and p.poll() is None:
-        try:
-            step = json.loads(state.read_text())["step"]
-        except (FileNotFoundError, json.JSONDecodeError, KeyError):
-            step = 0
-        if step >= at_least:
-            break
-        time.sleep(0.02)
-    p.send_signal(signal.SIGKILL)
-    p.wait(timeout=60)
-    return json.loads(state.read_text())["step"]
+def _kill_when(script, state, at_least):
+    """SIGKILL a fresh fit once ``state`` has reached step ``at_least``; the step it had."""
+    kill_when(script, lambda: saved_step(state) >= at_least)
+    return saved_step(state)
 
 
 def test_killed_fit_resumes_to_the_same_labels(tmp_path, monkeypatch):
@@ -394,9 +376,7 @@ def test_killed_fit_resumes_to_the_same_labels(tmp_path, monkeypatch):
     kw = dict(TINY, pretrain_epochs=3, n_em_iters=3)
     ref = ClusterDDPM(3, random_state=0, **kw).fit(X)
     ck = tmp_path / "ck"
-    script = (f"import numpy as np, torch\ntorch.set_num_threads(1)\n"
-              f"from diffclust import ClusterDDPM\nX = np.load({str(tmp_path / 'x.npy')!r})\n"
-              f"ClusterDDPM(3, random_state=0, **{kw!r}).fit(X, checkpoint_dir={str(ck)!r})\n")
+    script = fit_script("ClusterDDPM", kw, tmp_path / "x.npy", ck)
     state = ck / "state.json"
     first = _kill_when(script, state, 1)
     assert 1 <= first < 3  # killed in pre-training

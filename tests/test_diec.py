@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import record_restores
+from conftest import fit_script, kill_when, record_restores, saved_step
 
 from diffclust import DiEC, load_pretrained
 
@@ -158,12 +158,6 @@ def test_killed_fit_resumes_to_the_same_labels(tmp_path, monkeypatch):
     """kill -9 a real fit during its fine-tuning epochs; a fit with the same data, settings and
     checkpoint folder continues (DDPM pretraining and fine-tuning are both checkpointed) and
     ends with the labels of an uninterrupted fit with the same arguments."""
-    import json
-    import signal
-    import subprocess
-    import sys
-    import time
-
     import torch
 
     rng = np.random.default_rng(0)
@@ -177,21 +171,9 @@ def test_killed_fit_resumes_to_the_same_labels(tmp_path, monkeypatch):
     try:
         ref = DiEC(3, random_state=0, **kw).fit(X, checkpoint_dir=tmp_path / "ref")
         ck = tmp_path / "ck"
-        script = (f"import numpy as np, torch\ntorch.set_num_threads(1)\n"
-                  f"from diffclust import DiEC\nX = np.load({str(tmp_path / 'x.npy')!r})\n"
-                  f"DiEC(3, random_state=0, **{kw!r}).fit(X, checkpoint_dir={str(ck)!r})\n")
-        p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-        state, deadline, step = ck / "state.json", time.time() + 240, 0
-        while time.time() < deadline and p.poll() is None and step < 2:
-            try:
-                step = json.loads(state.read_text())["step"]
-            except (FileNotFoundError, json.JSONDecodeError, KeyError):
-                pass
-            time.sleep(0.02)
-        p.send_signal(signal.SIGKILL)
-        p.wait(timeout=60)
-        assert 2 <= json.loads(state.read_text())["step"] < 5  # killed mid fine-tuning
+        state = ck / "state.json"
+        kill_when(fit_script("DiEC", kw, tmp_path / "x.npy", ck), lambda: saved_step(state) >= 2)
+        assert 2 <= saved_step(state) < 5  # killed mid fine-tuning
         assert (ck / "pretrain").is_dir()  # the pretraining's own checkpoints
         restored = record_restores(monkeypatch, DiEC)
         m = DiEC(3, random_state=0, **kw).fit(X, checkpoint_dir=ck)

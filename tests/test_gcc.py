@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import fit_script, kill_when
 
 from diffclust import GCC, load_pretrained
 from diffclust.augment import (
@@ -280,11 +281,6 @@ def test_gcc_end_to_end_resume_and_round_trip(digits, tmp_path, monkeypatch):
 def test_killed_fit_resumes_to_the_same_labels(digits, tmp_path):
     """kill -9 a real GCC fit once Stage I's head is saved; a fit with the same data, settings
     and checkpoint folder skips the finished stages and ends with the uninterrupted labels."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
     X, _ = digits
     np.save(tmp_path / "x.npy", X)
     kw = dict(TINY, n_rounds=3)
@@ -293,17 +289,8 @@ def test_killed_fit_resumes_to_the_same_labels(digits, tmp_path):
     try:
         ref = GCC(3, random_state=0, **kw).fit(X)
         ck = tmp_path / "ck"
-        script = (f"import numpy as np, torch\ntorch.set_num_threads(1)\n"
-                  f"from diffclust import GCC\nX = np.load({str(tmp_path / 'x.npy')!r})\n"
-                  f"GCC(3, random_state=0, **{kw!r}).fit(X, checkpoint_dir={str(ck)!r})\n")
-        p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-        deadline = time.time() + 240
-        while time.time() < deadline and p.poll() is None \
-                and not (ck / "stage1_head.json").exists():
-            time.sleep(0.02)
-        p.send_signal(signal.SIGKILL)
-        p.wait(timeout=60)
+        kill_when(fit_script("GCC", kw, tmp_path / "x.npy", ck),
+                  lambda: (ck / "stage1_head.json").exists())
         assert (ck / "stage1_head.json").exists() and not (ck / "stage2.json").exists()
         m = GCC(3, random_state=0, **kw).fit(X, checkpoint_dir=ck)
         assert m.resumed_from_ is not None  # it continued, not started over
