@@ -162,7 +162,7 @@ class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
         "n_timesteps": [int_at_least(2)], "schedule": [str], "eval_chains": [int_at_least(1)],
         "eval_steps": [int_at_least(1)], "average": [StrOptions({"probs", "logits"})],
         "predict_batch_size": [int_at_least(1)], "center": flag,
-        "neighbor_views": [int_at_least(0)], "marginal_entropy": [non_negative],
+        "neighbor_views": [int_at_least(0), AUTO], "marginal_entropy": [non_negative],
     }
 
     def __init__(self, n_clusters=10, *, embedding_dim="auto", noise_scale=49.0,
@@ -389,7 +389,8 @@ class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
         sched = warmup_cosine(opt, steps, warm, self.min_lr / self.lr)
         X = self._center(X, fitting=True)
         Xt = torch.from_numpy(X).to(self.device_)
-        nbrs = self._neighbors(X) if self.neighbor_views else None
+        k = self._n_views(n)
+        nbrs = self._neighbors(X, k) if k else None
         history, t0 = [], time.perf_counter()
         # global batches from the shared generator g (same seed on every rank), drawn exactly
         # as one process draws them; each rank keeps its contiguous slice
@@ -447,11 +448,16 @@ class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
             self.mean_ = (X.mean(0) if self.center else np.zeros(X.shape[1])).astype(np.float32)
         return np.ascontiguousarray(X - self.mean_, dtype=np.float32) if self.center else X
 
-    def _neighbors(self, X):
-        """The ``neighbor_views`` nearest neighbours (cosine) of every training point."""
+    def _n_views(self, n):
+        """k of ``neighbor_views``: ``"auto"`` is ``clip(N // (5K), 0, 10)``."""
+        k = (int(np.clip(n // (5 * self.n_clusters), 0, 10)) if self.neighbor_views == "auto"
+             else int(self.neighbor_views))
+        return min(k, n - 1)
+
+    def _neighbors(self, X, k):
+        """The ``k`` nearest neighbours (cosine) of every training point."""
         from ..knn import knn_search
 
-        k = min(int(self.neighbor_views), len(X) - 1)
         nbrs, _ = knn_search(X, k, metric="cosine", exclude_self=True)
         return torch.as_tensor(np.asarray(nbrs), dtype=torch.int64)
 
