@@ -29,6 +29,9 @@ Decisions where METHODS.md leaves a choice (all switchable; measured in docs/DEC
 * Prediction averages probabilities (eq. 3; ``average="logits"``: the code) over
   ``eval_chains`` chains of 10 DDIM steps (``eval_steps``; measured equal to 50).
 * ``embedding_dim="auto"``: 64 for K ≤ 50, 128 above.
+* ``neighbor_views="auto"``: on data with ≥ 100 points per cluster the student sees a random
+  one of the 10 nearest neighbours of each point (TEMI's and SCAN's pairs; the paper's CLUDI
+  sees the point itself): USPS features 49.8 → 74.3 ACC, CIFAR-10 48.0 → 51.6.
 
 Distributed training under ``torchrun``: docs/DISTRIBUTED.md.
 """
@@ -131,9 +134,11 @@ class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
         [PROP] Subtract the training mean before the unit normalisation (False: the paper's
         raw features). Raw pixels share a large mean component; on the digits centring took
         ACC from 62.5 to 76.7 (docs/DECISIONS.md, "Demo").
-    neighbor_views : int
-        [PROP] With k > 0 the student sees a random one of the k nearest neighbours of each
-        point instead of the point itself (SCAN-like); 0 (default) is the paper's.
+    neighbor_views : int or "auto"
+        [PROP] With k > 0 the student sees a random one of the k nearest neighbours (cosine) of
+        each point instead of the point itself (SCAN-like); 0 is the paper's. ``"auto"``
+        (default): 10 when the data hold at least 100 points per cluster (N ≥ 100·K), else 0
+        (docs/DECISIONS.md, "CLUDI: neighbour views").
     marginal_entropy : float
         [PROP] Weight λ_H of ``log K − H(p̄)``, p̄ the student's mean assignment over the batch
         and chains (SCAN's entropy term): a stronger push against merged clusters than the
@@ -174,7 +179,7 @@ class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
                  teacher_grad="last", ema_decay=0.999, code_faithful_weighting=False,
                  learn_E=False, n_timesteps=1000, schedule="sqrt", eval_chains=8,
                  eval_steps=10, average="probs", predict_batch_size=1024, center=False,
-                 neighbor_views=0, marginal_entropy=0.0, random_state=None,
+                 neighbor_views="auto", marginal_entropy=0.0, random_state=None,
                  device=None, precision="auto", verbose=True):
         self.n_clusters = n_clusters
         self.embedding_dim = embedding_dim
@@ -449,8 +454,8 @@ class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
         return np.ascontiguousarray(X - self.mean_, dtype=np.float32) if self.center else X
 
     def _n_views(self, n):
-        """k of ``neighbor_views``: ``"auto"`` is ``clip(N // (5K), 0, 10)``."""
-        k = (int(np.clip(n // (5 * self.n_clusters), 0, 10)) if self.neighbor_views == "auto"
+        """k of ``neighbor_views``: ``"auto"`` is 10 when ``n ≥ 100·K``, else 0."""
+        k = ((10 if n >= 100 * self.n_clusters else 0) if self.neighbor_views == "auto"
              else int(self.neighbor_views))
         return min(k, n - 1)
 
