@@ -29,9 +29,8 @@ Decisions where METHODS.md leaves a choice (all switchable; measured in docs/DEC
 * Prediction averages probabilities (eq. 3; ``average="logits"``: the code) over
   ``eval_chains`` chains of 10 DDIM steps (``eval_steps``; measured equal to 50).
 * ``embedding_dim="auto"``: 64 for K ≤ 50, 128 above.
-* ``neighbor_views="auto"``: on data with ≥ 100 points per cluster the student sees a random
-  one of the 10 nearest neighbours of each point (TEMI's and SCAN's pairs; the paper's CLUDI
-  sees the point itself): USPS features 49.8 → 74.3 ACC, CIFAR-10 48.0 → 51.6.
+* ``neighbor_views`` (off: the paper's views): the student may see a random one of the
+  k nearest neighbours of each point instead (TEMI's and SCAN's pairs); measured, not default.
 
 Distributed training under ``torchrun``: docs/DISTRIBUTED.md.
 """
@@ -136,9 +135,10 @@ class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
         ACC from 62.5 to 76.7 (docs/DECISIONS.md, "Demo").
     neighbor_views : int or "auto"
         [PROP] With k > 0 the student sees a random one of the k nearest neighbours (cosine) of
-        each point instead of the point itself (SCAN-like); 0 is the paper's. ``"auto"``
-        (default): 10 when the data hold at least 100 points per cluster (N ≥ 100·K), else 0
-        (docs/DECISIONS.md, "CLUDI: neighbour views").
+        each point instead of the point itself (SCAN-like); 0 (default) is the paper's.
+        ``"auto"``: 10 when the data hold at least 100 points per cluster (N ≥ 100·K), else 0.
+        Not the default: seed-dependent on USPS features (74.3 and 43.7 ACC; docs/DECISIONS.md,
+        "CLUDI: neighbour views").
     marginal_entropy : float
         [PROP] Weight λ_H of ``log K − H(p̄)``, p̄ the student's mean assignment over the batch
         and chains (SCAN's entropy term): a stronger push against merged clusters than the
@@ -179,7 +179,7 @@ class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
                  teacher_grad="last", ema_decay=0.999, code_faithful_weighting=False,
                  learn_E=False, n_timesteps=1000, schedule="sqrt", eval_chains=8,
                  eval_steps=10, average="probs", predict_batch_size=1024, center=False,
-                 neighbor_views="auto", marginal_entropy=0.0, random_state=None,
+                 neighbor_views=0, marginal_entropy=0.0, random_state=None,
                  device=None, precision="auto", verbose=True):
         self.n_clusters = n_clusters
         self.embedding_dim = embedding_dim
