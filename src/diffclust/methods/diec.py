@@ -423,10 +423,11 @@ class DiEC(ResumableMixin, DiffClusterMixin):
             loss, (l_kl, l_gr, l_re) = self._step_loss(
                 Xt[idx].to(dev), idx.to(dev), d["P"], d["Q"], d["nb"], d["S"], M, g,
                 denoise=finetune and self.denoise_weight > 0)
-            parts = {"l_kl": l_kl, "l_gr": l_gr, "l_re": l_re, "loss": loss}
-            st["run"].add(parts)
+            parts = {k: float(v.detach()) for k, v in
+                     (("l_kl", l_kl), ("l_gr", l_gr), ("l_re", l_re), ("loss", loss))}
+            st["run"].add(parts)  # the means between two refreshes (the history records)
             st["it"] += 1
-            return Step(loss, {k: float(v.detach()) for k, v in parts.items()})
+            return Step(loss, parts)
 
         while st["it"] < total_iters and not st["stopped"]:
             train_epoch(step, epoch_batches(n, B, g), opt, bar=bar,
