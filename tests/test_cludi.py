@@ -56,15 +56,21 @@ def test_denoiser_split_equals_plain_mlp():
 
 
 def test_augmentation_and_reembedding():
-    m = CLUDI(3, random_state=0)
+    from diffclust.augment import feature_view
+    from diffclust.methods.cludi import CLUDINet
+
     x = F.normalize(torch.randn(50, 16), dim=-1)
-    xa = m._augment(x, 4, torch.Generator().manual_seed(0))
+    xa = feature_view(x.expand(4, 50, 16), torch.Generator().manual_seed(0))
     assert xa.shape == (4, 50, 16)
     dropped = (xa == 0).float().mean()
     assert 0.02 < float(dropped) < 0.15  # drop rates U[0.05, 0.1]
     shift = (xa - x).norm(dim=-1)
     assert float(shift.max()) < 1.5 and float(shift.min()) > 0.1
-    from diffclust.methods.cludi import CLUDINet
+    # one noise scale per chain (the leading index): the shift norms are alike within a chain
+    kept = (xa != 0).all(-1)
+    assert float(torch.stack([shift[c][kept[c]].std() for c in range(4)]).max()) < 1e-4
+    xb = feature_view(x, torch.Generator().manual_seed(0), order="drop_then_noise")
+    assert xb.shape == x.shape and not bool((xb == 0).any())  # the noise fills dropped zeros
 
     net = CLUDINet(3, 16, z_dim=8)
     z = net.reembed(torch.softmax(torch.randn(7, 3), -1))

@@ -7,6 +7,7 @@ import torch
 
 from diffclust.errors import DivergenceError
 from diffclust.training.loop import (
+    ExplosionCheck,
     LossLog,
     RunningMeans,
     Step,
@@ -119,3 +120,15 @@ def test_train_epoch_skips_weights_and_continues_means():
                       epoch_batches(10, 4, g), opt, what="w", weighted=True, running=run)
     assert out["steps"] == 6 and out["size"] == pytest.approx((2 * (16 + 16 + 4)) / 20)
     assert list(out)[0] == "size"  # the declared keys come first
+
+
+def test_explosion_check_sets_its_reference_then_raises():
+    check = ExplosionCheck(10.0)
+    check(5.0, "run")  # the first value is the reference
+    check(49.0, "run")
+    with pytest.raises(DivergenceError, match=r"run: the loss exploded to 51, more than 10× "
+                                              r"its first value 5; lower lr"):
+        check(51.0, "run", "lower lr")
+    check.ref = None  # a loss of another scale starts again
+    check(500.0, "run")
+    assert check.ref == 500.0

@@ -1,4 +1,5 @@
-"""Batched image augmentations in plain torch (no torchvision), for contrastive learning.
+"""Batched augmentations in plain torch (no torchvision): images for contrastive learning,
+feature vectors for the feature methods (:func:`feature_view`).
 
 Every function takes images ``x`` of shape ``(B, C, H, W)`` in [−1, 1] (the diffclust image
 convention, see :func:`diffclust.data.validation.check_images`) and a CPU ``torch.Generator``;
@@ -14,7 +15,9 @@ device and range.
   grey images;
 * :func:`random_grayscale` (colour only), :func:`gaussian_blur` (per-sample σ, separable,
   grouped convolution);
-* :class:`SimCLRAugment` — the SimCLR composition with defaults per image type.
+* :class:`SimCLRAugment` — the SimCLR composition with defaults per image type;
+* :func:`feature_view` — a noisy, coordinate-dropped view of feature vectors (CLUDI,
+  Self-Classifier).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch.nn.functional as F
 __all__ = [
     "SimCLRAugment",
     "color_jitter",
+    "feature_view",
     "gaussian_blur",
     "random_grayscale",
     "random_resized_crop",
@@ -181,3 +185,34 @@ class SimCLRAugment:
         return (f"SimCLRAugment(crop_scale={self.crop_scale}, flip_p={self.flip_p}, "
                 f"jitter={self.jitter}, jitter_p={self.jitter_p}, gray_p={self.gray_p}, "
                 f"blur_p={self.blur_p}, blur_sigma={self.blur_sigma})")
+
+
+def _plain_draws(fn):
+    return lambda shape, generator, device: fn(shape, generator=generator).to(device)
+
+
+def feature_view(x, generator, noise=(0.2, 1.0), drop=(0.05, 0.1), order="noise_then_drop",
+                 rows=None):
+    """A random view x̃ of feature vectors ``x`` (L, …, D) (METHODS.md §2.4.2): a unit-norm
+    Gaussian direction scaled by ``U[noise]``, then coordinate dropout at rate ``U[drop]``
+    without rescaling (``order="drop_then_noise"`` swaps the two).
+
+    One scale and one rate per leading index (a row of a (B, D) batch; a chain of CLUDI's
+    (S, B, D)), drawn on the CPU. ``rows``: the source of the per-coordinate draws, with
+    ``rows.randn(shape, generator, device)`` and ``rows.rand(…)`` (e.g. a
+    :class:`~diffclust.training.distributed.GlobalBatchRandom` for one rank's rows of a global
+    batch); default plain ``torch.randn`` / ``torch.rand`` on ``generator``.
+    """
+    dev, lead = x.device, (x.shape[0],) + (1,) * (x.ndim - 1)
+    randn = rows.randn if rows is not None else _plain_draws(torch.randn)
+    rand = rows.rand if rows is not None else _plain_draws(torch.rand)
+
+    def add_noise(v):
+        a = torch.empty(lead).uniform_(*noise, generator=generator).to(dev)
+        return v + a * F.normalize(randn(v.shape, generator, dev), dim=-1)
+
+    def dropout(v):
+        r = torch.empty(lead).uniform_(*drop, generator=generator).to(dev)
+        return v * (rand(v.shape, generator, dev) >= r)
+
+    return dropout(add_noise(x)) if order == "noise_then_drop" else add_noise(dropout(x))

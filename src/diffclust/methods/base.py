@@ -41,6 +41,9 @@ class DiffClusterMixin(ClusterMixin, BaseEstimator):
     """
 
     _input_kind = "features"  # or "images"
+    #: parameters that may hold an object (a model, an augmentation): config.json records them
+    #: as None when they do (the saved weights keep what the object shaped)
+    _object_params: tuple = ()
     _thread_cap: int | None = None  # intra-op threads during fit (training/runtime.thread_policy)
     #: a loss with fixed targets (an ELBO), so that one that never went down is worth a warning;
     #: self-distillation losses (CLUDI, TEMI, DEC) chase moving targets and may rise
@@ -77,9 +80,15 @@ class DiffClusterMixin(ClusterMixin, BaseEstimator):
     def _extra_warnings(self) -> list[str]:
         return []
 
-    def predict_proba(self, X) -> np.ndarray:
+    def _fitted_input(self, X=None):
+        """``X`` validated for the fitted estimator (``NotFittedError`` before ``fit``), with
+        the inference runtime (device, precision) set up; ``X=None`` checks only the fit."""
         check_is_fitted(self, "labels_")
-        X = self._validate_input(X, fitting=False)
+        self._ensure_runtime()
+        return None if X is None else self._validate_input(X, fitting=False)
+
+    def predict_proba(self, X) -> np.ndarray:
+        X = self._fitted_input(X)
         proba = self._predict_proba(X)
         if not np.isfinite(proba).all():
             raise FloatingPointError(
@@ -209,7 +218,9 @@ class DiffClusterMixin(ClusterMixin, BaseEstimator):
                    **{k: getattr(self, k) for k in self._fitted_tensors}, **tensors,
                    "labels_": torch.as_tensor(np.asarray(self.labels_), dtype=torch.int64)}
         config = {"class": type(self).__name__, "library": "diffclust",
-                  "params": {k: _jsonable(v) for k, v in self.get_params().items()},
+                  "params": {k: None if k in self._object_params
+                             and not isinstance(v, (str, Path, type(None))) else _jsonable(v)
+                             for k, v in self.get_params().items()},
                   "fitted": {k: _jsonable(v) for k, v in meta.items()}}
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         blob = save(tensors)

@@ -45,9 +45,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..diffusion.mlp import VectorDenoiser
+from ..augment import feature_view
+from ..diffusion.assignment import ONE_PROCESS, CLUDINet, sample_embeddings
 from ..diffusion.process import q_sample
-from ..diffusion.samplers import ddim_sample, ddim_time_pairs
 from ..diffusion.schedules import NoiseSchedule
 from ..diffusion.weighting import min_snr_weight
 from ..losses import self_classifier_pair_matrix
@@ -80,30 +80,6 @@ from .params import (
 )
 
 __all__ = ["CLUDI", "CLUDINet"]
-
-
-# CLUDI's per-point tensors are (chains, batch, dim): the batch is dimension 1
-_ALONE = GlobalBatchRandom(dim=1)
-
-
-class CLUDINet(nn.Module):
-    """Denoiser ẑ_θ, classifier (W, b) and the embedding matrix E (frozen unless learned)."""
-
-    def __init__(self, n_clusters, cond_dim, z_dim=64, dropout=0.15, learn_E=False, n_blocks=5):
-        super().__init__()
-        self.denoiser = VectorDenoiser(z_dim, cond_dim, n_blocks=n_blocks, dropout=dropout)
-        self.classifier = nn.Linear(z_dim, n_clusters)
-        E = torch.randn(n_clusters, z_dim)
-        if learn_E:
-            self.E = nn.Parameter(E)
-        else:
-            self.register_buffer("E", E)
-        self.z_dim = z_dim
-
-    def reembed(self, p: torch.Tensor) -> torch.Tensor:
-        """z̃ = sqrt(d) · normalize(p Ē), Ē = E with unit-norm rows (eq. 13)."""
-        E_bar = F.normalize(self.E.float(), dim=-1)
-        return math.sqrt(self.z_dim) * F.normalize(p.float() @ E_bar, dim=-1)
 
 
 class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
@@ -254,62 +230,13 @@ class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
                           f"Self-Classifier loss needs batches much larger than K; raise "
                           f"batch_size", stacklevel=3)
 
-    # ------------------------------------------------------------------ pieces of a step
-    def _augment(self, x, S, g, rows=_ALONE):
-        """x̃: per chain, a unit-norm Gaussian direction scaled by U[a, b], then coordinate
-        dropout at rate U[r0, r1] without rescaling (METHODS.md §2.4.2). ``rows``: this rank's
-        rows of the global batch (the per-point draws are made for the global batch)."""
-        dev = x.device
-        xs = x.expand(S, *x.shape)
-
-        def noise(v):
-            a = torch.empty(S, 1, 1).uniform_(*self.aug_noise, generator=g).to(dev)
-            n = F.normalize(rows.randn(v.shape, g, dev), dim=-1)
-            return v + a * n
-
-        def drop(v):
-            r = torch.empty(S, 1, 1).uniform_(*self.aug_drop, generator=g).to(dev)
-            keep = rows.rand(v.shape, g, dev) >= r
-            return v * keep
-
-        return drop(noise(xs)) if self.aug_order == "noise_then_drop" else noise(drop(xs))
-
-    def _ddim(self, model_x0, z, pairs, g, noise_scale, rows):
-        """Self-conditioned DDIM(η = 1) with x̂_0 clipped to [−1, 1] from ``z``, the noise ξ of
-        every step drawn through ``rows`` (global batch, sliced). Returns ``(z, x̂_0)``."""
-        return ddim_sample(model_x0, self.sched_, z.shape, eta=1.0, noise_scale=noise_scale,
-                           clip=1.0, self_condition=True, time_pairs=pairs, x_T=z,
-                           noise_fn=lambda shape, dev, dt: rows.randn(shape, g, dev, dtype=dt))
-
+    # ------------------------------------------------------------------ the step
     def _sample_embeddings(self, net, x, S, n_steps, g, noise_scale, grad_last=False,
-                           rows=_ALONE):
-        """Reverse diffusion of S chains for every row of ``x`` → final ẑ_0 (S, B, d).
-        ``rows``: this rank's rows of the global batch (the noise is drawn for all of them)."""
-        den = net.denoiser
-        h_cond = den.prepare(x)
-        dev = x.device
-        cache = {}
-        # the steps without a graph fold and cast the weights once, not at every step
-        weights = (None if torch.is_grad_enabled() and not grad_last
-                   else den.inference_weights(self.amp_dtype_))
+                           rows=ONE_PROCESS):
+        return sample_embeddings(net, x, S, self.sched_, n_steps, g, noise_scale,
+                                 self.amp_dtype_, grad_last, rows)
 
-        def model_x0(z, t, z_sc):
-            if t not in cache:
-                cache[t] = den.time_bias(torch.tensor([t], device=dev))
-            return den.step(z, h_cond, cache[t], z_sc, weights=weights).float()
-
-        z_T = noise_scale * rows.randn((S, len(x), net.z_dim), g, dev)
-        pairs = ddim_time_pairs(self.n_timesteps, n_steps)
-        if not grad_last:
-            return self._ddim(model_x0, z_T, pairs, g, noise_scale, rows)[1]
-        # truncated back-propagation: every step but the last without a graph
-        with torch.no_grad():
-            z_t, z_sc = self._ddim(model_x0, z_T, pairs[:-1], g, noise_scale, rows)
-        weights = None  # the last step back-propagates into the parameters (read at call time)
-        z_sc = torch.zeros_like(z_t) if z_sc is None else z_sc
-        return model_x0(z_t, pairs[-1][0], z_sc).clamp(-1.0, 1.0)
-
-    def _train_step(self, net, teacher_net, x, g, rows=_ALONE, gather=None, x_view=None):
+    def _train_step(self, net, teacher_net, x, g, rows=ONE_PROCESS, gather=None, x_view=None):
         """Loss of one step on the batch ``x`` (this rank's rows ``rows`` of the global batch;
         ``gather``: all-gather of per-rank logits along the batch, for the Self-Classifier CE).
         Returns ``(loss, parts)``, ``parts`` the global-batch loss values (floats)."""
@@ -331,7 +258,8 @@ class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
             logits_T, z_tgt = logits_T.detach(), z_tgt.detach()
         # --- student ---
         net.train()
-        x_aug = self._augment(x_view, S, g, rows)
+        x_aug = feature_view(x_view.expand(S, *x_view.shape), g, self.aug_noise, self.aug_drop,
+                             self.aug_order, rows)
         t = torch.randint(0, self.n_timesteps, (S,), generator=g).to(dev)
         eps = rows.randn(z_tgt.shape, g, dev)
         z_t = q_sample(self.sched_, z_tgt, t, noise=eps, noise_scale=self.noise_scale)
@@ -401,7 +329,7 @@ class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
         # as one process draws them; each rank keeps its contiguous slice
         sampler = DistributedBatchSampler(n, B, info=info, generator=g)
         local = sampler.local_slice()
-        rows = GlobalBatchRandom.for_rank(B, info, dim=1) if info.distributed else _ALONE
+        rows = GlobalBatchRandom.for_rank(B, info, dim=1) if info.distributed else ONE_PROCESS
         gather = (lambda t: all_gather_cat(t, dim=-2)) if info.distributed else None
         # DDP over the whole step (the teacher pass may carry gradients too), or the step as is
         step_fn = wrap_ddp(StepModule(self._train_step, net), info)
@@ -487,10 +415,7 @@ class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
 
     def transform(self, X):
         """The averaged assignment embedding E[ẑ_0 | x] over ``eval_chains`` chains, (N, d)."""
-        from sklearn.utils.validation import check_is_fitted
-
-        check_is_fitted(self, "labels_")
-        X = self._center(self._validate_input(X, fitting=False))
+        X = self._center(self._fitted_input(X))
         g = torch.Generator().manual_seed(getattr(self, "seed_", 0) + 2)
 
         def embedding(xb):

@@ -57,7 +57,7 @@ from ..errors import DivergenceError
 from ..mixture import fit_gmm, gmm_log_posterior, prior_matching_terms, sample_gmm
 from ..models.encoder import LatentEncoder
 from ..training.checkpoint import load_named_state, named_state
-from ..training.loop import epoch_batches, train_epoch
+from ..training.loop import ExplosionCheck, epoch_batches, train_epoch
 from ..training.runtime import autocast, map_batches, progress
 from .base import DiffClusterMixin, ResumableMixin
 from .params import (
@@ -317,16 +317,15 @@ class ClusterDDPM(ResumableMixin, DiffClusterMixin):
         n_em, m_ep = int(self.n_em_iters), int(self.m_step_epochs)
         total = math.ceil(n / B) * (n_pre + n_em * m_ep)
         bar = progress(range(total), desc="ClusterDDPM", verbose=self.verbose)
-        state = {"ref": None, "it": 0}
+        state = {"it": 0}
+        guard = ExplosionCheck(self.divergence_factor)  # and non-finite values: the loop's
 
         def run_epoch(phase, epoch, prior):
             self.unet_.train()
             self.encoder_.train()
 
             def step(idx):
-                loss, logs = self._losses(Xt[idx].to(self.device_), prior, g)
-                self._check_loss(loss, phase, epoch, state)
-                return loss, logs
+                return self._losses(Xt[idx].to(self.device_), prior, g)
 
             # the gradient norm is always computed (inf: no clipping) and must be finite
             batches = epoch_batches(n, B, g)  # a one-image remainder has no batch statistics
@@ -334,7 +333,7 @@ class ClusterDDPM(ResumableMixin, DiffClusterMixin):
             logs = train_epoch(step, batches, opt_box[0], parameters=params,
                                clip_grad=float(self.clip_grad) if self.clip_grad else math.inf,
                                what=f"ClusterDDPM diverged in the {phase} phase (epoch {epoch})",
-                               hint=self._divergence_hint(), bar=bar,
+                               hint=self._divergence_hint(), bar=bar, check=guard,
                                postfix=lambda p: {"phase": phase, "loss": f"{p['loss']:.3f}"})
             state["it"] += logs.pop("steps")
             logs.pop("loss")  # the history keeps the named terms
@@ -356,13 +355,13 @@ class ClusterDDPM(ResumableMixin, DiffClusterMixin):
                    {"gmm_weights": self.gmm_weights_, "gmm_means": self.gmm_means_,
                     "gmm_covariances": self.gmm_covariances_, "prev": torch.as_tensor(prev)})
             self._checkpoint_training(step, n_total, ck_state(), tensors=gmm, every=1,
-                                      extra={"history": self.history_, "ref": state["ref"],
+                                      extra={"history": self.history_, "ref": guard.ref,
                                              "it": state["it"]})
 
         start, tens, extra = self._restore_training(X, ck_state())
         prev = None
         if start:
-            self.history_, state["ref"], state["it"] = extra["history"], extra["ref"], extra["it"]
+            self.history_, guard.ref, state["it"] = extra["history"], extra["ref"], extra["it"]
             bar.update(state["it"])
             if "prev" in tens:
                 self.gmm_weights_, self.gmm_means_ = tens["gmm_weights"], tens["gmm_means"]
@@ -378,7 +377,7 @@ class ClusterDDPM(ResumableMixin, DiffClusterMixin):
             if prev is None:
                 # ---- GMM_0 (k-means init) on the encoder outputs
                 self._e_step(X, init=None, round_=0)
-                state["ref"] = None  # the main loss has a different scale
+                guard.ref = None  # the main loss has a different scale
                 # fresh Adam moments: the pixel-sum loss is ~C·H·W times the pre-training mean,
                 # and stale second moments would turn the first main steps into huge updates
                 opt_box[0] = torch.optim.Adam(params, lr=float(self.lr))
@@ -420,23 +419,6 @@ class ClusterDDPM(ResumableMixin, DiffClusterMixin):
         return (f"lam={self.lam} is probably too large for this data (the paper reports "
                 f"unstable training for large λ); lower lam or lr, or set clip_grad")
 
-    def _check_loss(self, loss, phase, epoch, state):
-        """The loss value, unless it is not finite or exploded past ``divergence_factor`` × its
-        first value: then a :class:`DivergenceError`."""
-        v = float(loss.detach())
-        hint = self._divergence_hint()
-        if not math.isfinite(v):
-            raise DivergenceError(f"ClusterDDPM diverged in the {phase} phase (epoch {epoch}): "
-                                  f"the loss is {v}. {hint}")
-        if state["ref"] is None:
-            state["ref"] = max(abs(v), 1e-3)
-        elif v > float(self.divergence_factor) * state["ref"]:
-            raise DivergenceError(f"ClusterDDPM diverged in the {phase} phase (epoch {epoch}): "
-                                  f"the loss exploded to {v:.4g}, more than "
-                                  f"{self.divergence_factor:g}× its initial {state['ref']:.4g}. "
-                                  f"{hint}")
-        return v
-
     def _gmm_cpu(self):
         return self.gmm_weights_, self.gmm_means_, self.gmm_covariances_
 
@@ -469,16 +451,11 @@ class ClusterDDPM(ResumableMixin, DiffClusterMixin):
 
     # ------------------------------------------------------------------ predict / transform
     def _predict_proba(self, X):
-        self._ensure_runtime()
         return self._posterior(self._readout_latents(X))
 
     def transform(self, X):
         """The encoder means μ_φ(x) (N, J): the learned latent representation."""
-        from sklearn.utils.validation import check_is_fitted
-
-        check_is_fitted(self, "labels_")
-        X = self._validate_input(X, fitting=False)
-        self._ensure_runtime()
+        X = self._fitted_input(X)
         return self._embed(X).numpy()
 
     @torch.no_grad()
@@ -489,12 +466,9 @@ class ClusterDDPM(ResumableMixin, DiffClusterMixin):
         ``x_T ~ N(0, I)`` with ``σ_t² = β_t`` and a deterministic last step (§5.4). ``guidance``
         w ≥ 0 uses ``(1 + w) ε(x_t, t, z) − w ε(x_t, t, 0)``. Returns float32 images in
         [−1, 1] of shape ``(n, C, H, W)`` and the cluster ids ``(n,)``."""
-        from sklearn.utils.validation import check_is_fitted
-
         from ..diffusion.pretrain import sample_images
 
-        check_is_fitted(self, "labels_")
-        self._ensure_runtime()
+        self._fitted_input()
         n = int(n)
         if n < 1:
             raise ValueError(f"n must be ≥ 1, got {n}")

@@ -236,30 +236,25 @@ class DiEC(ResumableMixin, DiffClusterMixin):
                            self.verbose)
 
     # ------------------------------------------------------------------ OTS
-    def _search_timestep(self, unet, X):
-        from ..selection.ots import clusterability_score, golden_section_argmax
-
-        n = len(X)
-        m = min(n, int(self.ots_subset))
-        sub = torch.randperm(n, generator=self.generator_)[:m].numpy()
-        Xs = X[np.sort(sub)]
+    def _ots_range(self):
         T = self.sched_.T
         lo, hi = self.ots_range if self.ots_range is not None else (1, T - 1)
         if not 0 <= lo <= hi <= T - 1:
             raise ValueError(f"ots_range must satisfy 0 ≤ lo ≤ hi ≤ T−1={T - 1}, got {(lo, hi)}")
-        cands = np.arange(int(lo), int(hi) + 1, int(self.ots_stride))
-        crn_seed = self.seed_ + 7919  # common random numbers: same draws for every t
+        return int(lo), int(hi)
+
+    def _search_timestep(self, unet, X):
+        from ..selection.ots import optimal_timestep
+
+        lo, hi = self._ots_range()
+        crn_seed = self.seed_ + 7919  # common random numbers: the same draws for every t
         unet.eval()
-
-        def score(t):
-            e = self._embed_raw(unet, Xs, t, int(self.ots_repeats), crn_seed).numpy()
-            return clusterability_score(e, self.n_clusters, int(self.ots_n_init), self.seed_)
-
-        if self.verbose:
-            print(f"DiEC OTS: m={m}, R={self.ots_repeats}, t in [{lo}, {hi}]", flush=True)
-        res = golden_section_argmax(score, cands, tol=int(self.ots_tol), grid=int(self.ots_grid),
-                                    n_final=self.ots_final, verbose=self.verbose)
-        return res
+        return optimal_timestep(
+            lambda t, Xs: self._embed_raw(unet, Xs, t, int(self.ots_repeats), crn_seed).numpy(),
+            X, self.n_clusters, np.arange(lo, hi + 1, int(self.ots_stride)),
+            subset=int(self.ots_subset), generator=self.generator_, seed=self.seed_,
+            n_init=int(self.ots_n_init), tol=int(self.ots_tol), grid=int(self.ots_grid),
+            n_final=self.ots_final, verbose=self.verbose)
 
     def _extra_warnings(self):
         """The timestep search ending at the edge of its range (t* = 1 means the U-Net's
@@ -268,9 +263,7 @@ class DiEC(ResumableMixin, DiffClusterMixin):
 
         if self.t_star != "auto" or not getattr(self, "ots_range_", None):
             return []
-        T = self.sched_.T
-        lo, hi = self.ots_range if self.ots_range is not None else (1, T - 1)
-        return edge_warning("t*", self.t_star_, int(lo), int(hi))
+        return edge_warning("t*", self.t_star_, *self._ots_range())
 
     # ------------------------------------------------------------------ fit
     def _fit(self, X):
@@ -450,27 +443,18 @@ class DiEC(ResumableMixin, DiffClusterMixin):
         self.train_seconds_ = time.perf_counter() - st["t0"]
 
     def _predict_proba(self, X):
-        self._ensure_runtime()
         Z = self._embed(X, int(self.n_noise_infer), getattr(self, "seed_", 0) + 2)
         return self._q_of(Z).numpy().astype(np.float64)
 
     def transform(self, X):
         """The clustering representation ``z = mean_m (ẽ + g(ẽ))`` at t*, (N, D_e)."""
-        from sklearn.utils.validation import check_is_fitted
-
-        check_is_fitted(self, "labels_")
-        X = self._validate_input(X, fitting=False)
-        self._ensure_runtime()
+        X = self._fitted_input(X)
         return self._embed(X, int(self.n_noise_infer), getattr(self, "seed_", 0) + 2).numpy()
 
     def bottleneck_features(self, X, t=None, n_noise=None):
         """Raw (un-standardised, un-mapped) averaged bottleneck features ē(t) of the fitted
         U-Net; ``t`` defaults to t*. Handy for the k-means-on-raw-features ablation."""
-        from sklearn.utils.validation import check_is_fitted
-
-        check_is_fitted(self, "labels_")
-        X = self._validate_input(X, fitting=False)
-        self._ensure_runtime()
+        X = self._fitted_input(X)
         t = self.t_star_ if t is None else int(t)
         return self._embed_raw(self.unet_, X, t, int(n_noise or self.n_noise_infer),
                                getattr(self, "seed_", 0) + 2).numpy()
@@ -480,17 +464,7 @@ class DiEC(ResumableMixin, DiffClusterMixin):
         return self.unet_.save_pretrained(path)
 
     # ------------------------------------------------------------------ persistence
-    def save_pretrained(self, path):
-        # a U-Net object passed as ``unet`` cannot go into config.json: its fine-tuned weights are
-        # saved with the model anyway, so the parameter is recorded as None
-        if self.unet is None or isinstance(self.unet, (str, Path)):
-            return super().save_pretrained(path)
-        orig, self.unet = self.unet, None
-        try:
-            return super().save_pretrained(path)
-        finally:
-            self.unet = orig
-
+    _object_params = ("unet",)  # a U-Net object: its fine-tuned weights are saved anyway
     _fitted_json = ("t_star_", "ots_n_evals_", "ots_seconds_", "history_", "n_iter_",
                     "converged_", "fit_seconds_", "pretrain_seconds_", "seed_", "unet_source_")
     _fitted_numpy = ("init_labels_",)

@@ -510,17 +510,12 @@ class GCC(ResumableMixin, DiffClusterMixin):
 
     # ------------------------------------------------------------------ inference
     def _predict_proba(self, X):
-        self._ensure_runtime()
         _, logits = self._features(self.backbone_, X, self.head_)
         return torch.softmax(logits, 1).numpy().astype(np.float64)
 
     def transform(self, X):
         """F's pooled features ``(N, 8·backbone_width)``."""
-        from sklearn.utils.validation import check_is_fitted
-
-        check_is_fitted(self, "labels_")
-        X = self._validate_input(X, fitting=False)
-        self._ensure_runtime()
+        X = self._fitted_input(X)
         return self._features(self.backbone_, X).numpy()
 
     def predict_stage1(self, X):
@@ -538,22 +533,12 @@ class GCC(ResumableMixin, DiffClusterMixin):
     def generate(self, n_per_cluster: int = 8, seed: int = 0) -> np.ndarray:
         """Images ``(K·n, C, H, W)`` in [−1, 1] from the fitted conditional generator G, cluster
         by cluster (labels ``repeat(arange(K), n)``)."""
-        from sklearn.utils.validation import check_is_fitted
-
-        check_is_fitted(self, "labels_")
-        self._ensure_runtime()
+        self._fitted_input()
         y = torch.arange(int(self.n_clusters)).repeat_interleave(int(n_per_cluster))
         return self._generate(len(y), y, seed).numpy()
 
     # ------------------------------------------------------------------ persistence
-    def save_pretrained(self, path):
-        # an augmentation object cannot go into config.json (recorded as None)
-        orig, self.augment = self.augment, None
-        try:
-            return super().save_pretrained(path)
-        finally:
-            self.augment = orig
-
+    _object_params = ("augment",)
     _fitted_json = ("seed_", "history_", "clr_history_", "head_history_", "fit_seconds_",
                     "stage_seconds_")
     _fitted_numpy = ("stage1_labels_", "kmeans_labels_")

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..augment import feature_view
 from ..losses import self_classifier_loss
 from ..training.checkpoint import load_named_state, named_state
 from ..training.loop import train_steps
@@ -75,12 +76,6 @@ class SelfClassifier(DiffClusterMixin):
         return nn.Sequential(nn.Linear(D, H), nn.BatchNorm1d(H), nn.ReLU(), nn.Linear(H, H),
                              nn.BatchNorm1d(H), nn.ReLU(), nn.Linear(H, self.n_clusters))
 
-    def _view(self, x, g):
-        a = torch.empty(len(x), 1).uniform_(*self.aug_noise, generator=g)
-        v = x + a * F.normalize(torch.randn(x.shape, generator=g), dim=-1)
-        r = torch.empty(len(x), 1).uniform_(*self.aug_drop, generator=g)
-        return v * (torch.rand(x.shape, generator=g) >= r)
-
     def _fit(self, X):
         n, D = X.shape
         if n < 2:
@@ -99,7 +94,8 @@ class SelfClassifier(DiffClusterMixin):
 
         def step(i):
             x = Xt[torch.randint(n, (B,), generator=g)]
-            v1, v2 = self._view(x, g).to(self.device_), self._view(x, g).to(self.device_)
+            v1 = feature_view(x, g, self.aug_noise, self.aug_drop).to(self.device_)
+            v2 = feature_view(x, g, self.aug_noise, self.aug_drop).to(self.device_)
             head.train()
             with autocast(self.device_, self.amp_dtype_):
                 l1, l2 = head(v1).float(), head(v2).float()

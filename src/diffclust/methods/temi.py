@@ -358,10 +358,7 @@ class TEMI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
 
     def transform(self, X):
         """The selected teacher head's L2-normalised bottleneck embedding, ``(N, 256)``."""
-        from sklearn.utils.validation import check_is_fitted
-
-        check_is_fitted(self, "labels_")
-        X = self._validate_input(X, fitting=False)
+        X = self._fitted_input(X)
         with torch.no_grad(), autocast(self.device_, self.amp_dtype_):
             z = map_batches(lambda xb: self.head_.bottleneck(xb)[0], self._preprocess(X),
                             self.predict_batch_size, self.device_)

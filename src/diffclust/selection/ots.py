@@ -28,8 +28,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
+import torch
 
-__all__ = ["OTSResult", "golden_section_argmax", "full_scan", "clusterability_score"]
+__all__ = ["OTSResult", "clusterability_score", "full_scan", "golden_section_argmax",
+           "optimal_timestep"]
 
 _INVPHI = (math.sqrt(5.0) - 1.0) / 2.0
 
@@ -138,3 +140,20 @@ def clusterability_score(features, n_clusters: int, n_init: int = 3, seed: int =
     if len(np.unique(labels)) < 2:
         return 0.0
     return float(calinski_harabasz(X, labels))
+
+
+def optimal_timestep(features: Callable, X, n_clusters: int, candidates: Sequence[int], *,
+                     subset: int, generator: torch.Generator, seed: int = 0, n_init: int = 3,
+                     tol: int = 16, grid: int = 8, n_final: int | None = 5,
+                     verbose: bool = False) -> OTSResult:
+    """The Optimal Timestep Search: ``t* = argmax_t CH(kmeans_K(e(t)))`` (eq. 10, 14) by
+    :func:`golden_section_argmax` over ``candidates``, ``e(t) = features(t, X_m)`` on one random
+    subset ``X_m`` of ``subset`` rows of ``X`` (sorted; drawn from ``generator``), the same for
+    every t (``features`` should draw its noise alike for every t: common random numbers)."""
+    m = min(len(X), int(subset))
+    X_m = X[np.sort(torch.randperm(len(X), generator=generator)[:m].numpy())]
+    if verbose:
+        print(f"OTS: m={m}, t in [{int(candidates[0])}, {int(candidates[-1])}]", flush=True)
+    return golden_section_argmax(
+        lambda t: clusterability_score(features(t, X_m), n_clusters, n_init, seed), candidates,
+        tol=tol, grid=grid, n_final=n_final, verbose=verbose)

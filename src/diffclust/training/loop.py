@@ -13,7 +13,8 @@ paper); the rest is here and exists once:
 Turning a loss into an update is :func:`optimizer_step`, the same for every loop:
 
 1. the finiteness check: a non-finite loss raises :class:`~diffclust.errors.DivergenceError`
-   naming the run and the loop's advice (and nothing is updated);
+   naming the run and the loop's advice (and nothing is updated); so does, with ``check`` (an
+   :class:`ExplosionCheck`), a loss grown far past its first value;
 2. ``zero_grad``, ``backward`` (DDP averages the gradients there);
 3. clipping: the global norm (``clip="norm"``; a non-finite norm is a divergence too) or each
    parameter alone (``clip="per_parameter"``, DINO/CLUDI);
@@ -38,23 +39,28 @@ from ..errors import DivergenceError
 from .optim import clip_per_parameter
 from .runtime import progress
 
-__all__ = ["LossLog", "RunningMeans", "Step", "epoch_batches", "optimizer_step", "train_epoch", "train_steps"]
+__all__ = ["ExplosionCheck", "LossLog", "RunningMeans", "Step", "epoch_batches", "optimizer_step",
+           "train_epoch", "train_steps"]
 
 
 def optimizer_step(loss: torch.Tensor, optimizer, *, what: str, hint: str = "",
                    value: float | None = None, scheduler=None, clip_grad: float | None = None,
                    clip: str = "norm", parameters=None, before_step: Callable | None = None,
-                   ema=None, ema_of=None, ema_decay: float | None = None) -> float:
+                   ema=None, ema_of=None, ema_decay: float | None = None,
+                   check: Callable | None = None) -> float:
     """One optimiser update from the scalar ``loss``; returns its value (a float).
 
     ``what`` names the run and the place ("CLUDI training at step 12") and ``hint`` the advice
     of a :class:`DivergenceError`; ``value`` is the loss value to check when the caller already
     has it (e.g. the global-batch loss under DDP), else ``loss.item()``. ``parameters``: what
     ``clip="norm"`` clips (a module or an iterable), the module whose tensors are clipped alone
-    for ``clip="per_parameter"``. ``ema.update(ema_of, ema_decay)`` follows the step."""
+    for ``clip="per_parameter"``. ``ema.update(ema_of, ema_decay)`` follows the step;
+    ``check(value, what, hint)`` may raise before it (:class:`ExplosionCheck`)."""
     value = float(loss.detach()) if value is None else float(value)
     if not math.isfinite(value):
         raise DivergenceError(f"{what}: the loss became {value}; {hint}".rstrip("; "))
+    if check is not None:
+        check(value, what, hint)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if clip_grad is not None:
@@ -86,12 +92,30 @@ class RunningMeans:
 
     def add(self, parts: dict, weight=1):
         for k, v in parts.items():
+            v = v.detach() if isinstance(v, torch.Tensor) else v
             self.sums[k] = self.sums.get(k, 0.0) + weight * float(v)
         self.weight += weight
         self.steps += 1
 
     def means(self) -> dict:
         return {k: v / max(self.weight, 1) for k, v in self.sums.items()}
+
+
+class ExplosionCheck:
+    """A loss grown past ``factor`` × the first value it saw (``ref``) is a divergence, like a
+    non-finite one (ClusterDDPM's ``divergence_factor``). ``ref = None`` starts again (a loss
+    of another scale); ``ref`` is all its state, for a checkpoint."""
+
+    def __init__(self, factor: float, ref: float | None = None):
+        self.factor, self.ref = float(factor), ref
+
+    def __call__(self, value: float, what: str, hint: str = ""):
+        if self.ref is None:
+            self.ref = max(abs(value), 1e-3)
+        elif value > self.factor * self.ref:
+            raise DivergenceError(f"{what}: the loss exploded to {value:.4g}, more than "
+                                  f"{self.factor:g}× its first value {self.ref:.4g}; {hint}"
+                                  .rstrip("; "))
 
 
 class LossLog:
