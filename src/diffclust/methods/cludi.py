@@ -52,32 +52,15 @@ from ..diffusion.schedules import NoiseSchedule
 from ..diffusion.weighting import min_snr_weight
 from ..losses import self_classifier_pair_matrix
 from ..training.checkpoint import load_named_state, named_state
-from ..training.distributed import (
-    DistributedBatchSampler,
-    GlobalBatchDropout,
-    GlobalBatchRandom,
-    StepModule,
-    all_gather_cat,
-    all_reduce_mean,
-    swap_dropout,
-    wrap_ddp,
-)
+from ..training.distributed import (DistributedBatchSampler, GlobalBatchDropout, GlobalBatchRandom,
+                                    StepModule, all_gather_cat, all_reduce_mean, swap_dropout,
+                                    wrap_ddp)
 from ..training.loop import LossLog, train_steps
 from ..training.optim import EMA, param_groups, warmup_cosine
 from ..training.runtime import autocast, map_batches
 from .base import DiffClusterMixin, EmbeddingMixin, ResumableMixin
-from .params import (
-    AUTO,
-    COMMON,
-    StrOptions,
-    flag,
-    fraction,
-    int_at_least,
-    non_negative,
-    pair,
-    positive,
-    unit,
-)
+from .params import (AUTO, COMMON, StrOptions, flag, fraction, int_at_least, non_negative, pair,
+                     positive, unit)
 
 __all__ = ["CLUDI", "CLUDINet"]
 

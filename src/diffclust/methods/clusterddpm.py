@@ -60,17 +60,8 @@ from ..training.checkpoint import load_named_state, named_state
 from ..training.loop import ExplosionCheck, epoch_batches, train_epoch
 from ..training.runtime import autocast, map_batches, progress
 from .base import DiffClusterMixin, ResumableMixin
-from .params import (
-    AUTO,
-    COMMON,
-    Interval,
-    Real,
-    StrOptions,
-    fraction,
-    int_at_least,
-    non_negative,
-    positive,
-)
+from .params import (AUTO, COMMON, Interval, Real, StrOptions, fraction, int_at_least, non_negative,
+                     positive)
 
 __all__ = ["PAPER_DEFAULTS", "ClusterDDPM"]
 #: The paper's per-dataset latent dimension J and trade-off λ (Table 4 / §5.5).
@@ -388,7 +379,8 @@ class ClusterDDPM(ResumableMixin, DiffClusterMixin):
                 logs = {}
                 for ep in range(m_ep):  # M-step with the mixture fixed
                     logs = run_epoch("em", r, prior=True)
-                info = self._e_step(X, init=self._gmm_cpu(), round_=r)  # E-step, warm start
+                gmm = (self.gmm_weights_, self.gmm_means_, self.gmm_covariances_)
+                info = self._e_step(X, init=gmm, round_=r)  # E-step, warm-started
                 labels = self._current_labels(X)
                 change = float((labels != prev).mean())
                 prev = labels
@@ -401,26 +393,20 @@ class ClusterDDPM(ResumableMixin, DiffClusterMixin):
             self.unet_.eval()
             self.encoder_.eval()
         self.n_iter_ = state["it"]
-        proba = self._posterior(self._readout_latents(X))
+        proba = self._predict_proba(X)
         if not np.isfinite(proba).all():
             raise DivergenceError("the final cluster posteriors are not finite")
-        self.train_proba_ = proba
-        self.labels_ = proba.argmax(1)
+        self.train_proba_, self.labels_ = proba, proba.argmax(1)
         self.fit_seconds_ = time.perf_counter() - t_start
-        n_empty = int(self.n_clusters) - len(np.unique(self.labels_))
-        if n_empty:
-            import warnings
 
-            warnings.warn(f"ClusterDDPM: {n_empty} of {self.n_clusters} clusters received no "
-                          f"sample (the mixture collapsed); pre-train longer, or lower lam/lr",
-                          RuntimeWarning, stacklevel=3)
+    def _extra_warnings(self):
+        n_empty = int(self.n_clusters) - len(np.unique(self.labels_))
+        return [f"{n_empty} of {self.n_clusters} clusters received no sample (the mixture "
+                f"collapsed); pre-train longer, or lower lam/lr"] if n_empty else []
 
     def _divergence_hint(self):
         return (f"lam={self.lam} is probably too large for this data (the paper reports "
                 f"unstable training for large λ); lower lam or lr, or set clip_grad")
-
-    def _gmm_cpu(self):
-        return self.gmm_weights_, self.gmm_means_, self.gmm_covariances_
 
     def _e_step(self, X, init, round_):
         g = torch.Generator().manual_seed(self.seed_ + 10007 * (round_ + 1))
@@ -434,24 +420,19 @@ class ClusterDDPM(ResumableMixin, DiffClusterMixin):
         self.gmm_weights_, self.gmm_means_, self.gmm_covariances_ = w, m, v
         return info
 
-    def _readout_latents(self, X):
-        g = torch.Generator().manual_seed(getattr(self, "seed_", 0) + 2)
-        return self._embed(X, sample=self.predict_from == "sample", generator=g)
-
-    def _posterior(self, Z):
+    def _log_posterior(self, Z):
+        """log p(c | z) under the current mixture (eq. 22), on the CPU."""
         with torch.no_grad():
-            lp = gmm_log_posterior(Z.to(self.device_), *self._gmm(), self.covariance_type)
-        return lp.exp().cpu().double().numpy()
+            return gmm_log_posterior(Z.to(self.device_), *self._gmm(), self.covariance_type).cpu()
 
     def _current_labels(self, X):
-        Z = self._embed(X)
-        with torch.no_grad():
-            lp = gmm_log_posterior(Z.to(self.device_), *self._gmm(), self.covariance_type)
-            return lp.argmax(1).cpu().numpy()
+        return self._log_posterior(self._embed(X)).argmax(1).numpy()
 
     # ------------------------------------------------------------------ predict / transform
     def _predict_proba(self, X):
-        return self._posterior(self._readout_latents(X))
+        g = torch.Generator().manual_seed(getattr(self, "seed_", 0) + 2)
+        Z = self._embed(X, sample=self.predict_from == "sample", generator=g)
+        return self._log_posterior(Z).exp().double().numpy()
 
     def transform(self, X):
         """The encoder means μ_φ(x) (N, J): the learned latent representation."""

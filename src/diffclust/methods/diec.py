@@ -45,14 +45,8 @@ from torch import nn
 from ..diffusion.process import q_sample
 from ..diffusion.unet import DiffusionUNet, load_unet, noisy_features
 from ..knn import knn_search
-from ..losses import (
-    dec_kl_loss,
-    dec_soft_assignment,
-    dec_target_distribution,
-    graph_affinities,
-    graph_entropy,
-    graph_loss,
-)
+from ..losses import (dec_kl_loss, dec_soft_assignment, dec_target_distribution, graph_affinities,
+                      graph_entropy, graph_loss)
 from ..models.heads import ResidualMapping
 from ..training.checkpoint import load_named_state, named_state
 from ..training.loop import RunningMeans, Step, epoch_batches, train_epoch

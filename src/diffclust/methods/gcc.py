@@ -64,34 +64,17 @@ import torch
 import torch.nn.functional as F
 
 from ..augment import SimCLRAugment
-from ..losses import (
-    category_matching_loss,
-    classwise_mmd,
-    reliable_metric_loss,
-)
+from ..losses import category_matching_loss, classwise_mmd, reliable_metric_loss
 from ..models.heads import ClusterHead
 from ..models.resnet import ResNet18
-from ..training.checkpoint import (
-    StageCheckpoints,
-    load_named_state,
-    named_state,
-    stage_fingerprints,
-)
+from ..training.checkpoint import (StageCheckpoints, load_named_state, named_state,
+                                   stage_fingerprints)
 from ..training.contrastive import projection_head, train_simclr
 from ..training.loop import RunningMeans, epoch_batches, train_epoch
 from ..training.runtime import autocast, map_batches, progress
 from .base import DiffClusterMixin, ResumableMixin
-from .params import (
-    AUTO,
-    COMMON,
-    StrOptions,
-    flag,
-    fraction,
-    int_at_least,
-    non_negative,
-    pair,
-    positive,
-)
+from .params import (AUTO, COMMON, StrOptions, flag, fraction, int_at_least, non_negative, pair,
+                     positive)
 
 __all__ = ["GCC", "ClusterHead"]
 

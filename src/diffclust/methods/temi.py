@@ -62,27 +62,14 @@ from ..knn import knn_search
 from ..losses import temi_loss
 from ..models.heads import MultiHeadDINO
 from ..training.checkpoint import load_named_state, named_state
-from ..training.distributed import (
-    DistributedBatchSampler,
-    all_reduce_mean,
-    broadcast_tensor,
-    wrap_ddp,
-)
+from ..training.distributed import (DistributedBatchSampler, all_reduce_mean, broadcast_tensor,
+                                    wrap_ddp)
 from ..training.loop import LossLog, Step, train_steps
 from ..training.optim import EMA, cosine_value, warmup_cosine
 from ..training.runtime import autocast, map_batches
 from .base import DiffClusterMixin, EmbeddingMixin, ResumableMixin
-from .params import (
-    AUTO,
-    COMMON,
-    StrOptions,
-    flag,
-    int_at_least,
-    non_negative,
-    positive,
-    unit,
-    unit_open,
-)
+from .params import (AUTO, COMMON, StrOptions, flag, int_at_least, non_negative, positive, unit,
+                     unit_open)
 
 __all__ = ["TEMI", "MultiHeadDINO"]
 
