@@ -25,21 +25,13 @@ for ``m_step_epochs`` epochs with the mixture fixed) followed by an E-step (diag
 on the encoder outputs of all samples, warm-started from the previous mixture). Labels are the
 GMM posterior ``argmax_c p(c | μ_φ(x))`` (eq. 22).
 
-Decisions ([PROP] in METHODS.md, or where the paper/code are silent), all switchable; the
-measurements behind them are in docs/DECISIONS.md, "ClusterDDPM":
-
-* ε_θ is the shared diffusers U-Net with adaptive group norm (``[t_emb + W z]``); f_φ is the
-  first half of a U-Net of the same preset (:class:`~diffclust.models.encoder.LatentEncoder`).
-* The main-phase reconstruction is summed over the pixels (λ keeps the paper's meaning);
-  pre-training uses the mean, for ``max(10 epochs, MIN_PRETRAIN_UPDATES)`` at lr 2e-3; a fresh
-  Adam starts the EM phase. z is dropped with probability ``cond_drop`` (guided sampling).
-* ``covariance_type="tied"``; the E-step is scikit-learn's ``GaussianMixture`` on μ_φ with
-  ``reg_covar`` relative to the latents' variance, warm-started; the mixture is kept as tensors.
-* T = 400, linear β not rescaled with T (the MNIST code); ``latent_dim=32``, ``lam=0.01``
-  (:data:`PAPER_DEFAULTS`, :meth:`ClusterDDPM.for_dataset`); ``n_em_iters=50``.
-* Divergence: a non-finite loss, gradient norm, latent or mixture, or a batch loss over
-  ``divergence_factor`` × its phase's first loss raises :class:`DivergenceError`.
-* ``fit(X, checkpoint_dir=...)`` resumes after every pre-training epoch and EM round.
+Decisions ([PROP], all switchable; measured in docs/DECISIONS.md, "ClusterDDPM"): ε_θ the
+library's U-Net with ``[t_emb + W z]`` group norm, f_φ the first half of one
+(:class:`~diffclust.models.encoder.LatentEncoder`); pixel-sum reconstruction in the EM phase,
+mean in pre-training (``max(10 epochs, MIN_PRETRAIN_UPDATES)`` at lr 2e-3), a fresh Adam
+between them; ``covariance_type="tied"``, ``reg_covar`` relative to the latents' variance;
+T = 400, linear β; ``lam=0.01`` (:data:`PAPER_DEFAULTS`); a loss past ``divergence_factor`` ×
+its phase's first value is a divergence. ``fit(X, checkpoint_dir=...)`` resumes per epoch.
 """
 
 from __future__ import annotations
@@ -54,12 +46,13 @@ from ..diffusion.process import q_sample
 from ..diffusion.schedules import NoiseSchedule
 from ..diffusion.unet import DiffusionUNet, make_unet, unet_config
 from ..errors import DivergenceError
-from ..mixture import fit_gmm, gmm_log_posterior, prior_matching_terms, sample_gmm
+from ..mixture import prior_matching_terms
 from ..models.encoder import LatentEncoder
 from ..training.checkpoint import load_named_state, named_state
 from ..training.loop import ExplosionCheck, epoch_batches, train_epoch
 from ..training.runtime import autocast, map_batches, progress
 from .base import DiffClusterMixin, ResumableMixin
+from .clusterddpm_prior import MixturePrior
 from .params import (AUTO, COMMON, Interval, Real, StrOptions, fraction, int_at_least, non_negative,
                      positive)
 
@@ -77,7 +70,7 @@ MIN_PRETRAIN_UPDATES = 1200
 
 
 # ---------------------------------------------------------------------- the estimator
-class ClusterDDPM(ResumableMixin, DiffClusterMixin):
+class ClusterDDPM(MixturePrior, ResumableMixin, DiffClusterMixin):
     """ClusterDDPM: EM clustering of images with a z-conditioned DDPM and a GMM prior.
 
     Parameters
@@ -99,12 +92,9 @@ class ClusterDDPM(ResumableMixin, DiffClusterMixin):
     n_em_iters, m_step_epochs : int
         EM rounds (50) and M-step epochs per round (1, as in the code).
     batch_size, lr : int, float
-        Adam batch size and the EM-phase learning rate (128, 1e-4 as in the paper's code; larger
-        values empty mixture components within one M-step on short runs).
+        Adam batch size and the EM-phase learning rate (128, 1e-4 as in the paper's code).
     pretrain_lr : float or None
-        Learning rate of the pre-training phase (2e-3, [PROP]: the code's 1e-4 needs far more
-        epochs than a CPU run affords; measured on USPS, 25 epochs at 2e-3 give latents whose GMM
-        reaches k-means-on-pixels accuracy; ``None`` uses ``lr``).
+        Learning rate of the pre-training phase (2e-3, [PROP]; ``None`` uses ``lr``).
     cond_drop : float
         Probability of zeroing z during training (0.1).
     covariance_type : "tied" or "diag"
@@ -254,10 +244,6 @@ class ClusterDDPM(ResumableMixin, DiffClusterMixin):
                                   "(lower lam or lr, or set clip_grad)")
         return Z
 
-    def _gmm(self):
-        d = self.device_
-        return self.gmm_weights_.to(d), self.gmm_means_.to(d), self.gmm_covariances_.to(d)
-
     # ------------------------------------------------------------------ losses
     def _losses(self, x0, prior: bool, g):
         """Loss of one batch: returns ``(loss, logs)``. ``prior=False`` is the pre-training loss
@@ -399,71 +385,15 @@ class ClusterDDPM(ResumableMixin, DiffClusterMixin):
         self.train_proba_, self.labels_ = proba, proba.argmax(1)
         self.fit_seconds_ = time.perf_counter() - t_start
 
-    def _extra_warnings(self):
-        n_empty = int(self.n_clusters) - len(np.unique(self.labels_))
-        return [f"{n_empty} of {self.n_clusters} clusters received no sample (the mixture "
-                f"collapsed); pre-train longer, or lower lam/lr"] if n_empty else []
-
     def _divergence_hint(self):
         return (f"lam={self.lam} is probably too large for this data (the paper reports "
                 f"unstable training for large λ); lower lam or lr, or set clip_grad")
 
-    def _e_step(self, X, init, round_):
-        g = torch.Generator().manual_seed(self.seed_ + 10007 * (round_ + 1))
-        Z = self._embed(X, sample=self.e_step_input == "sample", generator=g)
-        # reg_covar relative to the latents' scale, which the encoder sets freely: an absolute
-        # floor lets a component shrink to a spike that the prior term then empties
-        reg = float(self.gmm_reg_covar) * max(float(Z.var(0).mean()), 1e-12)
-        (w, m, v), info = fit_gmm(Z.numpy(), self.n_clusters, self.covariance_type, init=init,
-                                  reg_covar=reg, max_iter=int(self.gmm_max_iter),
-                                  n_init=int(self.gmm_n_init), seed=self.seed_ + round_)
-        self.gmm_weights_, self.gmm_means_, self.gmm_covariances_ = w, m, v
-        return info
-
-    def _log_posterior(self, Z):
-        """log p(c | z) under the current mixture (eq. 22), on the CPU."""
-        with torch.no_grad():
-            return gmm_log_posterior(Z.to(self.device_), *self._gmm(), self.covariance_type).cpu()
-
-    def _current_labels(self, X):
-        return self._log_posterior(self._embed(X)).argmax(1).numpy()
-
-    # ------------------------------------------------------------------ predict / transform
-    def _predict_proba(self, X):
-        g = torch.Generator().manual_seed(getattr(self, "seed_", 0) + 2)
-        Z = self._embed(X, sample=self.predict_from == "sample", generator=g)
-        return self._log_posterior(Z).exp().double().numpy()
-
+    # ------------------------------------------------------------------ transform
     def transform(self, X):
         """The encoder means μ_φ(x) (N, J): the learned latent representation."""
         X = self._fitted_input(X)
         return self._embed(X).numpy()
-
-    @torch.no_grad()
-    def sample(self, n, cluster=None, guidance=0.0, random_state=None, batch_size=256,
-               verbose=None):
-        """Generate ``n`` images: ``c`` = ``cluster`` (an int, or an array of ``n`` ids; ``None``
-        draws ``c ~ Cat(π)``), ``z ~ N(μ_c, σ_c²)``, then DDPM ancestral sampling from
-        ``x_T ~ N(0, I)`` with ``σ_t² = β_t`` and a deterministic last step (§5.4). ``guidance``
-        w ≥ 0 uses ``(1 + w) ε(x_t, t, z) − w ε(x_t, t, 0)``. Returns float32 images in
-        [−1, 1] of shape ``(n, C, H, W)`` and the cluster ids ``(n,)``."""
-        from ..diffusion.pretrain import sample_images
-
-        self._fitted_input()
-        n = int(n)
-        if n < 1:
-            raise ValueError(f"n must be ≥ 1, got {n}")
-        seed = (getattr(self, "seed_", 0) + 99991) if random_state is None else int(random_state)
-        g = torch.Generator().manual_seed(seed)
-        Zs, c = sample_gmm(n, self.gmm_weights_, self.gmm_means_, self.gmm_covariances_,
-                           self.covariance_type, cluster, g)
-        bar = progress(total=self.sched_.T * math.ceil(n / int(batch_size)), desc="sampling",
-                       verbose=self.verbose if verbose is None else verbose)
-        with bar:
-            x = sample_images(self.unet_, n, cond=Zs, sampler="ddpm", guidance=guidance,
-                              generator=g, device=self.device_, dtype=self.amp_dtype_,
-                              batch_size=int(batch_size), schedule=self.sched_, progress=bar)
-        return x.numpy(), c.numpy()
 
     # ------------------------------------------------------------------ persistence
     _fitted_json = ("history_", "n_iter_", "fit_seconds_", "seed_", "n_pixels_")

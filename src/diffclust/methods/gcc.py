@@ -28,29 +28,17 @@ Stage II (``n_rounds`` rounds, G frozen within a round):
 * ``min_{F,C} L_d + L_cwm + L_ml`` (eq. 12) for ``calib_epochs``; then G is fine-tuned for
   ``gen_epochs`` on the real images with the new labels ``argmax C(F(X))``.
 
-Decisions where the paper is silent ([PROP], METHODS.md §6; each with its reason in
-docs/DECISIONS.md, "GCC: choices the paper leaves open" and "GCC: the anchor"):
+Decisions where the paper is silent ([PROP]; reasons and numbers in docs/DECISIONS.md, "GCC"):
+SimCLR with AdamW and milder views for digits; k-means on L2-normalised features; the pool drawn
+from the current pseudo-labels, a real image paired with a pool image of its label, labels fixed
+per round (``label_update``), F's BatchNorm frozen; ``L_d`` averaged over the clusters present
+(``mmd_reduce``); the anchor (``anchor_weight``): the Stage-I cross-entropy on the confident real
+images, added to eq. 12. The paper's exact Stage II: ``anchor_weight=0, mmd_reduce="sum",
+label_update="batch"``.
 
-* SimCLR (:func:`~diffclust.training.contrastive.train_simclr`) with AdamW ``clr_lr`` 1e-3,
-  warm-up and cosine; milder augmentations for 1-channel digits. k-means on L2-normalised
-  features; C trained on cached eval-mode features.
-* G: the library's U-Net preset for the image size, a learned cluster-id embedding added to
-  the time embedding, null-id dropout ``p_uncond`` (so ``guidance`` w > 0 is possible).
-* The pool: ``n_generate`` images per round, DDIM ``sample_steps`` (100), η = 0, labels drawn
-  from the current pseudo-labels; a real image of label k is paired with a pool image of
-  label k. Real labels are fixed per round (``label_update``); F's BatchNorm is frozen.
-* Anchor (``anchor_weight`` 1, ``anchor_threshold`` 0.9): the Stage-I cross-entropy on the
-  confident real images, added to eq. 12. ``L_d`` averaged over the clusters present
-  (``mmd_reduce``); the paper's exact Stage II is ``anchor_weight=0, mmd_reduce="sum",
-  label_update="batch"``. Check ``history_`` (``cluster_sizes``, ``anchor_fraction``).
-
-Crash safety: with ``fit(X, checkpoint_dir=...)`` every stage is checkpointed (SimCLR every
-epoch, the head, G through :func:`pretrain_ddpm`'s own step checkpoints, every Stage-II round);
-a refit with the same data and parameters resumes after the last completed stage (or epoch /
-round), so a crash in Stage II does not redo Stage I. Each stage checks only the settings that shape it (``_stages``:
-its parameters and those before it in the signature, through
-:func:`~diffclust.training.checkpoint.stage_fingerprints`): changing a Stage-II setting reuses
-the Stage-I checkpoints.
+``fit(X, checkpoint_dir=...)`` checkpoints every stage (SimCLR and Stage II per epoch / round);
+a refit resumes after the last one, and a stage is redone only when its settings changed
+(``_stages``, :func:`~diffclust.training.checkpoint.stage_fingerprints`).
 """
 
 from __future__ import annotations
@@ -64,22 +52,22 @@ import torch
 import torch.nn.functional as F
 
 from ..augment import SimCLRAugment
-from ..losses import category_matching_loss, classwise_mmd, reliable_metric_loss
 from ..models.heads import ClusterHead
 from ..models.resnet import ResNet18
 from ..training.checkpoint import (StageCheckpoints, load_named_state, named_state,
                                    stage_fingerprints)
 from ..training.contrastive import projection_head, train_simclr
-from ..training.loop import RunningMeans, epoch_batches, train_epoch
+from ..training.loop import epoch_batches, train_epoch
 from ..training.runtime import autocast, map_batches, progress
 from .base import DiffClusterMixin, ResumableMixin
+from .gcc_calibration import GenerativeCalibration
 from .params import (AUTO, COMMON, StrOptions, flag, fraction, int_at_least, non_negative, pair,
                      positive)
 
 __all__ = ["GCC", "ClusterHead"]
 
 
-class GCC(ResumableMixin, DiffClusterMixin):
+class GCC(GenerativeCalibration, ResumableMixin, DiffClusterMixin):
     """Generative Calibration Clustering of images (see the module docstring).
 
     Parameters
@@ -364,133 +352,6 @@ class GCC(ResumableMixin, DiffClusterMixin):
         self.generator_unet_ = res.unet.eval()
         self.ddpm_history_ = res.history
 
-    # ---------------------------------------------------------- Stage II
-    @torch.no_grad()
-    def _generate(self, n, labels, seed):
-        from ..diffusion.pretrain import sample_images
-
-        g = torch.Generator().manual_seed(int(seed))
-        return sample_images(self.generator_unet_, n, int(self.sample_steps), eta=0.0,
-                             class_labels=torch.as_tensor(labels), generator=g,
-                             guidance=float(self.guidance), device=self.device_,
-                             dtype=self.amp_dtype_, batch_size=int(self.embed_batch_size))
-
-    def _calibration_loss(self, Fm, Cm, xr, yr, xg, yg, a_ok, ya):
-        """Eq. 12 on one batch, ``L_d + L_cwm + L_ml`` (each switchable), plus the [PROP] anchor:
-        the Stage-I cross-entropy on the real images flagged ``a_ok`` against their round-start
-        labels ``ya``. ``xr``/``yr``: real images and their labels; ``xg``/``yg``: generated
-        images and the labels they were drawn for. Returns ``(loss, parts)``."""
-        anchor = float(self.anchor_weight) > 0
-        with autocast(xr.device, self.amp_dtype_):
-            f = Fm(torch.cat([xr, xg])).float()
-        fr, fg = f[:len(xr)], f[len(xr):]
-        pr = Cm(fr) if anchor or self.label_update == "batch" else None
-        if self.label_update == "batch":
-            # eq. 7-9 as written: ŷ_i = argmax p_i of the moving network; the generated partner
-            # keeps the label it was drawn for
-            yr = pr.detach().argmax(1)
-        parts = {}
-        if anchor:
-            parts["l_anchor"] = float(self.anchor_weight) * (
-                F.cross_entropy(pr[a_ok], ya[a_ok]) if a_ok.any() else pr.sum() * 0)
-        if self.use_mmd:
-            parts["l_d"] = classwise_mmd(fr, yr, fg, yg, int(self.n_clusters),
-                                         self.mmd_bandwidths, reduce=self.mmd_reduce)
-        if self.use_cwm:
-            parts["l_cwm"] = category_matching_loss(fg, yg)
-        if self.use_ml:
-            parts["l_ml"] = reliable_metric_loss(Cm(fg), yg, self.ml_on)
-        loss = torch.zeros((), device=xr.device)
-        for v in parts.values():
-            loss = loss + v
-        return loss, parts
-
-    def _stage_calibrate(self, X, ck):
-        from ..diffusion.pretrain import pretrain_ddpm
-
-        n, K, dev = len(X), int(self.n_clusters), self.device_
-        R = int(self.n_rounds)
-        self.history_, r0 = [], 0
-        state = ck.load("stage2")
-        if state is not None:
-            meta, tens = state
-            load_named_state(tens, F=self.backbone_, C=self.head_, G=self.generator_unet_)
-            r0, self.history_ = int(meta["round"]), list(meta["history"])
-            self.resumed_from_ = f"stage II round {r0}"
-        if R == 0 or int(self.calib_epochs) + int(self.gen_epochs) == 0:
-            return
-        Fm, Cm = self.backbone_, self.head_
-        opt = torch.optim.Adam(list(Fm.parameters()) + list(Cm.parameters()), lr=self.calib_lr)
-        Xt = torch.from_numpy(X)
-        B = min(int(self.batch_size), n)
-        n_gen = n if self.n_generate == "auto" else int(self.n_generate)
-        active = [self.use_mmd, self.use_cwm, self.use_ml]
-        bar = progress(range(r0, R), total=R, initial=r0, desc="GCC rounds", verbose=self.verbose)
-        for r in bar:
-            g = torch.Generator().manual_seed(self.seed_ + 1000 + r)
-            torch.manual_seed(self.seed_ + 4000 + r)  # U-Net dropout: same draws after a resume
-            rec = {"round": r + 1}
-            t0 = time.perf_counter()
-            _, logits = self._features(Fm, X, Cm)
-            conf, labels = torch.softmax(logits, 1).max(1)
-            # [PROP] anchor: the real images whose round-start label is confident enough
-            anchor_ok = conf >= float(self.anchor_threshold)
-            rec["anchor_fraction"] = float(anchor_ok.float().mean())
-            round_labels = labels.clone()
-            # ---- the generated pool, labels following the current pseudo-label distribution
-            ts = time.perf_counter()
-            pool_y = labels[torch.randint(0, n, (n_gen,), generator=g)].sort().values
-            pool_x = self._generate(n_gen, pool_y, self.seed_ + 2000 + r)
-            rec["sample_seconds"] = time.perf_counter() - ts
-            counts = torch.bincount(pool_y, minlength=K)
-            offsets = torch.cumsum(counts, 0) - counts
-            running = RunningMeans(("l_d", "l_cwm", "l_ml", "l_anchor", "loss"))
-
-            def step(idx):  # a batch of real images, each with a generated one of its label
-                yr = labels[idx]
-                ok = counts[yr] > 0
-                idx, yr = idx[ok], yr[ok]
-                if len(idx) < 2:
-                    return None
-                j = offsets[yr] + (torch.rand(len(yr), generator=g)
-                                   * counts[yr]).long().clamp_max(counts[yr] - 1)
-                xr, xg, yg = Xt[idx].to(dev), pool_x[j].to(dev), pool_y[j].to(dev)
-                return self._calibration_loss(Fm, Cm, xr, yr.to(dev), xg, yg,
-                                              anchor_ok[idx].to(dev), round_labels[idx].to(dev))
-
-            if any(active) or float(self.anchor_weight) > 0:
-                for ep in range(int(self.calib_epochs)):
-                    if ep > 0 and self.label_update == "epoch":
-                        _, logits = self._features(Fm, X, Cm)
-                        labels = logits.argmax(1)
-                    Fm.eval()  # frozen BatchNorm statistics; gradients still flow
-                    Cm.train()
-                    train_epoch(step, epoch_batches(n, B, g, drop_last=True), opt,
-                                running=running, what=f"GCC Stage II in round {r + 1}",
-                                hint="lower calib_lr or use precision='fp32'")
-            Fm.eval(), Cm.eval()
-            rec.update(running.means(), calib_steps=running.steps)
-            # ---- fine-tune G on the real images with the improved pseudo-labels
-            _, logits = self._features(Fm, X, Cm)
-            new_labels = logits.argmax(1).numpy()
-            rec["label_change"] = float((new_labels != labels.numpy()).mean())
-            rec["cluster_sizes"] = np.bincount(new_labels, minlength=K).tolist()
-            if int(self.gen_epochs) > 0:
-                steps = self._ddpm_steps(n, self.gen_epochs)
-                # the EMA copy is frozen (requires_grad False): train a trainable copy of it
-                res = pretrain_ddpm(X, None, unet=self.generator_unet_.requires_grad_(True),
-                                    labels=new_labels,
-                                    n_steps=steps, warmup_steps=max(1, min(50, steps // 10)),
-                                    seed=self.seed_ + 3000 + r, **self._ddpm_kwargs(X))
-                self.generator_unet_ = res.unet.eval()
-                rec["ddpm_loss"] = res.history[-1]["loss"] if res.history else None
-            rec["seconds"] = time.perf_counter() - t0
-            self.history_.append(rec)
-            bar.set_postfix(loss=f"{rec['loss']:.3f}", change=f"{rec['label_change']:.3f}")
-            ck.save("stage2", named_state(F=Fm, C=Cm, G=self.generator_unet_),
-                    {"round": r + 1, "history": self.history_}, tag=str(r + 1))
-        bar.close()
-
     # ------------------------------------------------------------------ inference
     def _predict_proba(self, X):
         _, logits = self._features(self.backbone_, X, self.head_)
@@ -512,13 +373,6 @@ class GCC(ResumableMixin, DiffClusterMixin):
         f, logits = self._features(self.stage1_backbone_, X, self.stage1_head_)
         km = torch.cdist(F.normalize(f, dim=1), self.kmeans_centers_).argmin(1)
         return logits.argmax(1).numpy(), km.numpy()
-
-    def generate(self, n_per_cluster: int = 8, seed: int = 0) -> np.ndarray:
-        """Images ``(K·n, C, H, W)`` in [−1, 1] from the fitted conditional generator G, cluster
-        by cluster (labels ``repeat(arange(K), n)``)."""
-        self._fitted_input()
-        y = torch.arange(int(self.n_clusters)).repeat_interleave(int(n_per_cluster))
-        return self._generate(len(y), y, seed).numpy()
 
     # ------------------------------------------------------------------ persistence
     _object_params = ("augment",)

@@ -1,0 +1,162 @@
+"""GCC's Stage II, generative calibration (METHODS.md §6.4, eq. 7–12), mixed into
+:class:`~diffclust.methods.gcc.GCC`.
+
+Each round (G frozen) samples a pool of labelled images with DDIM, pairs every real batch with
+pool images of the *same* pseudo-labels and trains F and C on
+``L_d + L_cwm + L_ml`` (eq. 12, plus the [PROP] anchor); then G is fine-tuned on the real images
+with the new labels ``argmax C(F(X))``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..losses import category_matching_loss, classwise_mmd, reliable_metric_loss
+from ..training.checkpoint import load_named_state, named_state
+from ..training.loop import RunningMeans, epoch_batches, train_epoch
+from ..training.runtime import autocast, progress
+
+__all__ = ["GenerativeCalibration"]
+
+
+class GenerativeCalibration:
+    """Stage II of GCC: the rounds of calibration (``_stage_calibrate``) and generation. The
+    estimator supplies F, C and G (``backbone_``, ``head_``, ``generator_unet_``), their
+    feature pass (``_features``) and G's training settings (``_ddpm_kwargs``, ``_ddpm_steps``)."""
+
+    @torch.no_grad()
+    def _generate(self, n, labels, seed):
+        from ..diffusion.pretrain import sample_images
+
+        g = torch.Generator().manual_seed(int(seed))
+        return sample_images(self.generator_unet_, n, int(self.sample_steps), eta=0.0,
+                             class_labels=torch.as_tensor(labels), generator=g,
+                             guidance=float(self.guidance), device=self.device_,
+                             dtype=self.amp_dtype_, batch_size=int(self.embed_batch_size))
+
+    def _calibration_loss(self, Fm, Cm, xr, yr, xg, yg, a_ok, ya):
+        """Eq. 12 on one batch, ``L_d + L_cwm + L_ml`` (each switchable), plus the [PROP] anchor:
+        the Stage-I cross-entropy on the real images flagged ``a_ok`` against their round-start
+        labels ``ya``. ``xr``/``yr``: real images and their labels; ``xg``/``yg``: generated
+        images and the labels they were drawn for. Returns ``(loss, parts)``."""
+        anchor = float(self.anchor_weight) > 0
+        with autocast(xr.device, self.amp_dtype_):
+            f = Fm(torch.cat([xr, xg])).float()
+        fr, fg = f[:len(xr)], f[len(xr):]
+        pr = Cm(fr) if anchor or self.label_update == "batch" else None
+        if self.label_update == "batch":
+            # eq. 7-9 as written: ŷ_i = argmax p_i of the moving network; the generated partner
+            # keeps the label it was drawn for
+            yr = pr.detach().argmax(1)
+        parts = {}
+        if anchor:
+            parts["l_anchor"] = float(self.anchor_weight) * (
+                F.cross_entropy(pr[a_ok], ya[a_ok]) if a_ok.any() else pr.sum() * 0)
+        if self.use_mmd:
+            parts["l_d"] = classwise_mmd(fr, yr, fg, yg, int(self.n_clusters),
+                                         self.mmd_bandwidths, reduce=self.mmd_reduce)
+        if self.use_cwm:
+            parts["l_cwm"] = category_matching_loss(fg, yg)
+        if self.use_ml:
+            parts["l_ml"] = reliable_metric_loss(Cm(fg), yg, self.ml_on)
+        loss = torch.zeros((), device=xr.device)
+        for v in parts.values():
+            loss = loss + v
+        return loss, parts
+
+    def _stage_calibrate(self, X, ck):
+        from ..diffusion.pretrain import pretrain_ddpm
+
+        n, K, dev = len(X), int(self.n_clusters), self.device_
+        R = int(self.n_rounds)
+        self.history_, r0 = [], 0
+        state = ck.load("stage2")
+        if state is not None:
+            meta, tens = state
+            load_named_state(tens, F=self.backbone_, C=self.head_, G=self.generator_unet_)
+            r0, self.history_ = int(meta["round"]), list(meta["history"])
+            self.resumed_from_ = f"stage II round {r0}"
+        if R == 0 or int(self.calib_epochs) + int(self.gen_epochs) == 0:
+            return
+        Fm, Cm = self.backbone_, self.head_
+        opt = torch.optim.Adam(list(Fm.parameters()) + list(Cm.parameters()), lr=self.calib_lr)
+        Xt = torch.from_numpy(X)
+        B = min(int(self.batch_size), n)
+        n_gen = n if self.n_generate == "auto" else int(self.n_generate)
+        active = [self.use_mmd, self.use_cwm, self.use_ml]
+        bar = progress(range(r0, R), total=R, initial=r0, desc="GCC rounds", verbose=self.verbose)
+        for r in bar:
+            g = torch.Generator().manual_seed(self.seed_ + 1000 + r)
+            torch.manual_seed(self.seed_ + 4000 + r)  # U-Net dropout: same draws after a resume
+            rec = {"round": r + 1}
+            t0 = time.perf_counter()
+            _, logits = self._features(Fm, X, Cm)
+            conf, labels = torch.softmax(logits, 1).max(1)
+            # [PROP] anchor: the real images whose round-start label is confident enough
+            anchor_ok = conf >= float(self.anchor_threshold)
+            rec["anchor_fraction"] = float(anchor_ok.float().mean())
+            round_labels = labels.clone()
+            # ---- the generated pool, labels following the current pseudo-label distribution
+            ts = time.perf_counter()
+            pool_y = labels[torch.randint(0, n, (n_gen,), generator=g)].sort().values
+            pool_x = self._generate(n_gen, pool_y, self.seed_ + 2000 + r)
+            rec["sample_seconds"] = time.perf_counter() - ts
+            counts = torch.bincount(pool_y, minlength=K)
+            offsets = torch.cumsum(counts, 0) - counts
+            running = RunningMeans(("l_d", "l_cwm", "l_ml", "l_anchor", "loss"))
+
+            def step(idx):  # a batch of real images, each with a generated one of its label
+                yr = labels[idx]
+                ok = counts[yr] > 0
+                idx, yr = idx[ok], yr[ok]
+                if len(idx) < 2:
+                    return None
+                j = offsets[yr] + (torch.rand(len(yr), generator=g)
+                                   * counts[yr]).long().clamp_max(counts[yr] - 1)
+                xr, xg, yg = Xt[idx].to(dev), pool_x[j].to(dev), pool_y[j].to(dev)
+                return self._calibration_loss(Fm, Cm, xr, yr.to(dev), xg, yg,
+                                              anchor_ok[idx].to(dev), round_labels[idx].to(dev))
+
+            if any(active) or float(self.anchor_weight) > 0:
+                for ep in range(int(self.calib_epochs)):
+                    if ep > 0 and self.label_update == "epoch":
+                        _, logits = self._features(Fm, X, Cm)
+                        labels = logits.argmax(1)
+                    Fm.eval()  # frozen BatchNorm statistics; gradients still flow
+                    Cm.train()
+                    train_epoch(step, epoch_batches(n, B, g, drop_last=True), opt,
+                                running=running, what=f"GCC Stage II in round {r + 1}",
+                                hint="lower calib_lr or use precision='fp32'")
+            Fm.eval(), Cm.eval()
+            rec.update(running.means(), calib_steps=running.steps)
+            # ---- fine-tune G on the real images with the improved pseudo-labels
+            _, logits = self._features(Fm, X, Cm)
+            new_labels = logits.argmax(1).numpy()
+            rec["label_change"] = float((new_labels != labels.numpy()).mean())
+            rec["cluster_sizes"] = np.bincount(new_labels, minlength=K).tolist()
+            if int(self.gen_epochs) > 0:
+                steps = self._ddpm_steps(n, self.gen_epochs)
+                # the EMA copy is frozen (requires_grad False): train a trainable copy of it
+                res = pretrain_ddpm(X, None, unet=self.generator_unet_.requires_grad_(True),
+                                    labels=new_labels,
+                                    n_steps=steps, warmup_steps=max(1, min(50, steps // 10)),
+                                    seed=self.seed_ + 3000 + r, **self._ddpm_kwargs(X))
+                self.generator_unet_ = res.unet.eval()
+                rec["ddpm_loss"] = res.history[-1]["loss"] if res.history else None
+            rec["seconds"] = time.perf_counter() - t0
+            self.history_.append(rec)
+            bar.set_postfix(loss=f"{rec['loss']:.3f}", change=f"{rec['label_change']:.3f}")
+            ck.save("stage2", named_state(F=Fm, C=Cm, G=self.generator_unet_),
+                    {"round": r + 1, "history": self.history_}, tag=str(r + 1))
+        bar.close()
+
+    def generate(self, n_per_cluster: int = 8, seed: int = 0) -> np.ndarray:
+        """Images ``(K·n, C, H, W)`` in [−1, 1] from the fitted conditional generator G, cluster
+        by cluster (labels ``repeat(arange(K), n)``)."""
+        self._fitted_input()
+        y = torch.arange(int(self.n_clusters)).repeat_interleave(int(n_per_cluster))
+        return self._generate(len(y), y, seed).numpy()
