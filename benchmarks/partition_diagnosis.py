@@ -5,7 +5,9 @@ Restores fits of `features_bench.py` from their final training checkpoints (``--
 the same folder and the same command's method and parameters: the refit trains no step and only
 labels) and compares them on one set. The balanced read-out (Sinkhorn–Knopp equipartition of
 ``train_proba_``, 50 iterations) asks whether a method loses accuracy by unequal cluster sizes
-(a merge) or by the partition itself. Appends to results/partition_diagnosis.json.
+(a merge) or by the partition itself. Each record also holds the share of the 10 nearest
+neighbours (cosine) that share a point's label on this set (``neighbor_agreement``): how much the
+pairs TEMI learns from carry the classes. Appends to results/partition_diagnosis.json.
 
     python benchmarks/partition_diagnosis.py --set cifar10_14k --checkpoints DIR \
         --fits "cludi[n_steps=6562]:0" "temi:1" "cludi[neighbor_views=10]:0"
@@ -23,6 +25,7 @@ from features import DEFAULT_CACHE, build
 from features_bench import METHODS
 
 from diffclust import evaluate
+from diffclust.knn import knn_search
 
 
 def balanced_labels(P, n_iter=50):
@@ -50,6 +53,10 @@ def main():
         from sklearn.decomposition import PCA
 
         X = PCA(a.dim, random_state=0).fit_transform(X).astype(np.float32)
+    nbrs, _ = knn_search(X, 10, metric="cosine", exclude_self=True)
+    agreement = float((y[np.asarray(nbrs)] == y[:, None]).mean())
+    print(f"{a.set}: {100 * agreement:.1f} % of the 10 nearest neighbours share the label",
+          flush=True)
     for fit in a.fits:
         name, seed = fit.rsplit(":", 1)
         method = name.split("[")[0]
@@ -74,7 +81,8 @@ def main():
                      classes_without_cluster=sorted(set(range(K)) - set(C.argmax(1).tolist())),
                      mean_confidence=round(float(est.train_proba_.max(1).mean()), 4),
                      balanced_acc=round(float(rb["acc"]), 4),
-                     balanced_nmi=round(float(rb["nmi"]), 4))
+                     balanced_nmi=round(float(rb["nmi"]), 4),
+                     neighbor_agreement=round(agreement, 4))
         append_results("partition_diagnosis", [rec])
         print(f"{name} seed {seed}: ACC {100 * rec['acc']:.1f} (balanced read-out "
               f"{100 * rec['balanced_acc']:.1f}), sizes {rec['sizes']}, classes without a "
