@@ -69,9 +69,7 @@ class GenerativeCalibration:
         return loss, parts
 
     def _stage_calibrate(self, X, ck):
-        from ..diffusion.pretrain import pretrain_ddpm
-
-        n, K, dev = len(X), int(self.n_clusters), self.device_
+        """Stage II: ``n_rounds`` rounds of :meth:`_calibration_round`, each checkpointed."""
         R = int(self.n_rounds)
         self.history_, r0 = [], 0
         state = ck.load("stage2")
@@ -82,77 +80,83 @@ class GenerativeCalibration:
             self.resumed_from_ = f"stage II round {r0}"
         if R == 0 or int(self.calib_epochs) + int(self.gen_epochs) == 0:
             return
-        Fm, Cm = self.backbone_, self.head_
-        opt = torch.optim.Adam(list(Fm.parameters()) + list(Cm.parameters()), lr=self.calib_lr)
-        Xt = torch.from_numpy(X)
-        B = min(int(self.batch_size), n)
-        n_gen = n if self.n_generate == "auto" else int(self.n_generate)
-        active = [self.use_mmd, self.use_cwm, self.use_ml]
+        params = list(self.backbone_.parameters()) + list(self.head_.parameters())
+        opt = torch.optim.Adam(params, lr=self.calib_lr)
         bar = progress(range(r0, R), total=R, initial=r0, desc="GCC rounds", verbose=self.verbose)
         for r in bar:
-            g = torch.Generator().manual_seed(self.seed_ + 1000 + r)
-            torch.manual_seed(self.seed_ + 4000 + r)  # U-Net dropout: same draws after a resume
-            rec = {"round": r + 1}
-            t0 = time.perf_counter()
-            _, logits = self._features(Fm, X, Cm)
-            conf, labels = torch.softmax(logits, 1).max(1)
-            # [PROP] anchor: the real images whose round-start label is confident enough
-            anchor_ok = conf >= float(self.anchor_threshold)
-            rec["anchor_fraction"] = float(anchor_ok.float().mean())
-            round_labels = labels.clone()
-            # ---- the generated pool, labels following the current pseudo-label distribution
-            ts = time.perf_counter()
-            pool_y = labels[torch.randint(0, n, (n_gen,), generator=g)].sort().values
-            pool_x = self._generate(n_gen, pool_y, self.seed_ + 2000 + r)
-            rec["sample_seconds"] = time.perf_counter() - ts
-            counts = torch.bincount(pool_y, minlength=K)
-            offsets = torch.cumsum(counts, 0) - counts
-            running = RunningMeans(("l_d", "l_cwm", "l_ml", "l_anchor", "loss"))
-
-            def step(idx):  # a batch of real images, each with a generated one of its label
-                yr = labels[idx]
-                ok = counts[yr] > 0
-                idx, yr = idx[ok], yr[ok]
-                if len(idx) < 2:
-                    return None
-                j = offsets[yr] + (torch.rand(len(yr), generator=g)
-                                   * counts[yr]).long().clamp_max(counts[yr] - 1)
-                xr, xg, yg = Xt[idx].to(dev), pool_x[j].to(dev), pool_y[j].to(dev)
-                return self._calibration_loss(Fm, Cm, xr, yr.to(dev), xg, yg,
-                                              anchor_ok[idx].to(dev), round_labels[idx].to(dev))
-
-            if any(active) or float(self.anchor_weight) > 0:
-                for ep in range(int(self.calib_epochs)):
-                    if ep > 0 and self.label_update == "epoch":
-                        _, logits = self._features(Fm, X, Cm)
-                        labels = logits.argmax(1)
-                    Fm.eval()  # frozen BatchNorm statistics; gradients still flow
-                    Cm.train()
-                    train_epoch(step, epoch_batches(n, B, g, drop_last=True), opt,
-                                running=running, what=f"GCC Stage II in round {r + 1}",
-                                hint="lower calib_lr or use precision='fp32'")
-            Fm.eval(), Cm.eval()
-            rec.update(running.means(), calib_steps=running.steps)
-            # ---- fine-tune G on the real images with the improved pseudo-labels
-            _, logits = self._features(Fm, X, Cm)
-            new_labels = logits.argmax(1).numpy()
-            rec["label_change"] = float((new_labels != labels.numpy()).mean())
-            rec["cluster_sizes"] = np.bincount(new_labels, minlength=K).tolist()
-            if int(self.gen_epochs) > 0:
-                steps = self._ddpm_steps(n, self.gen_epochs)
-                # the EMA copy is frozen (requires_grad False): train a trainable copy of it
-                res = pretrain_ddpm(X, None, unet=self.generator_unet_.requires_grad_(True),
-                                    labels=new_labels,
-                                    n_steps=steps, warmup_steps=max(1, min(50, steps // 10)),
-                                    seed=self.seed_ + 3000 + r, **self._ddpm_kwargs(X))
-                self.generator_unet_ = res.unet.eval()
-                rec["ddpm_loss"] = res.history[-1]["loss"] if res.history else None
-            rec["seconds"] = time.perf_counter() - t0
+            rec = self._calibration_round(X, r, opt)
             self.history_.append(rec)
             bar.set_postfix(loss=f"{rec['loss']:.3f}", change=f"{rec['label_change']:.3f}")
-            ck.save("stage2", named_state(F=Fm, C=Cm, G=self.generator_unet_),
+            ck.save("stage2", named_state(F=self.backbone_, C=self.head_, G=self.generator_unet_),
                     {"round": r + 1, "history": self.history_}, tag=str(r + 1))
         bar.close()
+
+    def _calibration_round(self, X, r, opt):
+        """Round ``r``: the round-start labels ŷ = argmax C(F(X)) and the anchor's confident
+        images; a pool of generated images with labels drawn from ŷ; ``calib_epochs`` epochs of
+        eq. 12 on (real, generated) pairs of one label; G fine-tuned on the new labels. Returns
+        the round's history record."""
+        from ..diffusion.pretrain import pretrain_ddpm
+
+        n, K, dev = len(X), int(self.n_clusters), self.device_
+        Fm, Cm, Xt = self.backbone_, self.head_, torch.from_numpy(X)
+        g = torch.Generator().manual_seed(self.seed_ + 1000 + r)
+        torch.manual_seed(self.seed_ + 4000 + r)  # U-Net dropout: same draws after a resume
+        rec, t0 = {"round": r + 1}, time.perf_counter()
+        _, logits = self._features(Fm, X, Cm)
+        conf, labels = torch.softmax(logits, 1).max(1)
+        # [PROP] anchor: the real images whose round-start label is confident enough
+        anchor_ok = conf >= float(self.anchor_threshold)
+        rec["anchor_fraction"] = float(anchor_ok.float().mean())
+        round_labels = labels.clone()
+        # ---- the generated pool, labels following the current pseudo-label distribution
+        n_gen, ts = n if self.n_generate == "auto" else int(self.n_generate), time.perf_counter()
+        pool_y = labels[torch.randint(0, n, (n_gen,), generator=g)].sort().values
+        pool_x = self._generate(n_gen, pool_y, self.seed_ + 2000 + r)
+        rec["sample_seconds"] = time.perf_counter() - ts
+        counts = torch.bincount(pool_y, minlength=K)
+        offsets = torch.cumsum(counts, 0) - counts
+        running = RunningMeans(("l_d", "l_cwm", "l_ml", "l_anchor", "loss"))
+
+        def step(idx):  # a batch of real images, each with a generated one of its label
+            yr = labels[idx]
+            ok = counts[yr] > 0
+            idx, yr = idx[ok], yr[ok]
+            if len(idx) < 2:
+                return None
+            j = offsets[yr] + (torch.rand(len(yr), generator=g)
+                               * counts[yr]).long().clamp_max(counts[yr] - 1)
+            xr, xg, yg = Xt[idx].to(dev), pool_x[j].to(dev), pool_y[j].to(dev)
+            return self._calibration_loss(Fm, Cm, xr, yr.to(dev), xg, yg,
+                                          anchor_ok[idx].to(dev), round_labels[idx].to(dev))
+
+        if self.use_mmd or self.use_cwm or self.use_ml or float(self.anchor_weight) > 0:
+            B = min(int(self.batch_size), n)
+            for ep in range(int(self.calib_epochs)):
+                if ep > 0 and self.label_update == "epoch":
+                    labels = self._features(Fm, X, Cm)[1].argmax(1)
+                Fm.eval()  # frozen BatchNorm statistics; gradients still flow
+                Cm.train()
+                train_epoch(step, epoch_batches(n, B, g, drop_last=True), opt, running=running,
+                            what=f"GCC Stage II in round {r + 1}",
+                            hint="lower calib_lr or use precision='fp32'")
+        Fm.eval(), Cm.eval()
+        rec.update(running.means(), calib_steps=running.steps)
+        # ---- fine-tune G on the real images with the improved pseudo-labels
+        new_labels = self._features(Fm, X, Cm)[1].argmax(1).numpy()
+        rec["label_change"] = float((new_labels != round_labels.numpy()).mean())
+        rec["cluster_sizes"] = np.bincount(new_labels, minlength=K).tolist()
+        if int(self.gen_epochs) > 0:
+            steps = self._ddpm_steps(n, self.gen_epochs)
+            # the EMA copy is frozen (requires_grad False): train a trainable copy of it
+            res = pretrain_ddpm(X, None, unet=self.generator_unet_.requires_grad_(True),
+                                labels=new_labels, n_steps=steps,
+                                warmup_steps=max(1, min(50, steps // 10)),
+                                seed=self.seed_ + 3000 + r, **self._ddpm_kwargs(X))
+            self.generator_unet_ = res.unet.eval()
+            rec["ddpm_loss"] = res.history[-1]["loss"] if res.history else None
+        rec["seconds"] = time.perf_counter() - t0
+        return rec
 
     def generate(self, n_per_cluster: int = 8, seed: int = 0) -> np.ndarray:
         """Images ``(K·n, C, H, W)`` in [−1, 1] from the fitted conditional generator G, cluster
