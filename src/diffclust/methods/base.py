@@ -14,7 +14,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from ..data.io import atomic_write_bytes, atomic_write_text
 from ..data.validation import check_features, check_n_clusters
-from ..training.runtime import resolve_device, resolve_precision, seed_everything, thread_policy
+from ..training.runtime import (flush_denormals, resolve_device, resolve_precision,
+                                seed_everything, thread_policy)
 
 __all__ = ["DiffClusterMixin", "EmbeddingMixin", "ResumableMixin", "load_pretrained"]
 
@@ -57,7 +58,7 @@ class DiffClusterMixin(ClusterMixin, BaseEstimator):
         X = self._validate_input(X, fitting=True)
         check_n_clusters(self.n_clusters, len(X))
         self._setup_runtime()
-        with thread_policy(self._thread_cap):
+        with thread_policy(self._thread_cap), flush_denormals():
             self._fit(X)
         self._warn_if_degenerate()
         return self
@@ -89,7 +90,8 @@ class DiffClusterMixin(ClusterMixin, BaseEstimator):
 
     def predict_proba(self, X) -> np.ndarray:
         X = self._fitted_input(X)
-        proba = self._predict_proba(X)
+        with flush_denormals():
+            proba = self._predict_proba(X)
         if not np.isfinite(proba).all():
             raise FloatingPointError(
                 f"{type(self).__name__} produced non-finite probabilities for "
