@@ -165,6 +165,10 @@ def test_killed_fit_resumes_to_the_same_labels(method, feats, tmp_path):
     r = _fit(feats, out, *args, "--resume", method=method)
     assert r.returncode == 0, r.stderr
     assert (out / "labels.csv").read_text() == (tmp_path / "ref" / "labels.csv").read_text()
+    # the resumed run's clock continues where the checkpointed one stopped
+    seconds = [json.loads(line)["seconds"] for line in
+               (out / "metrics.jsonl").read_text().splitlines() if '"seconds"' in line]
+    assert len(seconds) >= 2 and seconds == sorted(seconds)
     assert not state.parent.exists()  # removed once the run is complete
     r = _fit(feats, tmp_path / "k", "--resume")  # k-means has no checkpoints (yet)
     assert r.returncode == 2 and "not available" in r.stderr

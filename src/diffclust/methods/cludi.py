@@ -321,6 +321,8 @@ class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
                      optimizer=opt, scheduler=sched, sampler=sampler, generator=g)
         start, _, extra = self._restore_training(X, state, n_steps=steps)
         history.extend(extra.get("history", []))
+        if history:  # a resumed run's clock continues where the checkpointed one stopped
+            t0 -= history[-1].get("seconds", 0.0)
         if "log" in extra:
             log.load_state_dict(extra["log"])
 

@@ -276,6 +276,8 @@ class TEMI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
             q_tilde, head_sum = saved["q_tilde"].to(dev), saved["head_sum"]
             history = extra["history"]
             log.load_state_dict(extra["log"])
+            if history:  # a resumed run's clock continues where the checkpointed one stopped
+                t0 -= history[-1].get("seconds", 0.0)
 
         def freeze_last_layer():  # cancel_gradients_last_layer: AdamW skips grad-less params
             for p in last_layer:
