@@ -55,7 +55,8 @@ def optimizer_step(loss: torch.Tensor, optimizer, *, what: str, hint: str = "",
     has it (e.g. the global-batch loss under DDP), else ``loss.item()``. ``parameters``: what
     ``clip="norm"`` clips (a module or an iterable), the module whose tensors are clipped alone
     for ``clip="per_parameter"``. ``ema.update(ema_of, ema_decay)`` follows the step;
-    ``check(value, what, hint)`` may raise before it (:class:`ExplosionCheck`)."""
+    ``check(value, what, hint)`` (:class:`ExplosionCheck`) runs after the finiteness check, before
+    any update, and may raise."""
     value = float(loss.detach()) if value is None else float(value)
     if not math.isfinite(value):
         raise DivergenceError(f"{what}: the loss became {value}; {hint}".rstrip("; "))

@@ -144,7 +144,7 @@ def flush_denormals():
 
     Trained networks make subnormal values (below 1.2e-38: tiny softmax probabilities and the
     gradients through them), and each costs the CPU a slow assist: one CLUDI step of a model
-    trained on Fashion-MNIST took 0.46 s, 0.30 s with flushing (docs/DECISIONS.md, "Subnormal
+    trained on Fashion-MNIST took 0.447 s, 0.286 s with flushing (docs/DECISIONS.md, "Subnormal
     floats"). They become 0, a change far below bf16's and fp32's resolution of the values
     that matter. ``$DIFFCLUST_FLUSH_DENORMAL=0`` leaves torch's mode alone. The mode belongs to
     the calling thread (all of the work at CLUDI's and TEMI's one intra-op thread); torch cannot
