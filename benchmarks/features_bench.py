@@ -65,7 +65,11 @@ def main():
             name = m if m == "kmeans" else m + tag
             rec = record(name, f"{a.set}-{a.backbone}-pca{a.dim}", len(X), K, seed, r, t.seconds,
                          n_used=int(len(np.unique(est.labels_))),
-                         n_steps=getattr(est, "n_steps_", None))
+                         n_steps=getattr(est, "n_steps_", None),
+                         readout=getattr(est, "readout", None),
+                         # training seconds, the resumed run's clock included (a fit restored
+                         # from its final checkpoint only labels in this call)
+                         train_seconds=getattr(est, "fit_seconds_", None))
             append_results("features_bench", [rec])
             print(f"{a.set} seed {seed} {name}: {100 * r['acc']:.1f} / {100 * r['nmi']:.1f} / "
                   f"{100 * r['ari']:.1f} in {t.seconds:.0f}s", flush=True)

@@ -65,7 +65,9 @@ def run_all():
 
     fit("cludi", CLUDI(10, n_steps=30, n_chains=2, teacher_steps=3, eval_steps=2, eval_chains=2,
                        batch_size=128, **FEATURE_KW), X)
-    fit("temi", TEMI(10, n_steps=40, n_heads=2, batch_size=128, **FEATURE_KW), X)
+    fit("temi", TEMI(10, n_steps=40, n_heads=2, batch_size=128, readout="best_head",
+                     **FEATURE_KW), X)
+    fit("temi_consensus", TEMI(10, n_steps=40, n_heads=4, batch_size=128, **FEATURE_KW), X)
     bf16 = {**FEATURE_KW, "precision": "bf16"}  # where the CPU has it (same machine, same run)
     fit("cludi_bf16", CLUDI(10, n_steps=30, n_chains=2, teacher_steps=3, eval_steps=2,
                             eval_chains=2, batch_size=128, **bf16), X)

@@ -16,6 +16,7 @@ import argparse
 import time
 
 import numpy as np
+import torch
 
 from _common import (RESULTS, Timer, append_results, command_line, parse_params, record,
                      summarize)
@@ -82,7 +83,12 @@ def main():
         with Timer() as tp:
             labels = m.predict(X)
         res = evaluate(y, m.labels_)
+        # the paper's read-out (the selected head alone) of the same training, for comparison
+        best = m.head_ if m.head_.n_heads == 1 else m.head_.select(m.selected_head_)
+        with torch.no_grad():
+            best_labels = best(m._preprocess(X))[0].argmax(-1).numpy()
         recs.append(record("temi", name, len(X), k, seed, res, tf.seconds, tp.seconds,
+                           readout=m.readout, best_head=evaluate(y, best_labels),
                            n_steps=m.n_steps_, selected_head=int(m.selected_head_),
                            utilization=float(m.utilization_), params=extra,
                            predict_agrees_with_labels=float((labels == m.labels_).mean())))

@@ -296,6 +296,35 @@ def test_temi_contract_and_determinism():
     assert clone(a).get_params()["n_heads"] == 2
 
 
+def test_temi_readouts_consensus_and_best_head():
+    """Both read-outs of one training: the best head alone (the paper), or every head relabelled
+    onto the consensus of their partitions and averaged."""
+    import torch
+
+    X, y = _blobs(k=3)
+    kw = {**TINY, "n_heads": 4, "precision": "fp32"}  # the hand computation below is fp32
+    a = TEMI(3, random_state=1, **kw).fit(X)
+    b = TEMI(3, random_state=1, readout="best_head", **kw).fit(X)
+    assert [h["loss"] for h in a.history_] == [h["loss"] for h in b.history_]
+    assert a.selected_head_ == b.selected_head_
+    assert a.head_.n_heads == 4 and b.head_.n_heads == 1
+    assert b.head_perm_.tolist() == [[0, 1, 2]]
+    assert all(sorted(row) == [0, 1, 2] for row in a.head_perm_.tolist())
+    with torch.no_grad():
+        P = torch.softmax(a.head_(torch.from_numpy(X)).float() / a.teacher_temp, -1).numpy()
+    best = P[a.selected_head_]
+    np.testing.assert_allclose(b.predict_proba(X), best, atol=1e-5)
+    aligned = np.zeros_like(P)
+    for h, perm in enumerate(a.head_perm_.numpy()):
+        aligned[h][:, perm] = P[h]
+    np.testing.assert_allclose(a.predict_proba(X), aligned.mean(0), atol=1e-5)
+    np.testing.assert_array_equal(a.labels_, aligned.mean(0).argmax(1))
+    # the embedding is the selected head's either way
+    np.testing.assert_allclose(a.transform(X), b.transform(X), atol=1e-5)
+    with pytest.raises(ValueError, match="readout"):
+        TEMI(3, readout="vote", **TINY).fit(X)
+
+
 def test_temi_auto_schedule():
     t = TEMI(10)
     assert t._resolve_schedule(1250)[:2] == (512, 3000)  # 200 epochs would be 400 steps

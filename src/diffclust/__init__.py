@@ -19,7 +19,9 @@ from .metrics import evaluate
 from .selection import CmaxResult, estimate_cmax, set_default_clusterer
 
 __version__ = "0.1.0"
-set_default_clusterer(lambda C, seed: TEMI(C, random_state=seed, verbose=False))
+# C_max's utilization ratio r_C is the paper's, of the one lowest-loss head (C-EDM §3.3)
+set_default_clusterer(lambda C, seed: TEMI(C, random_state=seed, readout="best_head",
+                                           verbose=False))
 __all__ = ["CLUDI", "KMeansClusterer", "GMMClusterer", "load_dataset", "load_array", "evaluate",
            "load_pretrained", "__version__", "TEMI", "estimate_cmax", "CmaxResult", "DiEC",
            "train_generator", "load_generator", "ClusterGenerator", "GCC",

@@ -19,8 +19,14 @@ Algorithm (one optimiser step):
    during the first "epoch".
 
 After training, the head with the lowest mean loss over the last part of training is selected
-(``selected_head_``, all losses in ``head_losses_``) and ``c*(x) = argmax_c q_t(c|x)`` of that
-teacher head is the cluster (C-EDM §3.1). ``cluster_frequencies_`` is q(c) on the training set
+(``selected_head_``, all losses in ``head_losses_``). ``readout="best_head"`` is the paper's
+read-out: ``c*(x) = argmax_c q_t(c|x)`` of that teacher head (C-EDM §3.1). The default
+``readout="consensus"`` [PROP] uses all H teacher heads: their partitions of the training set
+are combined into one (:func:`diffclust.consensus.consensus_partition`, with as many clusters as
+the selected head uses), every head's clusters are relabelled onto it
+(:func:`~diffclust.consensus.align_partitions`, ``head_perm_``), and ``q(c|x)`` is the mean of
+the relabelled heads' ``q_t`` — measured in docs/DECISIONS.md ("TEMI: a consensus of the
+heads"). ``cluster_frequencies_`` is q(c) on the training set
 and ``utilization_`` the ratio r_C = C^u / C of §4.3.
 
 Implementation decisions (METHODS.md leaves them open or they are CPU-specific):
@@ -58,6 +64,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..consensus import align_partitions, consensus_partition
 from ..knn import knn_search
 from ..losses import temi_loss
 from ..models.heads import MultiHeadDINO
@@ -116,9 +123,14 @@ class TEMI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
         before the heads (both off, as in the TEMI code).
     knn_backend : {"auto", "torch", "faiss", "faiss_ivf"}
         Backend of the neighbour mining.
+    readout : {"consensus", "best_head"}
+        How the clusters are read from the trained heads: the mean of all heads relabelled onto
+        their consensus partition (default; with fewer than 3 heads the best head), or the
+        lowest-loss head alone (the paper).
     """
 
     _thread_cap = 1  # one intra-op thread by default: docs/DECISIONS.md, "Threads"
+    _read_out_params = ("readout",)  # a checkpoint of the training serves either read-out
 
     _parameter_constraints = {
         **COMMON,
@@ -131,6 +143,7 @@ class TEMI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
         "lr": [positive], "lr_scaling": flag, "min_lr": [non_negative],
         "weight_decay": [non_negative], "embed_norm": flag, "l2_norm": flag,
         "knn_backend": [StrOptions({"auto", "torch", "faiss", "faiss_ivf"})],
+        "readout": [StrOptions({"consensus", "best_head"})],
         "predict_batch_size": [int_at_least(1)],
     }
 
@@ -140,7 +153,7 @@ class TEMI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
                  bottleneck_dim=256, n_steps="auto", batch_size=512, lr=1e-4, lr_scaling=True,
                  weight_decay=1e-4, min_lr=1e-6, warmup_steps="auto",
                  freeze_last_layer_steps="auto", l2_norm=False, embed_norm=False,
-                 knn_backend="auto", predict_batch_size=4096, random_state=None, device=None,
+                 knn_backend="auto", readout="consensus", predict_batch_size=4096, random_state=None, device=None,
                  precision="auto", verbose=True):
         self.n_clusters = n_clusters
         self.n_heads = n_heads
@@ -164,6 +177,7 @@ class TEMI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
         self.l2_norm = l2_norm
         self.embed_norm = embed_norm
         self.knn_backend = knn_backend
+        self.readout = readout
         self.predict_batch_size = predict_batch_size
         self.random_state = random_state
         self.device = device
@@ -314,19 +328,39 @@ class TEMI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
                     ema=teacher, ema_of=net)
         del student  # drop the DDP wrapper (and its gradient hooks) before the labelling pass
 
-        # 3. head selection and assignments from the best teacher head
+        # 3. head selection, then the read-out: the best head or the consensus of all heads
         self.head_losses_ = (head_sum / window).numpy()
         self.selected_head_ = int(np.argmin(self.head_losses_))
-        self.head_ = teacher.module.select(self.selected_head_).eval()
         self.q_tilde_ = q_tilde[self.selected_head_].cpu()
         self.history_ = history
         self.n_steps_ = steps
         self.batch_size_ = B
+        self._read_out(teacher.module.eval(), X)
         self.fit_seconds_ = time.perf_counter() - t0
         proba = self._predict_proba(X)
         self.labels_ = proba.argmax(1)
         self.train_proba_ = proba
         self._set_cluster_stats()
+
+    def _read_out(self, heads, X):
+        """``head_`` and ``head_perm_`` (H, C): the selected head with the identity map, or all
+        heads, each relabelled onto the consensus of their partitions of ``X``."""
+        C = self.n_clusters
+        if self.readout == "best_head" or heads.n_heads < 3:  # no majority among two heads
+            self.head_ = heads.select(self.selected_head_).eval()
+            self.head_perm_ = torch.arange(C)[None]
+            return
+        self.head_ = heads
+        labels = self._map_heads(lambda P: P.argmax(-1).T, X).numpy()  # (N, H)
+        used = len(np.unique(labels[:, self.selected_head_]))
+        consensus = consensus_partition(labels, C, n_groups=used, random_state=self.seed_)
+        self.head_perm_ = torch.from_numpy(align_partitions(labels, consensus, C))
+        # rename the clusters so that those the training set uses are 0, 1, … (scikit-learn's
+        # convention; a consensus cluster can lose all its points to the averaged read-out)
+        taken = np.unique(self._predict_proba(X).argmax(1))
+        order = np.concatenate([taken, np.setdiff1d(np.arange(C), taken)])
+        rename = torch.from_numpy(np.argsort(order))  # old id → new id
+        self.head_perm_ = rename[self.head_perm_]
 
     def _set_cluster_stats(self):
         counts = np.bincount(self.labels_, minlength=self.n_clusters)
@@ -336,27 +370,35 @@ class TEMI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
 
     # ------------------------------------------------------------------ predict
     @torch.no_grad()
-    def _predict_proba(self, X):
-        def proba(xb):
+    def _map_heads(self, fn, X):
+        """``fn`` of q_t(c|x) of every head of ``head_`` (H, B, C), batch by batch over ``X``."""
+        def batch(xb):
             with autocast(self.device_, self.amp_dtype_):
-                logits = self.head_(xb)[0]
-            return torch.softmax(logits.float() / self.teacher_temp, dim=-1)
+                logits = self.head_(xb)
+            return fn(torch.softmax(logits.float() / self.teacher_temp, dim=-1))
 
-        return map_batches(proba, self._preprocess(X), self.predict_batch_size,
-                           self.device_).numpy().astype(np.float64)
+        return map_batches(batch, self._preprocess(X), self.predict_batch_size, self.device_)
+
+    def _predict_proba(self, X):
+        def aligned_mean(P):  # head h's cluster c is cluster head_perm_[h, c]
+            perm = self.head_perm_.to(P.device)[:, None, :].expand_as(P)
+            return torch.zeros_like(P).scatter_(2, perm, P).mean(0)
+
+        return self._map_heads(aligned_mean, X).numpy().astype(np.float64)
 
     def transform(self, X):
         """The selected teacher head's L2-normalised bottleneck embedding, ``(N, 256)``."""
         X = self._fitted_input(X)
+        h = self.selected_head_ if self.head_.n_heads > 1 else 0
         with torch.no_grad(), autocast(self.device_, self.amp_dtype_):
-            z = map_batches(lambda xb: self.head_.bottleneck(xb)[0], self._preprocess(X),
+            z = map_batches(lambda xb: self.head_.bottleneck(xb)[h], self._preprocess(X),
                             self.predict_batch_size, self.device_)
         return z.float().numpy()
 
     # ------------------------------------------------------------------ persistence
     _fitted_json = ("selected_head_", "n_steps_", "batch_size_", "fit_seconds_", "history_",
                     "seed_")
-    _fitted_tensors = ("q_tilde_",)
+    _fitted_tensors = ("q_tilde_", "head_perm_")
 
     def _get_state(self):
         meta = {"head_losses_": [float(v) for v in self.head_losses_]}
@@ -367,8 +409,8 @@ class TEMI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
 
     def _set_state(self, meta, tensors):
         self.head_losses_ = np.asarray(meta["head_losses_"])
-        head = MultiHeadDINO(self.n_features_in_, self.n_clusters, 1, self.hidden_dim,
-                             self.bottleneck_dim)
+        head = MultiHeadDINO(self.n_features_in_, self.n_clusters, len(self.head_perm_),
+                             self.hidden_dim, self.bottleneck_dim)
         load_named_state(tensors, head=head)
         self.head_ = head.to(self.device_).eval()
         if self.embed_norm:

@@ -43,9 +43,11 @@ def load_named_state(tensors: dict, **modules):
 
 
 def fingerprint(est, X, **more) -> dict:
-    """What a checkpoint must agree with: the estimator's class and settings (not ``verbose``
-    or ``device``), its seed, a hash of the data, and ``more``."""
-    params = {k: v for k, v in est.get_params().items() if k not in ("verbose", "device")}
+    """What a checkpoint must agree with: the estimator's class and settings (not ``verbose``,
+    ``device`` or the estimator's ``_read_out_params``, which only choose what is read from the
+    trained state), its seed, a hash of the data, and ``more``."""
+    skip = ("verbose", "device", *getattr(est, "_read_out_params", ()))
+    params = {k: v for k, v in est.get_params().items() if k not in skip}
     return {"method": type(est).__name__, "params": json.loads(json.dumps(params, default=str)),
             "seed": int(est.seed_), **more,
             "data": hashlib.sha1(np.ascontiguousarray(X).tobytes()).hexdigest()[:16]}

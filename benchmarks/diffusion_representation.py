@@ -1,0 +1,166 @@
+"""What makes a diffusion representation clusterable (issue 15): k-means on DiEC's bottleneck
+features against DDPM pretraining steps, EMA against raw weights, at several timesteps.
+
+One DDPM is pretrained on the whole dataset (``pretrain_ddpm``, resumable in ``--out``) up to
+each milestone in turn; at every milestone both the EMA and the raw (online) weights embed all
+images at each t of ``--ts`` (bottleneck activations averaged over ``--noise`` draws, DiEC eq.
+9–13, standardised per dimension as DiEC does), and k-means (K = number of classes, 10 inits)
+clusters them. A record per (milestone, weights, t) goes to
+``results/diffusion_representation.json`` with ACC / NMI / ARI, the Calinski–Harabasz score
+(the OTS criterion: ``chosen`` marks the t it would pick, without labels), the pretraining
+seconds and images/s; ``--plot`` draws the curves.
+
+    python benchmarks/diffusion_representation.py --dataset usps --preset small16 --batch 64 \
+        --milestones 1000 2000 4000 8000 16000 32000 50000
+
+A killed run resumes from the last pretraining checkpoint; milestones already recorded for the
+same settings are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from _common import RESULTS, append_results, record
+from diffclust import evaluate
+from diffclust.data.validation import check_images
+from diffclust.diffusion.pretrain import pretrain_ddpm
+from diffclust.diffusion.unet import noisy_features
+from diffclust.training.runtime import map_batches, resolve_precision
+
+NAME = "diffusion_representation"
+
+
+def embed(unet, X, t, n_noise, amp, seed=0, batch=512):
+    """Averaged bottleneck features ē(t) of all images (N, D_e), standardised per dimension."""
+    sched, g = unet.noise_schedule(), torch.Generator().manual_seed(seed)
+    unet.eval()
+    with torch.no_grad():
+        e = map_batches(lambda xb: noisy_features(unet, sched, xb, t, n_noise, g, "mid", amp)
+                        .mean(0), X, max(batch // n_noise, 1), "cpu")
+    e = e.numpy().astype(np.float64)
+    return (e - e.mean(0)) / np.maximum(e.std(0), 1e-6)
+
+
+def kmeans_scores(Z, y, k, seed):
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import calinski_harabasz_score
+
+    labels = KMeans(k, n_init=10, random_state=seed).fit_predict(Z)
+    return evaluate(y, labels), float(calinski_harabasz_score(Z, labels))
+
+
+def done_milestones(settings):
+    path = RESULTS / f"{NAME}.json"
+    if not path.exists():
+        return set()
+    return {r["pretrain_steps"] for r in json.loads(path.read_text())
+            if r.get("settings") == settings}
+
+
+def plot(settings):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = [r for r in json.loads((RESULTS / f"{NAME}.json").read_text())
+            if r.get("settings") == settings]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    for w, style in (("ema", "-"), ("raw", "--")):
+        for key, label in (("chosen", "t chosen by CH"), ("best", "best t (labels)")):
+            pts = {}
+            for r in recs:
+                if r["weights"] != w:
+                    continue
+                s = r["pretrain_steps"]
+                if key == "chosen" and r["chosen"] or key == "best":
+                    if key == "best" and s in pts and pts[s][0] >= r["acc"]:
+                        continue
+                    pts[s] = (r["acc"], r["nmi"])
+            xs = sorted(pts)
+            for i, m in enumerate(("ACC", "NMI")):
+                ax[i].plot(xs, [100 * pts[s][i] for s in xs], style, marker="o",
+                           label=f"{w}, {label}")
+    for i, m in enumerate(("ACC", "NMI")):
+        ax[i].set_xscale("log")
+        ax[i].set_xlabel("DDPM pretraining steps")
+        ax[i].set_ylabel(f"k-means {m} on the bottleneck (%)")
+        ax[i].grid(alpha=0.3)
+    ax[0].legend(fontsize=7)
+    fig.suptitle(f"{settings['dataset']}: {settings['preset']} U-Net, batch {settings['batch']}",
+                 fontsize=9)
+    fig.tight_layout()
+    out = RESULTS / f"{NAME}_{settings['dataset']}_{settings['preset']}_b{settings['batch']}.png"
+    fig.savefig(out, dpi=110)
+    print(f"-> {out}")
+
+
+def main():
+    from _common import DATA_HOME
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dataset", default="usps")
+    ap.add_argument("--preset", default="auto")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--milestones", type=int, nargs="+",
+                    default=[1000, 2000, 4000, 8000, 16000, 32000, 50000])
+    ap.add_argument("--ts", type=int, nargs="+", default=[100, 200, 300])
+    ap.add_argument("--noise", type=int, default=2, help="noise draws averaged per image")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None,
+                    help="pretraining folder (default ~/.cache/diffclust/representation/…)")
+    ap.add_argument("--plot", action="store_true", help="only draw the curves of these settings")
+    a = ap.parse_args()
+    settings = {"dataset": a.dataset, "preset": a.preset, "batch": a.batch, "lr": a.lr,
+                "seed": a.seed, "noise": a.noise}
+    if a.plot:
+        return plot(settings)
+    d = np.load(Path(DATA_HOME) / f"{a.dataset}.npz")
+    X, y = check_images(d["x"]), d["y"].astype(np.int64)
+    k = len(np.unique(y))
+    Xt = torch.from_numpy(X)
+    out = Path(a.out or Path.home() / ".cache/diffclust/representation" /
+               f"{a.dataset}-{a.preset}-b{a.batch}-lr{a.lr:g}-s{a.seed}")
+    amp = resolve_precision("auto", torch.device("cpu"))
+    have = done_milestones(settings)
+    for m in sorted(a.milestones):
+        res = pretrain_ddpm(X, out, preset=a.preset, n_steps=m, batch_size=a.batch, lr=a.lr,
+                            seed=a.seed, n_samples=0, verbose=False)
+        if m in have:
+            continue
+        n_params = sum(p.numel() for p in res.unet.parameters())
+        ips = m * a.batch / max(res.seconds, 1e-9)
+        print(f"{a.dataset} {a.preset}: {m} steps, {res.seconds:.0f} s of pretraining "
+              f"({ips:.0f} images/s), {n_params / 1e6:.2f} M parameters", flush=True)
+        recs = []
+        for w, net in (("ema", res.unet), ("raw", res.online)):
+            rows = []
+            for t in a.ts:
+                t0 = time.perf_counter()
+                Z = embed(net.float(), Xt, t, a.noise, amp, seed=a.seed + 1)
+                met, ch = kmeans_scores(Z, y, k, a.seed)
+                rows.append((t, met, ch, time.perf_counter() - t0, Z.shape[1]))
+            best_ch = max(r[2] for r in rows)
+            for t, met, ch, sec, dim in rows:
+                recs.append(record("kmeans-bottleneck", a.dataset, len(X), k, a.seed, met, sec,
+                                   settings=settings, pretrain_steps=m, weights=w, t=t,
+                                   ch=round(ch, 2), chosen=ch == best_ch, feature_dim=dim,
+                                   pretrain_seconds=round(res.seconds, 1),
+                                   pretrain_images_per_s=round(ips, 1),
+                                   unet_params=n_params, precision=str(amp)))
+                print(f"  {w:3s} t={t:4d}: ACC {100 * met['acc']:.1f} NMI {100 * met['nmi']:.1f}"
+                      f" CH {ch:.0f}{' *' if ch == best_ch else ''}", flush=True)
+        append_results(NAME, recs)
+    plot(settings)
+
+
+if __name__ == "__main__":
+    main()
