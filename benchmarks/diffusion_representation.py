@@ -3,7 +3,8 @@ features against DDPM pretraining steps, EMA against raw weights, at several tim
 
 One DDPM is pretrained on the whole dataset (``pretrain_ddpm``, resumable in ``--out``) up to
 each milestone in turn; at every milestone both the EMA and the raw (online) weights embed all
-images at each t of ``--ts`` (bottleneck activations averaged over ``--noise`` draws, DiEC eq.
+images at each t of ``--ts`` (the activations of each block of ``--blocks``, by default the
+bottleneck "mid", averaged over ``--noise`` draws, DiEC eq.
 9–13, standardised per dimension as DiEC does), and k-means (K = number of classes, 10 inits)
 clusters them. A record per (milestone, weights, t) goes to
 ``results/diffusion_representation.json`` with ACC / NMI / ARI, the Calinski–Harabasz score
@@ -26,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from _common import RESULTS, append_results, record
+
 from diffclust import evaluate
 from diffclust.data.validation import check_images
 from diffclust.diffusion.pretrain import pretrain_ddpm
@@ -37,12 +38,13 @@ from diffclust.training.runtime import map_batches, resolve_precision
 NAME = "diffusion_representation"
 
 
-def embed(unet, X, t, n_noise, amp, seed=0, batch=512):
-    """Averaged bottleneck features ē(t) of all images (N, D_e), standardised per dimension."""
+def embed(unet, X, t, n_noise, amp, seed=0, batch=512, block="mid"):
+    """Averaged features ē(t) of one block for all images (N, D_e), standardised per
+    dimension."""
     sched, g = unet.noise_schedule(), torch.Generator().manual_seed(seed)
     unet.eval()
     with torch.no_grad():
-        e = map_batches(lambda xb: noisy_features(unet, sched, xb, t, n_noise, g, "mid", amp)
+        e = map_batches(lambda xb: noisy_features(unet, sched, xb, t, n_noise, g, block, amp)
                         .mean(0), X, max(batch // n_noise, 1), "cpu")
     e = e.numpy().astype(np.float64)
     return (e - e.mean(0)) / np.maximum(e.std(0), 1e-6)
@@ -77,7 +79,7 @@ def plot(settings):
         for key, label in (("chosen", "t chosen by CH"), ("best", "best t (labels)")):
             pts = {}
             for r in recs:
-                if r["weights"] != w:
+                if r["weights"] != w or r.get("block", "mid") != "mid":
                     continue
                 s = r["pretrain_steps"]
                 if key == "chosen" and r["chosen"] or key == "best":
@@ -113,6 +115,8 @@ def main():
     ap.add_argument("--milestones", type=int, nargs="+",
                     default=[1000, 2000, 4000, 8000, 16000, 32000, 50000])
     ap.add_argument("--ts", type=int, nargs="+", default=[100, 200, 300])
+    ap.add_argument("--blocks", nargs="+", default=["mid"],
+                    help="U-Net blocks read: mid, conv_in, down.i, up.i")
     ap.add_argument("--noise", type=int, default=2, help="noise draws averaged per image")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None,
@@ -143,21 +147,25 @@ def main():
         recs = []
         for w, net in (("ema", res.unet), ("raw", res.online)):
             rows = []
-            for t in a.ts:
-                t0 = time.perf_counter()
-                Z = embed(net.float(), Xt, t, a.noise, amp, seed=a.seed + 1)
-                met, ch = kmeans_scores(Z, y, k, a.seed)
-                rows.append((t, met, ch, time.perf_counter() - t0, Z.shape[1]))
-            best_ch = max(r[2] for r in rows)
-            for t, met, ch, sec, dim in rows:
+            for block in a.blocks:
+                for t in a.ts:
+                    t0 = time.perf_counter()
+                    Z = embed(net.float(), Xt, t, a.noise, amp, seed=a.seed + 1, block=block)
+                    met, ch = kmeans_scores(Z, y, k, a.seed)
+                    rows.append((block, t, met, ch, time.perf_counter() - t0, Z.shape[1]))
+            best_ch = max(r[3] for r in rows if r[0] == "mid") if "mid" in a.blocks else None
+            for block, t, met, ch, sec, dim in rows:
                 recs.append(record("kmeans-bottleneck", a.dataset, len(X), k, a.seed, met, sec,
                                    settings=settings, pretrain_steps=m, weights=w, t=t,
-                                   ch=round(ch, 2), chosen=ch == best_ch, feature_dim=dim,
+                                   block=block,
+                                   ch=round(ch, 2), chosen=block == "mid" and ch == best_ch,
+                                   feature_dim=dim,
                                    pretrain_seconds=round(res.seconds, 1),
                                    pretrain_images_per_s=round(ips, 1),
                                    unet_params=n_params, precision=str(amp)))
-                print(f"  {w:3s} t={t:4d}: ACC {100 * met['acc']:.1f} NMI {100 * met['nmi']:.1f}"
-                      f" CH {ch:.0f}{' *' if ch == best_ch else ''}", flush=True)
+                print(f"  {w:3s} {block} t={t:4d}: ACC {100 * met['acc']:.1f} "
+                      f"NMI {100 * met['nmi']:.1f} CH {ch:.0f}{' *' if ch == best_ch else ''}",
+                      flush=True)
         append_results(NAME, recs)
     plot(settings)
 

@@ -153,8 +153,8 @@ class TEMI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
                  bottleneck_dim=256, n_steps="auto", batch_size=512, lr=1e-4, lr_scaling=True,
                  weight_decay=1e-4, min_lr=1e-6, warmup_steps="auto",
                  freeze_last_layer_steps="auto", l2_norm=False, embed_norm=False,
-                 knn_backend="auto", readout="consensus", predict_batch_size=4096, random_state=None, device=None,
-                 precision="auto", verbose=True):
+                 knn_backend="auto", readout="consensus", predict_batch_size=4096,
+                 random_state=None, device=None, precision="auto", verbose=True):
         self.n_clusters = n_clusters
         self.n_heads = n_heads
         self.n_neighbors = n_neighbors

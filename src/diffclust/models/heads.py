@@ -57,6 +57,9 @@ class MultiHeadDINO(nn.Module):
         transposed to head-major cost a strided copy forward and backward (1.4× slower step)."""
         H, Hd = self.n_heads, self.hidden_dim
         W1 = self.W1.view(-1, H, Hd).transpose(0, 1)  # (H, D, 512), a view
+        dev = x.device.type
+        if torch.is_autocast_enabled(dev):  # cast (B, D) once, not its H-fold expansion
+            x = x.to(torch.get_autocast_dtype(dev))
         h = F.gelu(torch.baddbmm(self.b1.view(H, 1, Hd), x.expand(H, *x.shape), W1))
         z = torch.baddbmm(self.b2, h, self.W2).float()  # (H, B, 256)
         return z * torch.rsqrt((z * z).sum(-1, keepdim=True).clamp_min(1e-24))
