@@ -68,6 +68,18 @@ def build(name, backbone="efficientnet-lite0", cache=DEFAULT_CACHE, batch_size=6
     return out
 
 
+def load_set(name, backbone="efficientnet-lite0", dim=384, cache=DEFAULT_CACHE):
+    """The features of a set (built when missing) and its labels, reduced by PCA to ``dim``
+    dimensions (every method alike; 0 keeps them): ``(X float32, y)``."""
+    z = np.load(build(name, backbone, cache))
+    X, y = z["x"], z["y"]
+    if dim and dim < X.shape[1]:
+        from sklearn.decomposition import PCA
+
+        X = PCA(dim, random_state=0).fit_transform(X).astype(np.float32)
+    return X, y
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)

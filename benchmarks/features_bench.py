@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 from _common import Timer, append_results, parse_params, record
-from features import DEFAULT_CACHE, build
+from features import DEFAULT_CACHE, load_set
 
 from diffclust import CLUDI, TEMI, KMeansClusterer, SelfClassifier, evaluate
 
@@ -43,13 +43,8 @@ def main():
     a = ap.parse_args()
     params = parse_params(a.param)
     tag = "".join(f"[{k}={v}]" for k, v in sorted(params.items()))
-    z = np.load(build(a.set, a.backbone, a.cache))
-    X, y = z["x"], z["y"]
+    X, y = load_set(a.set, a.backbone, a.dim, a.cache)
     K = len(np.unique(y))
-    if a.dim and a.dim < X.shape[1]:
-        from sklearn.decomposition import PCA
-
-        X = PCA(a.dim, random_state=0).fit_transform(X).astype(np.float32)
     for seed in a.seeds:
         for m in a.methods:
             kw = {} if m == "kmeans" else {"verbose": False, **params}

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from _common import Timer, append_results, record
-from features import DEFAULT_CACHE, build
+from features import load_set
 from features_bench import METHODS
 
 from diffclust import evaluate
@@ -46,13 +46,8 @@ def main():
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--backbone", default="efficientnet-lite0")
     a = ap.parse_args()
-    z = np.load(build(a.set, a.backbone, DEFAULT_CACHE))
-    X, y = z["x"], z["y"]
+    X, y = load_set(a.set, a.backbone, a.dim)
     K = len(np.unique(y))
-    if a.dim and a.dim < X.shape[1]:
-        from sklearn.decomposition import PCA
-
-        X = PCA(a.dim, random_state=0).fit_transform(X).astype(np.float32)
     nbrs, _ = knn_search(X, 10, metric="cosine", exclude_self=True)
     agreement = float((y[np.asarray(nbrs)] == y[:, None]).mean())
     print(f"{a.set}: {100 * agreement:.1f} % of the 10 nearest neighbours share the label",

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from _common import Timer, append_results, record
-from features import DEFAULT_CACHE, build
+from features import load_set
 from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score
 
@@ -50,13 +50,8 @@ def main():
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--backbone", default="efficientnet-lite0")
     a = ap.parse_args()
-    z = np.load(build(a.set, a.backbone, DEFAULT_CACHE))
-    X, y = z["x"], z["y"]
+    X, y = load_set(a.set, a.backbone, a.dim)
     K = len(np.unique(y))
-    if a.dim and a.dim < X.shape[1]:
-        from sklearn.decomposition import PCA
-
-        X = PCA(a.dim, random_state=0).fit_transform(X).astype(np.float32)
     for seed in a.seeds:
         folder = Path(a.checkpoints) / f"{a.set}-pca{a.dim}-temi-seed{seed}"
         if not folder.is_dir():
