@@ -335,21 +335,21 @@ class TEMI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
         self.history_ = history
         self.n_steps_ = steps
         self.batch_size_ = B
-        self._read_out(teacher.module.eval(), X)
+        proba = self._read_out(teacher.module.eval(), X)
         self.fit_seconds_ = time.perf_counter() - t0
-        proba = self._predict_proba(X)
         self.labels_ = proba.argmax(1)
         self.train_proba_ = proba
         self._set_cluster_stats()
 
     def _read_out(self, heads, X):
-        """``head_`` and ``head_perm_`` (H, C): the selected head with the identity map, or all
-        heads, each relabelled onto the consensus of their partitions of ``X``."""
+        """Set ``head_`` and ``head_perm_`` (H, C): the selected head with the identity map, or
+        all heads, each relabelled onto the consensus of their partitions of ``X``. Returns
+        ``predict_proba(X)``."""
         C = self.n_clusters
         if self.readout == "best_head" or heads.n_heads < 3:  # no majority among two heads
             self.head_ = heads.select(self.selected_head_).eval()
             self.head_perm_ = torch.arange(C)[None]
-            return
+            return self._predict_proba(X)
         self.head_ = heads
         labels = self._map_heads(lambda P: P.argmax(-1).T, X).numpy()  # (N, H)
         used = len(np.unique(labels[:, self.selected_head_]))
@@ -357,10 +357,11 @@ class TEMI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
         self.head_perm_ = torch.from_numpy(align_partitions(labels, consensus, C))
         # rename the clusters so that those the training set uses are 0, 1, … (scikit-learn's
         # convention; a consensus cluster can lose all its points to the averaged read-out)
-        taken = np.unique(self._predict_proba(X).argmax(1))
+        proba = self._predict_proba(X)
+        taken = np.unique(proba.argmax(1))
         order = np.concatenate([taken, np.setdiff1d(np.arange(C), taken)])
-        rename = torch.from_numpy(np.argsort(order))  # old id → new id
-        self.head_perm_ = rename[self.head_perm_]
+        self.head_perm_ = torch.from_numpy(np.argsort(order))[self.head_perm_]  # old id → new
+        return proba[:, order]
 
     def _set_cluster_stats(self):
         counts = np.bincount(self.labels_, minlength=self.n_clusters)
