@@ -349,6 +349,26 @@ def test_temi_save_load_round_trip(tmp_path):
     assert b.utilization_ == a.utilization_
 
 
+def test_temi_loads_a_model_saved_before_the_consensus_read_out(tmp_path, monkeypatch):
+    """Models saved before ``head_perm_`` existed hold the selected head alone: they load and
+    predict as they did."""
+    X, _ = _blobs()
+    a = TEMI(3, random_state=0, readout="best_head", **TINY).fit(X)
+    old_state = TEMI._get_state
+
+    def without_map(self):
+        meta, tensors = old_state(self)
+        del tensors["head_perm_"]
+        return meta, tensors
+
+    monkeypatch.setattr(TEMI, "_get_state", without_map)
+    a.save_pretrained(tmp_path / "old")
+    monkeypatch.undo()
+    b = load_pretrained(tmp_path / "old")
+    assert b.head_perm_.tolist() == [[0, 1, 2]]
+    np.testing.assert_allclose(b.predict_proba(X), a.predict_proba(X), atol=1e-6)
+
+
 def test_estimate_k_cli_on_features(tmp_path):
     from typer.testing import CliRunner
 

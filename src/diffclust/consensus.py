@@ -77,8 +77,7 @@ def align_partitions(labels, reference, n_clusters: int) -> np.ndarray:
     K = int(n_clusters)
     perm = np.empty((L.shape[1], K), dtype=np.int64)
     for h in range(L.shape[1]):  # H small Hungarian problems of K × K
-        C = np.zeros((K, K), dtype=np.int64)
-        np.add.at(C, (L[:, h], ref), 1)
+        C = np.bincount(L[:, h] * K + ref, minlength=K * K).reshape(K, K)  # shared points
         rows, cols = linear_sum_assignment(-C)
         perm[h, rows] = cols
     return perm

@@ -399,17 +399,19 @@ class TEMI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
     # ------------------------------------------------------------------ persistence
     _fitted_json = ("selected_head_", "n_steps_", "batch_size_", "fit_seconds_", "history_",
                     "seed_")
-    _fitted_tensors = ("q_tilde_", "head_perm_")
+    _fitted_tensors = ("q_tilde_",)
 
     def _get_state(self):
         meta = {"head_losses_": [float(v) for v in self.head_losses_]}
-        tensors = named_state(head=self.head_)
+        tensors = {**named_state(head=self.head_), "head_perm_": self.head_perm_}
         if self.embed_norm:
             tensors["embed_mean_"], tensors["embed_std_"] = self.embed_mean_, self.embed_std_
         return meta, tensors
 
     def _set_state(self, meta, tensors):
         self.head_losses_ = np.asarray(meta["head_losses_"])
+        # models saved before the consensus read-out hold the selected head alone, no map
+        self.head_perm_ = tensors.get("head_perm_", torch.arange(self.n_clusters)[None])
         head = MultiHeadDINO(self.n_features_in_, self.n_clusters, len(self.head_perm_),
                              self.hidden_dim, self.bottleneck_dim)
         load_named_state(tensors, head=head)
