@@ -50,6 +50,8 @@ def main():
     ap.add_argument("--preset", default="auto")
     ap.add_argument("--pretrain-steps", type=int, default=6000)
     ap.add_argument("--pretrain-batch", type=int, default=128)
+    ap.add_argument("--unet", default=None,
+                    help="a pretrained U-Net folder to use instead of pretraining one")
     ap.add_argument("--param", nargs="*", default=[], help="extra DiEC params KEY=VALUE")
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args()
@@ -59,16 +61,18 @@ def main():
     name = args.dataset + (f"-n{len(X)}" if args.n else "")
     print(f"{name}: X {X.shape}, K={k}", flush=True)
 
-    # 1. our own DDPM on these images
-    mdir = MODELS / f"{name}-{args.preset}-{args.pretrain_steps}"
-    with Timer() as tp:
-        res = pretrain_ddpm(X, mdir, preset=args.preset, n_steps=args.pretrain_steps,
-                            batch_size=args.pretrain_batch, seed=0, verbose=True)
-    info = json.loads((mdir / "pretrain.json").read_text())
-    pre_s = float(info.get("seconds", res.seconds))
-    print(f"pretrained DDPM in {pre_s:.0f}s (this call {tp.seconds:.0f}s), final loss "
-          f"{info['history'][-1]['loss'] if info.get('history') else float('nan'):.4f}",
-          flush=True)
+    # 1. our own DDPM on these images (or the one given)
+    mdir = Path(args.unet) if args.unet else MODELS / f"{name}-{args.preset}-{args.pretrain_steps}"
+    if not args.unet:
+        pretrain_ddpm(X, mdir, preset=args.preset, n_steps=args.pretrain_steps,
+                      batch_size=args.pretrain_batch, seed=0, verbose=True)
+    info_path = mdir / "pretrain.json"
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    pre_s = info.get("train_seconds", info.get("seconds"))
+    pre_steps = info.get("steps_done", args.pretrain_steps)
+    if args.unet and (mdir.parent.parent / "pretrain.json").exists():  # a milestone copy
+        pre_s, pre_steps = None, int(mdir.name.split("-")[-1])
+    print(f"DDPM {mdir}: {pre_steps} steps, {pre_s} s of pretraining", flush=True)
     if not args.no_save and (mdir / "samples.png").exists():
         shutil.copyfile(mdir / "samples.png", RESULTS / f"diec_{name}_samples.png")
 
@@ -83,9 +87,11 @@ def main():
         with Timer() as tf:
             m.fit(X)
         res_km = evaluate(y, m.init_labels_)
-        recs.append(record("kmeans-bottleneck", name, len(X), k, seed, res_km,
-                           tf.seconds - m.train_seconds_, t_star=m.t_star_,
-                           note="fit_seconds = DiEC fit up to the k-means init (OTS, embed)"))
+        recs.append(record(f"{m.partition}-bottleneck", name, len(X), k, seed, res_km,
+                           tf.seconds - m.train_seconds_, t_star=m.t_star_, params=extra,
+                           unet=str(mdir.name), pretrain_steps=pre_steps,
+                           note="fit_seconds = DiEC fit up to its initial partition (OTS, "
+                                "embed)"))
         with Timer() as tpr:
             labels = m.predict(X)
         res_d = evaluate(y, m.labels_)
@@ -96,11 +102,13 @@ def main():
                            ots_seconds=round(m.ots_seconds_, 1),
                            train_seconds=round(m.train_seconds_, 1), epochs=round(epochs, 2),
                            seconds_per_epoch=round(m.train_seconds_ / epochs, 1),
-                           converged=bool(m.converged_), pretrain_seconds=round(pre_s, 1),
-                           pretrain_steps=args.pretrain_steps, unet=str(mdir.name),
+                           converged=bool(m.converged_),
+                           pretrain_seconds=None if pre_s is None else round(pre_s, 1),
+                           pretrain_steps=pre_steps, unet=str(mdir.name),
                            params=extra,
                            predict_agrees_with_labels=float((labels == m.labels_).mean())))
-        print(f"seed {seed}: kmeans-pixels {recs[-3]['acc']:.3f}  kmeans-bottleneck@t*={m.t_star_}"
+        print(f"seed {seed}: kmeans-pixels {recs[-3]['acc']:.3f}  {m.partition}-bottleneck"
+              f"@t*={m.t_star_}"
               f" {res_km['acc']:.3f}  diec {res_d['acc']:.3f}/{res_d['nmi']:.3f}/"
               f"{res_d['ari']:.3f}  fit {tf.seconds:.0f}s ({m.train_seconds_ / epochs:.0f}s/epoch)",
               flush=True)

@@ -6,16 +6,18 @@ each milestone in turn; at every milestone both the EMA and the raw (online) wei
 images at each t of ``--ts`` (the activations of each block of ``--blocks``, by default the
 bottleneck "mid", averaged over ``--noise`` draws, DiEC eq.
 9–13, standardised per dimension as DiEC does), and k-means (K = number of classes, 10 inits)
-clusters them. A record per (milestone, weights, t) goes to
+clusters them, and spectral clustering partitions their k-NN graph (k = 10,
+:mod:`diffclust.graph`). A record per (milestone, weights, t, partition) goes to
 ``results/diffusion_representation.json`` with ACC / NMI / ARI, the Calinski–Harabasz score
-(the OTS criterion: ``chosen`` marks the t it would pick, without labels), the pretraining
+(the paper's OTS criterion: ``chosen`` marks the t it would pick, without labels) or the
+normalised cut (DiEC's ``partition="spectral"`` criterion), the pretraining
 seconds and images/s; ``--plot`` draws the curves.
 
     python benchmarks/diffusion_representation.py --dataset usps --preset small16 --batch 64 \
         --milestones 1000 2000 4000 8000 16000 32000 50000
 
 A killed run resumes from the last pretraining checkpoint; milestones already recorded for the
-same settings are skipped.
+same settings are skipped. Each milestone's EMA U-Net is kept in ``--out``/milestones/step-N.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from _common import RESULTS, append_results, record
 from diffclust import evaluate
 from diffclust.data.validation import check_images
 from diffclust.diffusion.pretrain import pretrain_ddpm
-from diffclust.diffusion.unet import noisy_features
+from diffclust.diffusion.unet import DiffusionUNet, noisy_features
+from diffclust.graph import spectral_partition
 from diffclust.training.runtime import map_batches, resolve_precision
 
 NAME = "diffusion_representation"
@@ -58,12 +61,13 @@ def kmeans_scores(Z, y, k, seed):
     return evaluate(y, labels), float(calinski_harabasz_score(Z, labels))
 
 
-def done_milestones(settings):
+def done(settings):
+    """{(method, pretrain_steps, weights, block, t)} already recorded for these settings."""
     path = RESULTS / f"{NAME}.json"
     if not path.exists():
         return set()
-    return {r["pretrain_steps"] for r in json.loads(path.read_text())
-            if r.get("settings") == settings}
+    return {(r["method"], r["pretrain_steps"], r["weights"], r.get("block", "mid"), r["t"])
+            for r in json.loads(path.read_text()) if r.get("settings") == settings}
 
 
 def plot(settings):
@@ -75,25 +79,30 @@ def plot(settings):
     recs = [r for r in json.loads((RESULTS / f"{NAME}.json").read_text())
             if r.get("settings") == settings]
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
-    for w, style in (("ema", "-"), ("raw", "--")):
-        for key, label in (("chosen", "t chosen by CH"), ("best", "best t (labels)")):
-            pts = {}
-            for r in recs:
-                if r["weights"] != w or r.get("block", "mid") != "mid":
-                    continue
-                s = r["pretrain_steps"]
-                if key == "chosen" and r["chosen"] or key == "best":
-                    if key == "best" and s in pts and pts[s][0] >= r["acc"]:
+    crit = {"kmeans-bottleneck": "CH", "spectral-bottleneck": "Ncut"}
+    for meth, color in (("kmeans-bottleneck", "C0"), ("spectral-bottleneck", "C3")):
+        for w, style in (("ema", "-"), ("raw", "--")):
+            for key, label in (("chosen", f"t chosen by {crit[meth]}"), ("best", "best t")):
+                pts = {}
+                for r in recs:
+                    if r["method"] != meth or r["weights"] != w or r.get("block", "mid") != "mid":
                         continue
-                    pts[s] = (r["acc"], r["nmi"])
-            xs = sorted(pts)
-            for i, m in enumerate(("ACC", "NMI")):
-                ax[i].plot(xs, [100 * pts[s][i] for s in xs], style, marker="o",
-                           label=f"{w}, {label}")
+                    s = r["pretrain_steps"]
+                    if key == "chosen" and r["chosen"] or key == "best":
+                        if key == "best" and s in pts and pts[s][0] >= r["acc"]:
+                            continue
+                        pts[s] = (r["acc"], r["nmi"])
+                xs = sorted(pts)
+                if not xs:
+                    continue
+                for i in range(2):
+                    ax[i].plot(xs, [100 * pts[s][i] for s in xs], style, color=color,
+                               marker="o" if key == "chosen" else "x", alpha=0.9,
+                               label=f"{meth.split('-')[0]}, {w}, {label}")
     for i, m in enumerate(("ACC", "NMI")):
         ax[i].set_xscale("log")
         ax[i].set_xlabel("DDPM pretraining steps")
-        ax[i].set_ylabel(f"k-means {m} on the bottleneck (%)")
+        ax[i].set_ylabel(f"{m} of a partition of the bottleneck (%)")
         ax[i].grid(alpha=0.3)
     ax[0].legend(fontsize=7)
     fig.suptitle(f"{settings['dataset']}: {settings['preset']} U-Net, batch {settings['batch']}",
@@ -114,10 +123,13 @@ def main():
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--milestones", type=int, nargs="+",
                     default=[1000, 2000, 4000, 8000, 16000, 32000, 50000])
-    ap.add_argument("--ts", type=int, nargs="+", default=[100, 200, 300])
+    ap.add_argument("--ts", type=int, nargs="+", default=[50, 100, 200, 300])
     ap.add_argument("--blocks", nargs="+", default=["mid"],
                     help="U-Net blocks read: mid, conv_in, down.i, up.i")
     ap.add_argument("--noise", type=int, default=2, help="noise draws averaged per image")
+    ap.add_argument("--eval-n", type=int, default=0,
+                    help="partition a fixed random subset of this many images (0 = all); the "
+                         "DDPM still trains on all")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None,
                     help="pretraining folder (default ~/.cache/diffclust/representation/…)")
@@ -130,42 +142,77 @@ def main():
     d = np.load(Path(DATA_HOME) / f"{a.dataset}.npz")
     X, y = check_images(d["x"]), d["y"].astype(np.int64)
     k = len(np.unique(y))
-    Xt = torch.from_numpy(X)
+    keep = np.arange(len(X))
+    if 0 < a.eval_n < len(X):
+        settings["eval_n"] = a.eval_n
+        keep = np.sort(np.random.default_rng(a.seed).choice(len(X), a.eval_n, replace=False))
+    Xt, y_eval = torch.from_numpy(X[keep]), y[keep]
     out = Path(a.out or Path.home() / ".cache/diffclust/representation" /
                f"{a.dataset}-{a.preset}-b{a.batch}-lr{a.lr:g}-s{a.seed}")
     amp = resolve_precision("auto", torch.device("cpu"))
-    have = done_milestones(settings)
+    have = done(settings)
     for m in sorted(a.milestones):
         res = pretrain_ddpm(X, out, preset=a.preset, n_steps=m, batch_size=a.batch, lr=a.lr,
                             seed=a.seed, n_samples=0, verbose=False)
-        if m in have:
+        snap = out / "milestones" / f"step-{m}"
+        if res.steps == m:
+            if not snap.exists():  # keep each milestone's EMA model
+                res.unet.save_pretrained(snap)
+            nets, seconds = (("ema", res.unet), ("raw", res.online)), res.seconds
+        elif snap.exists():  # the run is past m: the kept EMA model (the raw one is gone)
+            nets, seconds = (("ema", DiffusionUNet.from_pretrained(snap)),), None
+        else:
+            print(f"{m} steps: the run is at {res.steps} and kept no model at {m}; skipped")
             continue
-        n_params = sum(p.numel() for p in res.unet.parameters())
-        ips = m * a.batch / max(res.seconds, 1e-9)
-        print(f"{a.dataset} {a.preset}: {m} steps, {res.seconds:.0f} s of pretraining "
-              f"({ips:.0f} images/s), {n_params / 1e6:.2f} M parameters", flush=True)
+        # a criterion's choice is over the ts of one pass: a partition is measured at every t
+        # or (when some t of it is on record already) at none
+        todo = [(meth, w, b, t) for meth in ("kmeans-bottleneck", "spectral-bottleneck")
+                for w, _ in nets for b in a.blocks for t in a.ts
+                if not any(h[:4] == (meth, m, w, b) for h in have)]
+        if not todo:
+            continue
+        n_params = sum(p.numel() for p in nets[0][1].parameters())
+        ips = None if seconds is None else round(m * a.batch / max(seconds, 1e-9), 1)
+        print(f"{a.dataset} {a.preset}: {m} steps, {seconds} s of pretraining "
+              f"({ips} images/s), {n_params / 1e6:.2f} M parameters", flush=True)
         recs = []
-        for w, net in (("ema", res.unet), ("raw", res.online)):
-            rows = []
+        for w, net in nets:
+            rows = {"kmeans-bottleneck": [], "spectral-bottleneck": []}
             for block in a.blocks:
                 for t in a.ts:
+                    if not any(x[1:] == (w, block, t) for x in todo):
+                        continue
                     t0 = time.perf_counter()
                     Z = embed(net.float(), Xt, t, a.noise, amp, seed=a.seed + 1, block=block)
-                    met, ch = kmeans_scores(Z, y, k, a.seed)
-                    rows.append((block, t, met, ch, time.perf_counter() - t0, Z.shape[1]))
-            best_ch = max(r[3] for r in rows if r[0] == "mid") if "mid" in a.blocks else None
-            for block, t, met, ch, sec, dim in rows:
-                recs.append(record("kmeans-bottleneck", a.dataset, len(X), k, a.seed, met, sec,
-                                   settings=settings, pretrain_steps=m, weights=w, t=t,
-                                   block=block,
-                                   ch=round(ch, 2), chosen=block == "mid" and ch == best_ch,
-                                   feature_dim=dim,
-                                   pretrain_seconds=round(res.seconds, 1),
-                                   pretrain_images_per_s=round(ips, 1),
-                                   unet_params=n_params, precision=str(amp)))
-                print(f"  {w:3s} {block} t={t:4d}: ACC {100 * met['acc']:.1f} "
-                      f"NMI {100 * met['nmi']:.1f} CH {ch:.0f}{' *' if ch == best_ch else ''}",
-                      flush=True)
+                    t_embed = time.perf_counter() - t0
+                    if ("kmeans-bottleneck", w, block, t) in todo:
+                        met, ch = kmeans_scores(Z, y_eval, k, a.seed)
+                        rows["kmeans-bottleneck"].append(
+                            (block, t, met, ch, time.perf_counter() - t0, Z.shape[1]))
+                    if ("spectral-bottleneck", w, block, t) in todo:
+                        t1 = time.perf_counter()
+                        labels, ncut = spectral_partition(Z, k, n_neighbors=10,
+                                                          random_state=a.seed)
+                        rows["spectral-bottleneck"].append(
+                            (block, t, evaluate(y_eval, labels), -ncut,
+                             t_embed + time.perf_counter() - t1, Z.shape[1]))
+            for meth, crit in (("kmeans-bottleneck", "ch"), ("spectral-bottleneck", "ncut")):
+                mids = [r[3] for r in rows[meth] if r[0] == "mid"]
+                best = max(mids) if mids else None
+                for block, t, met, score, sec, dim in rows[meth]:
+                    value = round(abs(score), 5 if crit == "ncut" else 2)
+                    recs.append(record(meth, a.dataset, len(keep), k, a.seed, met, sec,
+                                       settings=settings, pretrain_steps=m, weights=w, t=t,
+                                       block=block, **{crit: value},
+                                       chosen=block == "mid" and score == best,
+                                       feature_dim=dim,
+                                       pretrain_seconds=None if seconds is None
+                                       else round(seconds, 1),
+                                       pretrain_images_per_s=ips, unet_params=n_params,
+                                       precision=str(amp)))
+                    print(f"  {w:3s} {block} t={t:4d} {meth.split('-')[0]:8s}: "
+                          f"ACC {100 * met['acc']:.1f} NMI {100 * met['nmi']:.1f} "
+                          f"{crit} {value}{' *' if score == best else ''}", flush=True)
         append_results(NAME, recs)
     plot(settings)
 

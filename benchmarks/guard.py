@@ -72,10 +72,12 @@ def run_all():
     fit("cludi_bf16", CLUDI(10, n_steps=30, n_chains=2, teacher_steps=3, eval_steps=2,
                             eval_chains=2, batch_size=128, **bf16), X)
     fit("self_classifier", SelfClassifier(10, n_steps=40, batch_size=128, **FEATURE_KW), X)
-    fit("diec", DiEC(10, pretrain_steps=20, pretrain_batch_size=32, unet_preset="tiny",
-                     n_timesteps=50, ots_subset=64, ots_repeats=1, ots_grid=4, ots_tol=4,
-                     ots_final=2, ots_n_init=1, n_noise_train=1, n_noise_infer=1, n_epochs=2,
-                     batch_size=32, kmeans_n_init=1, embed_batch_size=64, **FEATURE_KW), imgs)
+    diec_kw = dict(pretrain_steps=20, pretrain_batch_size=32, unet_preset="tiny",
+                   n_timesteps=50, ots_subset=64, ots_repeats=1, ots_grid=4, ots_tol=4,
+                   ots_final=2, ots_n_init=1, n_noise_train=1, n_noise_infer=1, n_epochs=2,
+                   batch_size=32, kmeans_n_init=1, embed_batch_size=64, **FEATURE_KW)
+    fit("diec", DiEC(10, partition="kmeans", **diec_kw), imgs)
+    fit("diec_spectral", DiEC(10, **diec_kw), imgs)
     fit("clusterddpm", ClusterDDPM(10, unet_preset="tiny", latent_dim=4, n_timesteps=50,
                                    pretrain_epochs=1, n_em_iters=2, batch_size=64, gmm_n_init=1,
                                    **FEATURE_KW), imgs)

@@ -32,6 +32,20 @@ def test_diec_fits_predicts_and_round_trips(images, tmp_path):
     np.testing.assert_allclose(m2.predict_proba(X), p, atol=1e-4)
 
 
+def test_diec_partitions_spectral_and_kmeans(images):
+    """The default scores timesteps by minus the normalised cut of the spectral partition and
+    starts from that partition's means; ``partition="kmeans"`` is the paper's CH and k-means."""
+    X, _ = images
+    spec = DiEC(3, random_state=0, **dict(TINY, n_epochs=1)).fit(X)
+    km = DiEC(3, random_state=0, partition="kmeans", **dict(TINY, n_epochs=1)).fit(X)
+    assert all(-1 <= s <= 0 for s in spec.ots_scores_.values())  # −Ncut
+    assert all(s > 0 for s in km.ots_scores_.values())  # Calinski–Harabasz
+    assert 0 <= spec.init_ncut_ <= 1 and not hasattr(km, "init_ncut_")
+    assert set(np.unique(spec.init_labels_)) <= {0, 1, 2}
+    with pytest.raises(ValueError, match="partition"):
+        DiEC(3, partition="gmm", **TINY).fit(X)
+
+
 def test_diec_rejects_feature_vectors():
     with pytest.raises(ValueError):
         DiEC(2, **TINY).fit(np.zeros((10, 5), dtype=np.float32))

@@ -7,9 +7,12 @@ Clustering Middle Layer, CML) read at one clustering-optimal timestep t*:
    (eq. 9), averaged over R noise draws (eq. 11–13);
 2. Optimal Timestep Search: ``t* = argmax_t CH(ē(t), kmeans_K(ē(t)))`` on a subset of m images,
    found with a golden-section search (O(log T) evaluations, eq. 10/14;
-   :mod:`diffclust.selection.ots`);
+   :mod:`diffclust.selection.ots`); [PROP] ``partition="spectral"`` scores t by the
+   normalised cut of the spectral partition of ē(t)'s k-NN graph instead (:mod:`diffclust.graph`);
 3. residual mapping ``z = e + g_φ(e)`` (eq. 18), averaged over M noise draws (eq. 20);
-4. DEC self-training: Student-t ``q_ik`` against trainable centroids μ initialised by k-means,
+4. DEC self-training: Student-t ``q_ik`` against trainable centroids μ initialised by k-means
+   (``partition="kmeans"``) or [PROP] by the means of the spectral partition of the same k-NN
+   graph as step 5 (``partition="spectral"``, the default),
    target ``p_ik = (q_ik²/f_k)/Σ_k' (q_ik'²/f_k')`` and ``L_KL = KL(P‖Q)`` (eq. 7–8, 21);
 5. adaptive k-NN graph regulariser ``L_Gr = Σ_i Σ_{j∈NB_i} s_ij ‖q_i − q_j‖²`` with row-normalised
    affinities S and the entropy term ``L_En = Σ s_ij log s_ij`` (eq. 22–23);
@@ -61,6 +64,10 @@ class DiEC(DiffusionFeatures, ResumableMixin, DiffClusterMixin):
         (``pretrain_steps`` steps of batch ``pretrain_batch_size``; preset ``unet_preset``).
     t_star : "auto" or int
         ``"auto"`` runs the Optimal Timestep Search; an int fixes t* (0-based).
+    partition : {"spectral", "kmeans"}
+        How the bottleneck features are partitioned to score a timestep in the search and to
+        place the initial centroids μ: spectral clustering of their k-NN graph (``n_neighbors``)
+        scored by its normalised cut [PROP], or the paper's k-means scored by CH (eq. 14).
     ots_subset, ots_repeats, ots_grid, ots_tol, ots_final, ots_stride, ots_range, ots_n_init
         OTS settings (see the module docstring).
     n_noise_train, n_noise_infer : int
@@ -90,6 +97,7 @@ class DiEC(DiffusionFeatures, ResumableMixin, DiffClusterMixin):
         "pretrain_steps": [int_at_least(1)], "pretrain_batch_size": [int_at_least(1)],
         "pretrain_lr": [positive], "unet_preset": [str], "schedule": [str],
         "n_timesteps": [int_at_least(2)], "block": [str], "t_star": [int_at_least(0), AUTO],
+        "partition": [StrOptions({"spectral", "kmeans"})],
         "ots_subset": [int_at_least(2)], "ots_repeats": [int_at_least(1)],
         "ots_grid": [int_at_least(2)], "ots_tol": [int_at_least(1)], "ots_final": [int_at_least(1)],
         "ots_stride": [int_at_least(1)], "ots_range": pair + [None], "ots_n_init": [int_at_least(1)],
@@ -106,7 +114,7 @@ class DiEC(DiffusionFeatures, ResumableMixin, DiffClusterMixin):
 
     def __init__(self, n_clusters=10, *, unet=None, pretrain_steps=4000, pretrain_batch_size=128,
                  pretrain_lr=2e-4, unet_preset="auto", n_timesteps=1000, schedule="linear",
-                 block="mid", t_star="auto", ots_subset=5000, ots_repeats=4, ots_grid=8,
+                 block="mid", t_star="auto", partition="spectral", ots_subset=5000, ots_repeats=4, ots_grid=8,
                  ots_tol=16, ots_final=5, ots_stride=1, ots_range=None, ots_n_init=3,
                  n_noise_train=4, n_noise_infer=8, hidden_dim="auto", standardize=True,
                  alpha=1.0, beta=0.1, gamma=0.01, n_neighbors=10, knn_rebuild_every=5,
@@ -124,6 +132,7 @@ class DiEC(DiffusionFeatures, ResumableMixin, DiffClusterMixin):
         self.schedule = schedule
         self.block = block
         self.t_star = t_star
+        self.partition = partition
         self.ots_subset = ots_subset
         self.ots_repeats = ots_repeats
         self.ots_grid = ots_grid
@@ -202,19 +211,36 @@ class DiEC(DiffusionFeatures, ResumableMixin, DiffClusterMixin):
             torch.manual_seed(self.seed_)
             self.g_ = ResidualMapping(D, hidden).to(self.device_)
         Z = self._standardise(e0)  # g = 0 at the start: z = e
-        from sklearn.cluster import KMeans
-
-        km = KMeans(self.n_clusters, n_init=int(self.kmeans_n_init), random_state=self.seed_)
-        km_labels = km.fit_predict(Z.numpy())
-        self.init_labels_ = km_labels.astype(np.int64)
-        self.mu_ = nn.Parameter(torch.as_tensor(km.cluster_centers_, dtype=torch.float32,
-                                                device=self.device_))
+        self.init_labels_, mu = self._initial_partition(Z.numpy())
+        self.mu_ = nn.Parameter(torch.as_tensor(mu, dtype=torch.float32, device=self.device_))
         self._train(X, Z)
         # --- read-out ---
         proba = self._q_of(self._embed(X, int(self.n_noise_infer), self.seed_ + 2))
         self.train_proba_ = proba.numpy().astype(np.float64)
         self.labels_ = self.train_proba_.argmax(1)
         self.fit_seconds_ = time.perf_counter() - t_start
+
+    def _initial_partition(self, Z):
+        """Labels of the features Z at t* and the centroids μ: k-means (paper) or the means of
+        the spectral partition of Z's k-NN graph (a cluster left empty gets a random point)."""
+        K = self.n_clusters
+        if self.partition == "kmeans":
+            from sklearn.cluster import KMeans
+
+            km = KMeans(K, n_init=int(self.kmeans_n_init), random_state=self.seed_).fit(Z)
+            return km.labels_.astype(np.int64), km.cluster_centers_
+        from ..graph import spectral_partition
+
+        labels, self.init_ncut_ = spectral_partition(Z, K, n_neighbors=int(self.n_neighbors),
+                                                     random_state=self.seed_)
+        counts = np.bincount(labels, minlength=K)
+        mu = np.zeros((K, Z.shape[1]))
+        np.add.at(mu, labels, Z)
+        mu /= np.maximum(counts, 1)[:, None]
+        empty = np.flatnonzero(counts == 0)
+        if len(empty):
+            mu[empty] = Z[np.random.default_rng(self.seed_).choice(len(Z), len(empty), False)]
+        return labels, mu
 
     def _q_of(self, Z):
         return dec_soft_assignment(Z.to(self.device_), self.mu_.detach(), self.dec_a).cpu()

@@ -96,6 +96,8 @@ class DiffusionFeatures:
             X, self.n_clusters, np.arange(lo, hi + 1, int(self.ots_stride)),
             subset=int(self.ots_subset), generator=self.generator_, seed=self.seed_,
             n_init=int(self.ots_n_init), tol=int(self.ots_tol), grid=int(self.ots_grid),
+            criterion="ncut" if self.partition == "spectral" else "ch",
+            n_neighbors=int(self.n_neighbors),
             n_final=self.ots_final, verbose=self.verbose)
 
     def _extra_warnings(self):

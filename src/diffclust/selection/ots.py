@@ -17,7 +17,10 @@ needs only O(log T) evaluations of S instead of a scan of all T steps.
 * every evaluation is cached; ``t*`` is the best cached candidate.
 
 :func:`clusterability_score` is the paper's score: k-means with K clusters, then the
-Calinski–Harabasz index of the partition (eq. 14).
+Calinski–Harabasz index of the partition (eq. 14). :func:`graph_cut_score` [PROP] is the
+negative normalised cut of the spectral partition of the features' k-NN graph
+(:mod:`diffclust.graph`): CH rises with t past the best timestep on USPS while the cut is
+smallest at it (DECISIONS.md, "DiEC: the k-NN graph partition").
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import numpy as np
 import torch
 
 __all__ = ["OTSResult", "clusterability_score", "full_scan", "golden_section_argmax",
-           "optimal_timestep"]
+           "graph_cut_score", "optimal_timestep"]
 
 _INVPHI = (math.sqrt(5.0) - 1.0) / 2.0
 
@@ -142,18 +145,40 @@ def clusterability_score(features, n_clusters: int, n_init: int = 3, seed: int =
     return float(calinski_harabasz(X, labels))
 
 
+def graph_cut_score(features, n_clusters: int, n_neighbors: int = 10, seed: int = 0) -> float:
+    """``Ŝ = −Ncut(spectral_K(G_k(e)))``: the features standardised per dimension, their
+    symmetric k-NN graph (cosine), its spectral partition into K groups, and minus that
+    partition's normalised cut (:mod:`diffclust.graph`)."""
+    from ..graph import spectral_partition
+
+    X = np.asarray(features, dtype=np.float64)
+    X = (X - X.mean(0)) / np.maximum(X.std(0), 1e-6)
+    return -spectral_partition(X, n_clusters, n_neighbors=min(n_neighbors, len(X) - 1),
+                               random_state=seed)[1]
+
+
 def optimal_timestep(features: Callable, X, n_clusters: int, candidates: Sequence[int], *,
                      subset: int, generator: torch.Generator, seed: int = 0, n_init: int = 3,
                      tol: int = 16, grid: int = 8, n_final: int | None = 5,
+                     criterion: str = "ch", n_neighbors: int = 10,
                      verbose: bool = False) -> OTSResult:
-    """The Optimal Timestep Search: ``t* = argmax_t CH(kmeans_K(e(t)))`` (eq. 10, 14) by
+    """The Optimal Timestep Search: ``t* = argmax_t Ŝ(e(t))`` (eq. 10) by
     :func:`golden_section_argmax` over ``candidates``, ``e(t) = features(t, X_m)`` on one random
     subset ``X_m`` of ``subset`` rows of ``X`` (sorted; drawn from ``generator``), the same for
-    every t (``features`` should draw its noise alike for every t: common random numbers)."""
+    every t (``features`` should draw its noise alike for every t: common random numbers).
+    ``criterion``: ``"ch"`` the paper's CH of k-means (eq. 14, :func:`clusterability_score`),
+    ``"ncut"`` :func:`graph_cut_score` with ``n_neighbors``."""
+    if criterion not in ("ch", "ncut"):
+        raise ValueError(f"criterion must be 'ch' or 'ncut', got {criterion!r}")
     m = min(len(X), int(subset))
     X_m = X[np.sort(torch.randperm(len(X), generator=generator)[:m].numpy())]
     if verbose:
         print(f"OTS: m={m}, t in [{int(candidates[0])}, {int(candidates[-1])}]", flush=True)
-    return golden_section_argmax(
-        lambda t: clusterability_score(features(t, X_m), n_clusters, n_init, seed), candidates,
-        tol=tol, grid=grid, n_final=n_final, verbose=verbose)
+    if criterion == "ch":
+        def score(t):
+            return clusterability_score(features(t, X_m), n_clusters, n_init, seed)
+    else:
+        def score(t):
+            return graph_cut_score(features(t, X_m), n_clusters, n_neighbors, seed)
+    return golden_section_argmax(score, candidates, tol=tol, grid=grid, n_final=n_final,
+                                 verbose=verbose)

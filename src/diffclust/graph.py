@@ -1,0 +1,73 @@
+"""Partitions of the k-nearest-neighbour graph: spectral clustering and its normalised cut.
+
+The graph is the symmetrised k-NN connectivity of the rows of ``X`` (:func:`knn_graph`,
+``A_ij = 1`` when j is among the k nearest neighbours of i or i among those of j; cosine
+similarity, :mod:`diffclust.knn`). Spectral clustering (Shi & Malik 2000; Ng, Jordan & Weiss
+2002) relaxes the minimum normalised cut of A into K ≤ eigenvectors of the normalised Laplacian
+and rounds them to K groups — scikit-learn's ``spectral_clustering`` with the deterministic
+``cluster_qr`` rounding (Damle, Minden & Ying 2019). :func:`normalized_cut` scores any
+partition on the graph:
+
+    Ncut(C_1..C_K) = (1/K) Σ_k cut(C_k, V∖C_k) / vol(C_k)      (0 = K disconnected groups)
+
+where ``vol(C) = Σ_{i∈C} deg(i)``. DiEC uses both ([PROP], DECISIONS.md "DiEC: the k-NN graph
+partition"): the timestep whose features give the smallest Ncut, and the spectral partition as
+the initial centroids.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from .knn import knn_search
+
+__all__ = ["knn_graph", "normalized_cut", "spectral_partition"]
+
+
+def knn_graph(X, n_neighbors: int = 10, metric: str = "cosine", neighbors=None) -> sp.csr_matrix:
+    """Symmetric 0/1 k-NN connectivity (N, N) of the rows of ``X``; ``neighbors`` (N, k) reuses
+    an index array already found."""
+    nb = np.asarray(neighbors if neighbors is not None else
+                    knn_search(np.asarray(X, dtype=np.float32), int(n_neighbors), metric=metric)[0])
+    n, k = nb.shape
+    A = sp.csr_matrix((np.ones(n * k), (np.repeat(np.arange(n), k), nb.ravel())), shape=(n, n))
+    A = A.maximum(A.T)
+    A.setdiag(0)
+    A.eliminate_zeros()
+    return A.tocsr()
+
+
+def normalized_cut(A: sp.spmatrix, labels) -> float:
+    """Mean over the used clusters of ``cut(C, V∖C) / vol(C)`` on the graph ``A``."""
+    labels = np.asarray(labels)
+    used, lab = np.unique(labels, return_inverse=True)
+    A = sp.csr_matrix(A)
+    deg = np.asarray(A.sum(1)).ravel()
+    rows, cols = A.nonzero()
+    w = np.asarray(A[rows, cols]).ravel()
+    inside = np.bincount(lab[rows], weights=w * (lab[rows] == lab[cols]), minlength=len(used))
+    vol = np.bincount(lab, weights=deg, minlength=len(used))
+    return float(np.mean(1.0 - inside / np.maximum(vol, 1e-12)))
+
+
+def spectral_partition(X, n_clusters: int, *, n_neighbors: int = 10, metric: str = "cosine",
+                       random_state: int = 0, graph: sp.spmatrix | None = None):
+    """Spectral clustering of the k-NN graph of ``X`` (or of ``graph``). Returns
+    ``(labels, ncut)``: int64 labels in ``0..K−1`` and their :func:`normalized_cut`."""
+    from sklearn.cluster import spectral_clustering
+
+    A = graph if graph is not None else knn_graph(X, n_neighbors, metric)
+    K = int(n_clusters)
+    if K < 1 or K > A.shape[0]:
+        raise ValueError(f"n_clusters must be in [1, {A.shape[0]}], got {K}")
+    if K == 1:
+        labels = np.zeros(A.shape[0], dtype=np.int64)
+    else:
+        import warnings
+
+        with warnings.catch_warnings():  # K disconnected groups are the easy case, not an error
+            warnings.filterwarnings("ignore", message="Graph is not fully connected")
+            labels = spectral_clustering(A, n_clusters=K, assign_labels="cluster_qr",
+                                         random_state=int(random_state)).astype(np.int64)
+    return labels, normalized_cut(A, labels)
