@@ -495,6 +495,8 @@ def pretrain_diffusion(
                                     help="continue from OUT/checkpoint if present"),
         conditional: bool = typer.Option(False, help="class-conditional on the file's labels "
                                                      "(with a null id for guidance)"),
+        init: Optional[str] = typer.Option(None, help="start from these weights: a shipped "
+                                                      "model's name (usps, …) or a U-Net folder"),
         n_samples: int = typer.Option(64, help="images in samples.png (0: none)"),
         seed: int = typer.Option(0, help="random seed"),
         data_home: Optional[str] = typer.Option(None, help="folder of the shared datasets"),
@@ -509,7 +511,15 @@ def pretrain_diffusion(
     if conditional and y is None:
         _fail(f"--conditional needs labels, but {desc} has none")
     try:
-        res = pretrain_ddpm(X, out, preset=preset, labels=y if conditional else None,
+        unet = None
+        if init is not None:
+            from .diffusion.unet import load_unet
+
+            from .data.validation import check_images
+
+            unet = load_unet(init, check_images(X).shape[1:])[0]
+        res = pretrain_ddpm(X, out, unet=unet, preset=preset,
+                            labels=y if conditional else None,
                             n_steps=steps, batch_size=batch_size, lr=lr,
                             checkpoint_every=checkpoint_every, resume=resume,
                             max_seconds=None if max_minutes is None else 60 * max_minutes,

@@ -176,6 +176,8 @@ def pretrain_ddpm(images, out_dir=None, *, unet: DiffusionUNet | None = None,
                          schedule=sched.to_config())
     elif unet.schedule is None:
         unet.schedule = sched.to_config()
+    else:  # a pretrained U-Net trains further on the schedule it was trained with
+        sched = unet.noise_schedule()
     if unet.in_channels != C or unet.image_size != H:
         raise ValueError(f"the U-Net expects {unet.in_channels}×{unet.image_size}² images, got "
                          f"{C}×{H}²")

@@ -424,23 +424,30 @@ def noisy_features(unet, sched, x0: torch.Tensor, t: int, n_noise: int, generato
 
 
 def load_unet(src, image_shape) -> tuple[DiffusionUNet, str]:
-    """A copy of the U-Net ``src`` (a :class:`DiffusionUNet`, a diffusers ``UNet2DModel``, or a
-    folder / hub id of one) checked against images of ``image_shape`` ``(C, H, W)``, and where it
+    """A copy of the U-Net ``src`` (a :class:`DiffusionUNet`, a diffusers ``UNet2DModel``, the
+    name of a model shipped with the package (:mod:`diffclust.pretrained`), or a folder / hub id
+    of one) checked against images of ``image_shape`` ``(C, H, W)``, and where it
     came from (for the fitted model's record). Smaller images are padded to its sample size."""
     import copy
 
     from diffusers import UNet2DModel
+
+    from ..pretrained import PRETRAINED, pretrained_path
 
     C, H, W = image_shape
     if isinstance(src, DiffusionUNet):
         model, where = copy.deepcopy(src), "DiffusionUNet object"
     elif isinstance(src, UNet2DModel):
         model, where = DiffusionUNet(copy.deepcopy(src), image_size=H), "UNet2DModel object"
+    elif isinstance(src, str) and (src in PRETRAINED or "/" not in src and not Path(src).exists()):
+        # a model shipped with the package (a name that is no folder and no hub id owner/name)
+        model = DiffusionUNet.from_pretrained(pretrained_path(src), image_size=None)
+        where = f"pretrained:{src}"
     elif isinstance(src, (str, Path)):
         model, where = DiffusionUNet.from_pretrained(src, image_size=None), str(src)
     else:
-        raise ValueError(f"unet must be None, a folder/hub id, a DiffusionUNet or a diffusers "
-                         f"UNet2DModel; got {type(src).__name__}")
+        raise ValueError(f"unet must be None, a pretrained name, a folder/hub id, a "
+                         f"DiffusionUNet or a diffusers UNet2DModel; got {type(src).__name__}")
     if model.in_channels != C:
         raise ValueError(f"the U-Net takes {model.in_channels}-channel images but X has {C} "
                          f"channels")

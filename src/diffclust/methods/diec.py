@@ -60,8 +60,10 @@ class DiEC(DiffusionFeatures, ResumableMixin, DiffClusterMixin):
     ----------
     n_clusters : int
     unet : None, str/path, DiffusionUNet or diffusers UNet2DModel
-        The pretrained ε-prediction U-Net. ``None``: pretrain one on X first
-        (``pretrain_steps`` steps of batch ``pretrain_batch_size``; preset ``unet_preset``).
+        The pretrained ε-prediction U-Net: the name of one shipped with the package
+        (``diffclust.pretrained.available()``, e.g. ``"usps"``), a folder, or an object.
+        ``None``: pretrain one on X first (``pretrain_steps`` steps of batch
+        ``pretrain_batch_size``; preset ``unet_preset``).
     t_star : "auto" or int
         ``"auto"`` runs the Optimal Timestep Search; an int fixes t* (0-based).
     partition : {"spectral", "kmeans"}
