@@ -126,6 +126,8 @@ def main():
     ap.add_argument("--ts", type=int, nargs="+", default=[50, 100, 200, 300])
     ap.add_argument("--blocks", nargs="+", default=["mid"],
                     help="U-Net blocks read: mid, conv_in, down.i, up.i")
+    ap.add_argument("--weights", nargs="+", default=["ema", "raw"], choices=["ema", "raw"],
+                    help="which weights to partition")
     ap.add_argument("--noise", type=int, default=2, help="noise draws averaged per image")
     ap.add_argument("--eval-n", type=int, default=0,
                     help="partition a fixed random subset of this many images (0 = all); the "
@@ -166,6 +168,7 @@ def main():
             continue
         # a criterion's choice is over the ts of one pass: a partition is measured at every t
         # or (when some t of it is on record already) at none
+        nets = tuple((w, net) for w, net in nets if w in a.weights)
         todo = [(meth, w, b, t) for meth in ("kmeans-bottleneck", "spectral-bottleneck")
                 for w, _ in nets for b in a.blocks for t in a.ts
                 if not any(h[:4] == (meth, m, w, b) for h in have)]

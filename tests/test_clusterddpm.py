@@ -213,6 +213,35 @@ def test_e_step_recovers_tied_mixture():
     assert info["n_iter"] <= 3
 
 
+@pytest.mark.parametrize("cov", ["tied", "diag"])
+def test_gmm_from_labels_recovers_the_groups(cov):
+    from diffclust.mixture import gmm_from_labels
+
+    rng = np.random.default_rng(0)
+    means = np.array([[0.0, 0.0], [6.0, 0.0], [0.0, 6.0]])
+    labels = np.repeat(np.arange(3), [500, 300, 200])
+    Z = means[labels] + rng.normal(size=(1000, 2)) * np.array([1.0, 0.5])
+    w, m, c = gmm_from_labels(Z, labels, 4, cov, reg_covar=1e-3)  # group 3 is empty
+    np.testing.assert_allclose(w[:3], [0.5, 0.3, 0.2], atol=1e-3)
+    assert 0 < w[3] < 1e-5 and np.isclose(w.sum(), 1)
+    np.testing.assert_allclose(m[:3], means, atol=0.15)
+    var = np.diag(c) if cov == "tied" else c[0]
+    np.testing.assert_allclose(var, [1.0, 0.25], rtol=0.15)
+    (fw, fm, fc), _ = fit_gmm(Z, 3, cov, init=(w[:3] / w[:3].sum(), m[:3],
+                                              c if cov == "tied" else c[:3]))
+    np.testing.assert_allclose(np.sort(fm.numpy()[:, 0]), [0, 0, 6], atol=0.2)
+
+
+def test_gmm_init_spectral_and_kmeans(usps3):
+    X, _ = usps3
+    a = ClusterDDPM(3, random_state=0, gmm_init="spectral", **TINY).fit(X[::3])
+    b = ClusterDDPM(3, random_state=0, **TINY).fit(X[::3])
+    assert 0 <= a.init_ncut_ <= 1 and not hasattr(b, "init_ncut_")
+    assert a.labels_.shape == b.labels_.shape == (60,)
+    with pytest.raises(ValueError, match="gmm_init"):
+        ClusterDDPM(3, gmm_init="random", **TINY).fit(X[::3])
+
+
 def test_short_fit_beats_chance(usps3):
     X, y = usps3
     m = ClusterDDPM(3, random_state=0, unet_preset="tiny", latent_dim=8, n_timesteps=100,

@@ -16,8 +16,8 @@ import torch
 
 from .errors import DivergenceError
 
-__all__ = ["COVARIANCE_TYPES", "fit_diag_gmm", "fit_gmm", "gmm_log_posterior", "sample_gmm",
-           "prior_matching_terms"]
+__all__ = ["COVARIANCE_TYPES", "fit_diag_gmm", "fit_gmm", "gmm_from_labels", "gmm_log_posterior",
+           "sample_gmm", "prior_matching_terms"]
 
 _LOG2PI = math.log(2 * math.pi)
 
@@ -88,6 +88,33 @@ def prior_matching_terms(mu, logvar, z, weights, means, covariances, w=None,
     entropy = -0.5 * (1.0 + logvar).sum(1)
     return {"kl_c": kl_c, "kl_z": kl_z, "entropy": entropy, "total": kl_c + kl_z + entropy,
             "w": w}
+
+
+def gmm_from_labels(Z, labels, n_components, covariance_type="diag", reg_covar=1e-4):
+    """The mixture ``(weights, means, covariances)`` (numpy, float64) of a hard partition of
+    ``Z``: the groups' fractions, means and (per-group diagonal or pooled full) covariances plus
+    ``reg_covar``; an empty group gets a small weight, the global mean and covariance."""
+    check_covariance_type(covariance_type)
+    Z = np.asarray(Z, dtype=np.float64)
+    labels = np.asarray(labels)
+    K, J = int(n_components), Z.shape[1]
+    counts = np.bincount(labels, minlength=K).astype(np.float64)
+    means = np.tile(Z.mean(0), (K, 1))
+    sums = np.zeros((K, J))
+    np.add.at(sums, labels, Z)
+    used = counts > 0
+    means[used] = sums[used] / counts[used, None]
+    R = Z - means[labels]
+    if covariance_type == "tied":
+        cov = R.T @ R / len(Z) + reg_covar * np.eye(J)
+    else:
+        sq = np.zeros((K, J))
+        np.add.at(sq, labels, R ** 2)
+        cov = np.tile(Z.var(0), (K, 1))
+        cov[used] = sq[used] / counts[used, None]
+        cov = cov + reg_covar
+    weights = np.maximum(counts, 1e-3) / max(counts.sum(), 1.0)
+    return weights / weights.sum(), means, cov
 
 
 def fit_gmm(Z, n_components, covariance_type="diag", init=None, reg_covar=1e-4, max_iter=100,

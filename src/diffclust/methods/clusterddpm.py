@@ -100,6 +100,9 @@ class ClusterDDPM(MixturePrior, ResumableMixin, DiffClusterMixin):
     covariance_type : "tied" or "diag"
         The mixture's covariance: one full Σ shared by the components (``"tied"``, default,
         [PROP], see the module docstring) or the paper's per-component diagonal (``"diag"``).
+    gmm_init : "kmeans" or "spectral"
+        GMM_0's start: k-means (the paper, ``gmm_n_init`` restarts) or the spectral partition
+        of the latents' 10-NN graph (:mod:`diffclust.graph`, [PROP]).
     gmm_reg_covar, gmm_max_iter, gmm_n_init : float, int, int
         E-step settings: ``reg_covar`` relative to the mean per-dimension variance of the
         latents (0.05), EM iterations (100), k-means restarts for the first fit (5).
@@ -132,6 +135,7 @@ class ClusterDDPM(MixturePrior, ResumableMixin, DiffClusterMixin):
         "batch_size": [int_at_least(1)], "lr": [positive],
         "cond_drop": [fraction],
         "covariance_type": [StrOptions({"tied", "diag"})],
+        "gmm_init": [StrOptions({"kmeans", "spectral"})],
         "gmm_max_iter": [int_at_least(1)], "gmm_n_init": [int_at_least(1)],
         "gmm_reg_covar": [non_negative], "e_step_input": [StrOptions({"mean", "sample"})],
         "predict_from": [StrOptions({"mean", "sample"})], "clip_grad": [positive, None],
@@ -142,7 +146,7 @@ class ClusterDDPM(MixturePrior, ResumableMixin, DiffClusterMixin):
     def __init__(self, n_clusters=10, *, latent_dim=32, lam=0.01, unet_preset="auto",
                  n_timesteps=400, beta_start=1e-4, beta_end=0.02, pretrain_epochs="auto",
                  n_em_iters=50, m_step_epochs=1, batch_size=128, lr=1e-4, pretrain_lr=2e-3,
-                 cond_drop=0.1, covariance_type="tied",
+                 cond_drop=0.1, covariance_type="tied", gmm_init="kmeans",
                  gmm_reg_covar=0.05, gmm_max_iter=100, gmm_n_init=5, e_step_input="mean",
                  predict_from="mean", clip_grad=None, divergence_factor=1e3,
                  embed_batch_size=512, random_state=None, device=None, precision="auto",
@@ -162,6 +166,7 @@ class ClusterDDPM(MixturePrior, ResumableMixin, DiffClusterMixin):
         self.pretrain_lr = pretrain_lr
         self.cond_drop = cond_drop
         self.covariance_type = covariance_type
+        self.gmm_init = gmm_init
         self.gmm_reg_covar = gmm_reg_covar
         self.gmm_max_iter = gmm_max_iter
         self.gmm_n_init = gmm_n_init

@@ -32,6 +32,13 @@ class MixturePrior:
         # reg_covar relative to the latents' scale, which the encoder sets freely: an absolute
         # floor lets a component shrink to a spike that the prior term then empties
         reg = float(self.gmm_reg_covar) * max(float(Z.var(0).mean()), 1e-12)
+        if init is None and self.gmm_init == "spectral":  # GMM_0 from the k-NN graph partition
+            from ..graph import spectral_partition
+            from ..mixture import gmm_from_labels
+
+            labels, self.init_ncut_ = spectral_partition(Z.numpy(), self.n_clusters,
+                                                         n_neighbors=10, random_state=self.seed_)
+            init = gmm_from_labels(Z.numpy(), labels, self.n_clusters, self.covariance_type, reg)
         (w, m, v), info = fit_gmm(Z.numpy(), self.n_clusters, self.covariance_type, init=init,
                                   reg_covar=reg, max_iter=int(self.gmm_max_iter),
                                   n_init=int(self.gmm_n_init), seed=self.seed_ + round_)
