@@ -116,8 +116,9 @@ class DiEC(DiffusionFeatures, ResumableMixin, DiffClusterMixin):
 
     def __init__(self, n_clusters=10, *, unet=None, pretrain_steps=4000, pretrain_batch_size=128,
                  pretrain_lr=2e-4, unet_preset="auto", n_timesteps=1000, schedule="linear",
-                 block="mid", t_star="auto", partition="spectral", ots_subset=5000, ots_repeats=4, ots_grid=8,
-                 ots_tol=16, ots_final=5, ots_stride=1, ots_range=None, ots_n_init=3,
+                 block="mid", t_star="auto", partition="spectral", ots_subset=5000,
+                 ots_repeats=4, ots_grid=8, ots_tol=16, ots_final=5, ots_stride=1,
+                 ots_range=None, ots_n_init=3,
                  n_noise_train=4, n_noise_infer=8, hidden_dim="auto", standardize=True,
                  alpha=1.0, beta=0.1, gamma=0.01, n_neighbors=10, knn_rebuild_every=5,
                  update_interval="epoch", n_epochs=20, batch_size=256, unet_lr=1e-5,
@@ -224,7 +225,7 @@ class DiEC(DiffusionFeatures, ResumableMixin, DiffClusterMixin):
 
     def _initial_partition(self, Z):
         """Labels of the features Z at t* and the centroids μ: k-means (paper) or the means of
-        the spectral partition of Z's k-NN graph (a cluster left empty gets a random point)."""
+        the spectral partition of Z's k-NN graph (an empty group: the mean of all Z)."""
         K = self.n_clusters
         if self.partition == "kmeans":
             from sklearn.cluster import KMeans
@@ -232,17 +233,11 @@ class DiEC(DiffusionFeatures, ResumableMixin, DiffClusterMixin):
             km = KMeans(K, n_init=int(self.kmeans_n_init), random_state=self.seed_).fit(Z)
             return km.labels_.astype(np.int64), km.cluster_centers_
         from ..graph import spectral_partition
+        from ..mixture import gmm_from_labels
 
         labels, self.init_ncut_ = spectral_partition(Z, K, n_neighbors=int(self.n_neighbors),
                                                      random_state=self.seed_)
-        counts = np.bincount(labels, minlength=K)
-        mu = np.zeros((K, Z.shape[1]))
-        np.add.at(mu, labels, Z)
-        mu /= np.maximum(counts, 1)[:, None]
-        empty = np.flatnonzero(counts == 0)
-        if len(empty):
-            mu[empty] = Z[np.random.default_rng(self.seed_).choice(len(Z), len(empty), False)]
-        return labels, mu
+        return labels, gmm_from_labels(Z, labels, K)[1]  # the groups' means
 
     def _q_of(self, Z):
         return dec_soft_assignment(Z.to(self.device_), self.mu_.detach(), self.dec_a).cpu()
