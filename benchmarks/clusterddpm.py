@@ -74,7 +74,8 @@ def main():
     ap.add_argument("--n", type=int, default=2000, help="random subset size (0 = all images)")
     ap.add_argument("--size", type=int, default=None, help="resize images to this side")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--pretrain-epochs", type=int, default=25)
+    ap.add_argument("--pretrain-epochs", type=lambda v: v if v == "auto" else int(v), default=25,
+                    help="pre-training epochs, or 'auto' (the estimator's default)")
     ap.add_argument("--em-iters", type=int, default=15, help="EM rounds (the paper's epochs)")
     ap.add_argument("--paper-defaults", action="store_true", help="J and λ of the paper")
     ap.add_argument("--param", nargs="*", default=[], help="extra ClusterDDPM params KEY=VALUE")

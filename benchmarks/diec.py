@@ -51,7 +51,8 @@ def main():
     ap.add_argument("--pretrain-steps", type=int, default=6000)
     ap.add_argument("--pretrain-batch", type=int, default=128)
     ap.add_argument("--unet", default=None,
-                    help="a pretrained U-Net folder to use instead of pretraining one")
+                    help="a shipped U-Net's name or a U-Net folder to use instead of "
+                         "pretraining one")
     ap.add_argument("--param", nargs="*", default=[], help="extra DiEC params KEY=VALUE")
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args()
@@ -62,7 +63,11 @@ def main():
     print(f"{name}: X {X.shape}, K={k}", flush=True)
 
     # 1. our own DDPM on these images (or the one given)
-    mdir = Path(args.unet) if args.unet else MODELS / f"{name}-{args.preset}-{args.pretrain_steps}"
+    from diffclust.pretrained import PRETRAINED, pretrained_path
+
+    shipped = args.unet in PRETRAINED
+    mdir = (pretrained_path(args.unet) if shipped else Path(args.unet) if args.unet
+            else MODELS / f"{name}-{args.preset}-{args.pretrain_steps}")
     if not args.unet:
         pretrain_ddpm(X, mdir, preset=args.preset, n_steps=args.pretrain_steps,
                       batch_size=args.pretrain_batch, seed=0, verbose=True)
@@ -83,7 +88,8 @@ def main():
             km = KMeansClusterer(k, random_state=seed).fit(Xf)
         recs.append(record("kmeans-pixels", name, len(X), k, seed, evaluate(y, km.labels_),
                            tk.seconds))
-        m = DiEC(k, unet=str(mdir), random_state=seed, verbose=False, **extra)
+        m = DiEC(k, unet=args.unet if shipped else str(mdir), random_state=seed, verbose=False,
+                 **extra)
         with Timer() as tf:
             m.fit(X)
         res_km = evaluate(y, m.init_labels_)

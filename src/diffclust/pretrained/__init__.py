@@ -19,7 +19,9 @@ HERE = Path(__file__).resolve().parent
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 #: name → (image size, SHA-256 of the weights file)
-PRETRAINED: dict[str, tuple[int, str]] = {}
+PRETRAINED: dict[str, tuple[int, str]] = {
+    "usps": (16, "a7a579d5bcdd17f76a9be43e5f27ee0ddf5939f7495c6a285727f9e7a87963d4"),
+}
 
 
 def available() -> list[str]:
