@@ -71,6 +71,7 @@ def main():
     if not args.unet:
         pretrain_ddpm(X, mdir, preset=args.preset, n_steps=args.pretrain_steps,
                       batch_size=args.pretrain_batch, seed=0, verbose=True)
+    tag = name + (f"-unet-{mdir.name}" if args.unet else "")  # the figures' file names
     info_path = mdir / "pretrain.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
     pre_s = info.get("train_seconds", info.get("seconds"))
@@ -79,7 +80,7 @@ def main():
         pre_s, pre_steps = None, int(mdir.name.split("-")[-1])
     print(f"DDPM {mdir}: {pre_steps} steps, {pre_s} s of pretraining", flush=True)
     if not args.no_save and (mdir / "samples.png").exists():
-        shutil.copyfile(mdir / "samples.png", RESULTS / f"diec_{name}_samples.png")
+        shutil.copyfile(mdir / "samples.png", RESULTS / f"diec_{tag}_samples.png")
 
     recs = []
     Xf = X.reshape(len(X), -1).astype(np.float32) / 255.0
@@ -122,8 +123,8 @@ def main():
             from diffclust.viz import save_ots_curve
 
             ts = np.array([int(t) for t in ots])
-            save_ots_curve(RESULTS / f"diec_{name}_ots.png", ts, np.array(list(ots.values())),
-                           t_star=m.t_star_, title=f"OTS on {name}")
+            save_ots_curve(RESULTS / f"diec_{tag}_ots.png", ts, np.array(list(ots.values())),
+                           t_star=m.t_star_, title=f"OTS on {tag}")
     if not args.no_save:
         append_results("diec", recs)
 
