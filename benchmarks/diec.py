@@ -124,7 +124,8 @@ def main():
 
             ts = np.array([int(t) for t in ots])
             save_ots_curve(RESULTS / f"diec_{tag}_ots.png", ts, np.array(list(ots.values())),
-                           t_star=m.t_star_, title=f"OTS on {tag}")
+                           t_star=m.t_star_, title=f"OTS on {tag}",
+                           score_name="−Ncut" if m.partition == "spectral" else "CH score")
     if not args.no_save:
         append_results("diec", recs)
 
