@@ -42,10 +42,9 @@ def normalized_cut(A: sp.spmatrix, labels) -> float:
     """Mean over the used clusters of ``cut(C, V∖C) / vol(C)`` on the graph ``A``."""
     labels = np.asarray(labels)
     used, lab = np.unique(labels, return_inverse=True)
-    A = sp.csr_matrix(A)
-    deg = np.asarray(A.sum(1)).ravel()
-    rows, cols = A.nonzero()
-    w = np.asarray(A[rows, cols]).ravel()
+    A = sp.coo_matrix(A)
+    deg = np.bincount(A.row, weights=A.data, minlength=A.shape[0])
+    rows, cols, w = A.row, A.col, A.data
     inside = np.bincount(lab[rows], weights=w * (lab[rows] == lab[cols]), minlength=len(used))
     vol = np.bincount(lab, weights=deg, minlength=len(used))
     return float(np.mean(1.0 - inside / np.maximum(vol, 1e-12)))
