@@ -513,9 +513,8 @@ def pretrain_diffusion(
     try:
         unet = None
         if init is not None:
-            from .diffusion.unet import load_unet
-
             from .data.validation import check_images
+            from .diffusion.unet import load_unet
 
             unet = load_unet(init, check_images(X).shape[1:])[0]
         res = pretrain_ddpm(X, out, unet=unet, preset=preset,
