@@ -108,7 +108,9 @@ def plot(settings):
     fig.suptitle(f"{settings['dataset']}: {settings['preset']} U-Net, batch {settings['batch']}",
                  fontsize=9)
     fig.tight_layout()
-    out = RESULTS / f"{NAME}_{settings['dataset']}_{settings['preset']}_b{settings['batch']}.png"
+    seed = f"_s{settings['seed']}" if settings["seed"] else ""
+    out = (RESULTS / f"{NAME}_{settings['dataset']}_{settings['preset']}_b{settings['batch']}"
+                     f"{seed}.png")
     fig.savefig(out, dpi=110)
     print(f"-> {out}")
 
