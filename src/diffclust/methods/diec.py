@@ -232,11 +232,13 @@ class DiEC(DiffusionFeatures, ResumableMixin, DiffClusterMixin):
 
             km = KMeans(K, n_init=int(self.kmeans_n_init), random_state=self.seed_).fit(Z)
             return km.labels_.astype(np.int64), km.cluster_centers_
-        from ..graph import spectral_partition
+        from ..graph import knn_graph, spectral_partition
         from ..mixture import gmm_from_labels
 
-        labels, self.init_ncut_ = spectral_partition(Z, K, n_neighbors=int(self.n_neighbors),
-                                                     random_state=self.seed_)
+        # the graph L_Gr's first refresh needs too (same Z, k and metric): searched once
+        self._init_neighbors = knn_search(Z, int(self.n_neighbors), metric="cosine")[0]
+        labels, self.init_ncut_ = spectral_partition(
+            Z, K, random_state=self.seed_, graph=knn_graph(Z, neighbors=self._init_neighbors))
         return labels, gmm_from_labels(Z, labels, K)[1]  # the groups' means
 
     def _q_of(self, Z):
@@ -276,7 +278,9 @@ class DiEC(DiffusionFeatures, ResumableMixin, DiffClusterMixin):
         labels = Q.argmax(1).numpy()
         prev = st["prev_labels"]
         changed = float((labels != prev).mean()) if prev is not None else 1.0
-        if st["n_refresh"] % int(self.knn_rebuild_every) == 0 or st["nb"] is None:
+        if it == 0 and st["init_nb"] is not None:  # the initial partition's graph of this Z
+            st["nb"] = torch.from_numpy(st["init_nb"])
+        elif st["n_refresh"] % int(self.knn_rebuild_every) == 0 or st["nb"] is None:
             st["nb"] = torch.from_numpy(knn_search(Z.numpy(), int(self.n_neighbors),
                                                    metric="cosine")[0])
         S, _ = graph_affinities(Q, st["nb"], self.beta, self.gamma)
@@ -309,7 +313,7 @@ class DiEC(DiffusionFeatures, ResumableMixin, DiffClusterMixin):
         M, Xt = int(self.n_noise_train), torch.from_numpy(X)
         st = dict(history=[], prev_labels=None, nb=None, n_refresh=0, it=0, stopped=False,
                   t0=time.perf_counter(), run=RunningMeans(("l_kl", "l_gr", "l_re", "loss")),
-                  Q=None, P=None, S=None)
+                  Q=None, P=None, S=None, init_nb=self.__dict__.pop("_init_neighbors", None))
         bar = progress(range(total_iters), desc="DiEC", verbose=self.verbose)
         # resumable per epoch (fit(X, checkpoint_dir=...)); what precedes this loop (the U-Net,
         # t*, the first embedding, k-means) is recomputed or reloaded deterministically
