@@ -40,25 +40,33 @@ def main():
     ap.add_argument("--checkpoints", default=None)
     ap.add_argument("--param", nargs="*", default=[], help="KEY=VALUE for the methods")
     ap.add_argument("--save", default=None, help="save each fitted TEMI/CLUDI model under DIR")
+    ap.add_argument("--per-class", type=int, default=0,
+                    help="a fixed random subset of this many points of every class (0: all)")
     a = ap.parse_args()
     params = parse_params(a.param)
     tag = "".join(f"[{k}={v}]" for k, v in sorted(params.items()))
     X, y = load_set(a.set, a.backbone, a.dim, a.cache)
     K = len(np.unique(y))
+    set_name = a.set
+    if a.per_class:  # drawn once (seed 0), the same for every method and seed
+        rng = np.random.default_rng(0)
+        idx = np.concatenate([rng.choice(np.flatnonzero(y == c), a.per_class, replace=False)
+                              for c in np.unique(y)])
+        X, y, set_name = X[idx], y[idx], f"{a.set}-{a.per_class}pc"
     for seed in a.seeds:
         for m in a.methods:
             kw = {} if m == "kmeans" else {"verbose": False, **params}
             fit_kw = {}
             if a.checkpoints and m in ("temi", "cludi"):
                 fit_kw["checkpoint_dir"] = (Path(a.checkpoints) /
-                                            f"{a.set}-pca{a.dim}-{m}{tag}-seed{seed}")
+                                            f"{set_name}-pca{a.dim}-{m}{tag}-seed{seed}")
             with Timer() as t:
                 est = METHODS[m](K, random_state=seed, **kw).fit(X, **fit_kw)
             r = evaluate(y, est.labels_)
             if a.save and m in ("temi", "cludi"):
-                est.save_pretrained(Path(a.save) / f"{a.set}-pca{a.dim}-{m}{tag}-seed{seed}")
+                est.save_pretrained(Path(a.save) / f"{set_name}-pca{a.dim}-{m}{tag}-seed{seed}")
             name = m if m == "kmeans" else m + tag
-            rec = record(name, f"{a.set}-{a.backbone}-pca{a.dim}", len(X), K, seed, r, t.seconds,
+            rec = record(name, f"{set_name}-{a.backbone}-pca{a.dim}", len(X), K, seed, r, t.seconds,
                          n_used=int(len(np.unique(est.labels_))),
                          n_steps=getattr(est, "n_steps_", None),
                          readout=getattr(est, "readout", None),
@@ -66,7 +74,7 @@ def main():
                          # from its final checkpoint only labels in this call)
                          train_seconds=getattr(est, "fit_seconds_", None))
             append_results("features_bench", [rec])
-            print(f"{a.set} seed {seed} {name}: {100 * r['acc']:.1f} / {100 * r['nmi']:.1f} / "
+            print(f"{set_name} seed {seed} {name}: {100 * r['acc']:.1f} / {100 * r['nmi']:.1f} / "
                   f"{100 * r['ari']:.1f} in {t.seconds:.0f}s", flush=True)
 
 

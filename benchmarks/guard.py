@@ -63,14 +63,15 @@ def run_all():
         out[name] = {"labels": _labels_hash(est.labels_), "losses": _history_losses(hist),
                      "seconds": round(time.perf_counter() - t, 1)}
 
-    fit("cludi", CLUDI(10, n_steps=30, n_chains=2, teacher_steps=3, eval_steps=2, eval_chains=2,
-                       batch_size=128, **FEATURE_KW), X)
+    cludi_kw = dict(n_steps=30, n_chains=2, teacher_steps=3, eval_steps=2, eval_chains=2,
+                    batch_size=128)
+    fit("cludi", CLUDI(10, init_partition=None, **cludi_kw, **FEATURE_KW), X)
+    fit("cludi_spectral", CLUDI(10, init_steps=10, **cludi_kw, **FEATURE_KW), X)
     fit("temi", TEMI(10, n_steps=40, n_heads=2, batch_size=128, readout="best_head",
                      **FEATURE_KW), X)
     fit("temi_consensus", TEMI(10, n_steps=40, n_heads=4, batch_size=128, **FEATURE_KW), X)
     bf16 = {**FEATURE_KW, "precision": "bf16"}  # where the CPU has it (same machine, same run)
-    fit("cludi_bf16", CLUDI(10, n_steps=30, n_chains=2, teacher_steps=3, eval_steps=2,
-                            eval_chains=2, batch_size=128, **bf16), X)
+    fit("cludi_bf16", CLUDI(10, init_partition=None, **cludi_kw, **bf16), X)
     fit("self_classifier", SelfClassifier(10, n_steps=40, batch_size=128, **FEATURE_KW), X)
     diec_kw = dict(pretrain_steps=20, pretrain_batch_size=32, unet_preset="tiny",
                    n_timesteps=50, ots_subset=64, ots_repeats=1, ots_grid=4, ots_tol=4,

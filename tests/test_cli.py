@@ -45,9 +45,11 @@ def test_fit_cludi_with_params(tmp_path):
     run = tmp_path / "c"
     r = runner.invoke(app, ["fit", str(tmp_path / "feats.npz"), "-m", "cludi", "-k", "3", "-o",
                             str(run), "-q", "-p", "n_steps=5", "-p", "teacher_steps=2",
-                            "-p", "eval_steps=2", "-p", "n_chains=2", "-p", "batch_size=32"])
+                            "-p", "eval_steps=2", "-p", "n_chains=2", "-p", "batch_size=32",
+                            "-p", "init_partition=None"])
     assert r.exit_code == 0, r.output
-    assert json.loads((run / "config.json").read_text())["params"]["n_steps"] == 5
+    params = json.loads((run / "config.json").read_text())["params"]
+    assert params["n_steps"] == 5 and params["init_partition"] is None
     assert len((run / "metrics.jsonl").read_text().splitlines()) >= 1
 
 

@@ -179,3 +179,31 @@ def test_same_seed_same_thread_count_gives_identical_runs(threads):
         torch.set_num_threads(before)
     assert [r["loss"] for r in runs[0].history_] == [r["loss"] for r in runs[1].history_]
     np.testing.assert_array_equal(runs[0].labels_, runs[1].labels_)
+
+
+def test_init_partition_stands_in_for_the_teacher():
+    """With the initial partition as the teacher for every step, CLUDI learns that partition
+    (three directions on the sphere: the 10-NN graph finds them, the paper's start from 200
+    steps does not); the teacher is never sampled during such a fit."""
+    from diffclust import evaluate
+
+    rng = np.random.default_rng(0)
+    C = rng.normal(size=(3, 8))
+    y = np.arange(300) % 3
+    X = (C[y] / np.linalg.norm(C[y], axis=1, keepdims=True)
+         + 0.25 * rng.normal(size=(300, 8))).astype(np.float32)
+    kw = dict(n_steps=200, n_chains=2, teacher_steps=2, batch_size=64, random_state=0,
+              verbose=False)
+    m = CLUDI(3, init_partition="spectral", init_steps=200, **kw)
+    calls = []
+    sample = m._sample_embeddings
+    m._sample_embeddings = lambda *a, **k: calls.append(m.__dict__.get("net_")) or sample(*a, **k)
+    m.fit(X)
+    assert all(c is not None for c in calls)  # sampled only to label, after training
+    assert evaluate(y, m.init_labels_)["ari"] > 0.9
+    assert evaluate(m.init_labels_, m.labels_)["ari"] > 0.9
+    assert evaluate(y, CLUDI(3, **kw).fit(X).labels_)["ari"] < 0.8
+    k = CLUDI(3, init_partition="kmeans", **{**kw, "n_steps": 20}).fit(X)
+    assert k.init_labels_.shape == (300,) and set(np.unique(k.init_labels_)) == {0, 1, 2}
+    with pytest.raises(ValueError, match="init_partition"):
+        CLUDI(3, init_partition="graph", **TINY).fit(X)
