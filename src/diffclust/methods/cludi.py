@@ -33,7 +33,7 @@ Decisions where METHODS.md leaves a choice (all switchable; measured in docs/DEC
   k nearest neighbours of each point instead (TEMI's and SCAN's pairs); measured, not default.
 * ``init_partition="spectral"``: the spectral partition of the features' 10-NN graph is the
   teacher of the first 10 % of the steps (``None``: the paper's start from a random network);
-  +7 to +14 ACC on three feature sets, −9 on Fashion-MNIST (docs/DECISIONS.md).
+  +5 to +14 ACC on three feature sets, −9 on Fashion-MNIST (docs/DECISIONS.md).
 
 Distributed training under ``torchrun``: docs/DISTRIBUTED.md.
 """
@@ -113,7 +113,7 @@ class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
         teacher is not sampled then): the spectral partition of their cosine 10-NN graph
         (:func:`diffclust.graph.spectral_partition`, the default) or k-means. It is kept in
         ``init_labels_``. None is the paper's start. Measured in docs/DECISIONS.md ("CLUDI: a
-        first teacher from the k-NN graph"): +7 to +14 ACC on ImageNet-50, USPS and CIFAR-10
+        first teacher from the k-NN graph"): +5 to +14 ACC on ImageNet-50, USPS and CIFAR-10
         features, −9 on Fashion-MNIST, whose classes the graph does not follow.
     init_steps : int or float in [0, 1)
         Steps of ``init_partition``: a count, or a fraction of ``n_steps`` (0.1).
