@@ -70,3 +70,17 @@ def test_graph_cut_score_prefers_clustered_features():
     with pytest.raises(ValueError, match="criterion"):
         optimal_timestep(features, np.arange(400), 4, [0, 1], subset=10,
                          generator=torch.Generator(), criterion="silhouette")
+
+
+def test_start_partition_reuses_a_neighbour_search_and_refuses_unknown_methods():
+    from diffclust.graph import start_partition
+    from diffclust.knn import knn_search
+
+    X, y = rings(300)
+    nb = knn_search(X, 15, metric="cosine")[0]
+    a = start_partition(X, 2, random_state=0)
+    b = start_partition(X, 2, neighbors=nb, random_state=0)  # its first 10 columns: same graph
+    np.testing.assert_array_equal(a, b)
+    assert start_partition(X, 2, "kmeans").shape == (300,)
+    with pytest.raises(ValueError, match="'spectral' or 'kmeans'"):
+        start_partition(X, 2, "graph")

@@ -22,7 +22,7 @@ import scipy.sparse as sp
 
 from .knn import knn_search
 
-__all__ = ["knn_graph", "normalized_cut", "spectral_partition"]
+__all__ = ["knn_graph", "normalized_cut", "spectral_partition", "start_partition"]
 
 
 def knn_graph(X, n_neighbors: int = 10, metric: str = "cosine", neighbors=None) -> sp.csr_matrix:
@@ -73,3 +73,22 @@ def spectral_partition(X, n_clusters: int, *, n_neighbors: int = 10, metric: str
                                          eigen_solver="lobpcg",
                                          random_state=int(random_state)).astype(np.int64)
     return labels, normalized_cut(A, labels)
+
+
+def start_partition(X, n_clusters: int, method: str = "spectral", *, n_neighbors: int = 10,
+                    neighbors=None, random_state: int = 0) -> np.ndarray:
+    """A partition to start a deep clusterer from (CLUDI's first teacher): the spectral
+    partition of the cosine ``n_neighbors``-NN graph of ``X`` (``neighbors``: an (N, ≥ k) index
+    array already searched, reused) or k-means (10 restarts). int64 labels."""
+    if method == "kmeans":
+        from sklearn.cluster import KMeans
+
+        return KMeans(int(n_clusters), n_init=10, random_state=int(random_state)
+                      ).fit_predict(X).astype(np.int64)
+    if method != "spectral":
+        raise ValueError(f"method must be 'spectral' or 'kmeans', got {method!r}")
+    k = min(int(n_neighbors), len(X) - 1)
+    graph = (knn_graph(None, neighbors=np.asarray(neighbors)[:, :k])
+             if neighbors is not None and np.shape(neighbors)[1] >= k else None)
+    return spectral_partition(X, n_clusters, n_neighbors=k, metric="cosine",
+                              random_state=random_state, graph=graph)[0]

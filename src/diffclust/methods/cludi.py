@@ -401,20 +401,10 @@ class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
         n_init = min(int(round(k * steps)) if isinstance(k, float) else int(k), steps)
         if self.init_partition is None or n_init == 0 or len(X) <= self.n_clusters:
             return 0
-        if self.init_partition == "kmeans":
-            from sklearn.cluster import KMeans
+        from ..graph import start_partition
 
-            self.init_labels_ = KMeans(self.n_clusters, n_init=10, random_state=self.seed_
-                                       ).fit_predict(X).astype(np.int64)
-        else:
-            from ..graph import knn_graph, spectral_partition
-
-            m = min(10, len(X) - 1)
-            graph = (knn_graph(None, neighbors=nbrs[:, :m].numpy())
-                     if nbrs is not None and nbrs.shape[1] >= m else None)
-            self.init_labels_, _ = spectral_partition(X, self.n_clusters, n_neighbors=m,
-                                                      metric="cosine", random_state=self.seed_,
-                                                      graph=graph)
+        self.init_labels_ = start_partition(X, self.n_clusters, self.init_partition,
+                                            neighbors=nbrs, random_state=self.seed_)
         return n_init
 
     def _n_views(self, n):
