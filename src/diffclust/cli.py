@@ -85,7 +85,7 @@ def _parse_params(items: Optional[List[str]]) -> dict:
         if not k.strip():
             _fail(f"--param expects KEY=VALUE, got {item!r}")
         try:
-            out[k.strip()] = None if v in ("None", "none") else json.loads(v)
+            out[k.strip()] = None if v == "None" else json.loads(v)  # or JSON null
         except json.JSONDecodeError:
             out[k.strip()] = v
     return out

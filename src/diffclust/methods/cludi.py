@@ -111,7 +111,7 @@ class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
         [PROP] A partition of the training features that stands in for the teacher during the
         first ``init_steps`` steps (``p^T`` = 0.9 on its label, the rest spread evenly; the
         teacher is not sampled then): the spectral partition of their cosine 10-NN graph
-        (:func:`diffclust.graph.spectral_partition`, the default) or k-means. It is kept in
+        (the default) or k-means (:func:`diffclust.graph.start_partition`). It is kept in
         ``init_labels_``. None is the paper's start. Measured in docs/DECISIONS.md ("CLUDI: a
         first teacher from the k-NN graph"): +5 to +14 ACC on ImageNet-50, USPS and CIFAR-10
         features, −9 on Fashion-MNIST, whose classes the graph does not follow.
@@ -397,6 +397,7 @@ class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
         """The ``init_partition`` of the training features, kept in ``init_labels_``; returns
         the number of first steps it stands in for the teacher (0 without one, or with no more
         points than clusters). ``nbrs``: the neighbour views' k-NN, reused for the graph."""
+        self.__dict__.pop("init_labels_", None)  # none left from an earlier fit
         k = self.init_steps
         n_init = min(int(round(k * steps)) if isinstance(k, float) else int(k), steps)
         if self.init_partition is None or n_init == 0 or len(X) <= self.n_clusters:
