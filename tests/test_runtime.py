@@ -42,3 +42,51 @@ def test_fit_and_predict_leave_torch_default_mode(ftz_supported):
     m.predict(X)
     KMeansClusterer(3, random_state=0).fit(X)
     assert _subnormal_product() != 0.0
+
+
+# ---------------------------------------------------------------- torch.compile with fallback
+def test_resolve_compile_rules(monkeypatch):
+    from diffclust.training.runtime import COMPILE_MIN_STEPS, resolve_compile
+
+    monkeypatch.delenv("DIFFCLUST_COMPILE", raising=False)
+    cpu = torch.device("cpu")
+    assert resolve_compile("auto", COMPILE_MIN_STEPS, cpu, distributed=False)
+    assert not resolve_compile("auto", COMPILE_MIN_STEPS - 1, cpu, distributed=False)
+    assert resolve_compile(True, 1, cpu, distributed=False)
+    assert not resolve_compile(False, 10**6, cpu, distributed=False)
+    assert not resolve_compile(True, 10**6, cpu, distributed=True)
+    monkeypatch.setenv("DIFFCLUST_COMPILE", "0")
+    assert not resolve_compile(True, 10**6, cpu, distributed=False)
+
+
+def test_compiled_falls_back_to_eager_with_one_warning(monkeypatch):
+    from diffclust.training import runtime
+
+    calls = []
+
+    def broken_compile(fn, **kw):
+        def run(*a, **k):
+            calls.append("compiled")
+            raise RuntimeError("no C++ compiler found\nsecond line")
+        return run
+
+    monkeypatch.setattr(runtime.torch, "compile", broken_compile)
+    f = runtime.Compiled(lambda x: x + 1, enabled=True)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed.*no C\\+\\+ compiler found"):
+        assert f(1) == 2
+    assert not f.active and f(2) == 3 and calls == ["compiled"]  # no second attempt
+    off = runtime.Compiled(lambda x: x * 2, enabled=False)
+    assert off(3) == 6 and not off.active
+
+
+def test_compiled_real_errors_after_the_first_call_propagate(monkeypatch):
+    from diffclust.training import runtime
+
+    def fake_compile(fn, **kw):
+        return fn
+
+    monkeypatch.setattr(runtime.torch, "compile", fake_compile)
+    f = runtime.Compiled(lambda x: 1 / x, enabled=True)
+    assert f(2) == 0.5 and f.active
+    with pytest.raises(ZeroDivisionError):
+        f(0)

@@ -1,4 +1,4 @@
-"""Clustering losses (METHODS.md §1.8): Self-Classifier, DEC, TEMI, NT-Xent, DiEC's graph
+"""Clustering losses (METHODS.md §1.8): Self-Classifier, CLUDI, DEC, TEMI, NT-Xent, DiEC's graph
 regulariser (§3) and GCC's calibration losses (§4: class-wise MMD, category matching,
 reliable metric).
 
@@ -7,10 +7,13 @@ All are computed in fp32 whatever the autocast context (the logs are fragile in 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 __all__ = ["self_classifier_parts", "self_classifier_loss", "self_classifier_pair_matrix",
+           "cludi_loss",
            "dec_soft_assignment", "dec_target_distribution",
            "temi_loss", "nt_xent_loss", "dec_kl_loss", "graph_affinities", "graph_loss",
            "graph_entropy", "rbf_kernel", "classwise_mmd",
@@ -65,6 +68,35 @@ def self_classifier_loss(logits_a, logits_b, tau_row=0.1, tau_col=0.05, eps=1e-8
     A, Bm = self_classifier_pair_matrix(logits_a[None], logits_b[None], tau_row, tau_col, eps,
                                         gather_fn=gather_fn)
     return 0.5 * (A[0, 0] + Bm[0, 0])
+
+
+def cludi_loss(z_S, z_tgt, logits_S, logits_T, w, ce_weight=50.0, tau=0.1, tau_row=0.1,
+               tau_col=0.05, marginal_entropy=0.0, teacher_weighting=False, gather_fn=None):
+    """CLUDI's objective ``L = E_t[w_t (L_emb + λ L_CE)]`` (METHODS.md §2.4, eq. 18–26).
+
+    ``z_S``, ``z_tgt``: the student's and the teacher's re-embeddings (S, B, d); ``logits_S``,
+    ``logits_T``: (S, B, K); ``w``: the Min-SNR weight of each student chain's t (S,).
+
+    * ``L_emb``: the MSE between the re-embeddings, weighted per chain (eq. 18);
+    * ``L_CE``: the symmetric Self-Classifier CE over all teacher–student chain pairs (eq. 20–24),
+      each pair weighted by the student chain's ``w`` (``teacher_weighting``: the teacher
+      chain's, as in the authors' code);
+    * ``marginal_entropy`` λ_H [PROP]: ``+ λ_H (log K − H(p̄))``, p̄ the student's mean
+      assignment over the (global) batch and the chains.
+
+    ``gather_fn``: see :func:`self_classifier_pair_matrix`. Returns ``(loss, L_emb, L_CE)``;
+    ``L_emb`` is this process's rows' mean (DDP averages it over ranks)."""
+    l_emb = (w * ((z_S - z_tgt) ** 2).mean(dim=(1, 2))).mean()
+    A, Bm = self_classifier_pair_matrix(logits_T, logits_S, tau_row, tau_col, gather_fn=gather_fn)
+    w_pair = w[:, None].expand_as(A) if teacher_weighting else w[None, :].expand_as(A)
+    l_ce = 0.5 * ((w_pair * A).mean() + (w[None, :] * Bm).mean())
+    loss = l_emb + ce_weight * l_ce
+    if marginal_entropy:
+        logits_all = logits_S if gather_fn is None else gather_fn(logits_S)
+        p_bar = torch.softmax(logits_all / tau, dim=-1).mean(dim=(0, 1))
+        K = p_bar.shape[-1]
+        loss = loss + marginal_entropy * (math.log(K) + (p_bar * torch.log(p_bar + 1e-8)).sum())
+    return loss, l_emb, l_ce
 
 
 def dec_soft_assignment(z: torch.Tensor, mu: torch.Tensor, a: float = 1.0) -> torch.Tensor:

@@ -38,6 +38,19 @@ class CLUDINet(nn.Module):
             self.register_buffer("E", E)
         self.z_dim = z_dim
 
+    def denoise(self, z_t: torch.Tensor, x: torch.Tensor, t: torch.Tensor,
+                self_condition: bool) -> torch.Tensor:
+        """Training-time ẑ_0 of ``z_t`` (S, B, d) given features ``x`` (B|S×B, D) at steps ``t``
+        (S,): with ``self_condition``, a first pass without a graph gives ``z_sc`` for the
+        second (Chen et al.'s self-conditioning), else ``z_sc = 0``."""
+        den = self.denoiser
+        h_cond, h_time = den.prepare(x), den.time_bias(t)
+        z_sc = None
+        if self_condition:
+            with torch.no_grad():
+                z_sc = den.step(z_t, h_cond, h_time, None).detach()
+        return den.step(z_t, h_cond, h_time, z_sc)
+
     def reembed(self, p: torch.Tensor) -> torch.Tensor:
         """z̃ = sqrt(d) · normalize(p Ē), Ē = E with unit-norm rows (eq. 13)."""
         E_bar = F.normalize(self.E.float(), dim=-1)

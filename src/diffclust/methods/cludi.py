@@ -53,7 +53,7 @@ from ..diffusion.assignment import ONE_PROCESS, CLUDINet, sample_embeddings
 from ..diffusion.process import q_sample
 from ..diffusion.schedules import NoiseSchedule
 from ..diffusion.weighting import min_snr_weight
-from ..losses import self_classifier_pair_matrix
+from ..losses import cludi_loss
 from ..training.checkpoint import load_named_state, named_state
 from ..training.distributed import (DistributedBatchSampler, GlobalBatchDropout, GlobalBatchRandom,
                                     StepModule, all_gather_cat, all_reduce_mean, swap_dropout,
@@ -270,32 +270,17 @@ class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
         t = torch.randint(0, self.n_timesteps, (S,), generator=g).to(dev)
         eps = rows.randn(z_tgt.shape, g, dev)
         z_t = q_sample(self.sched_, z_tgt, t, noise=eps, noise_scale=self.noise_scale)
-        den = net.denoiser
         use_sc = torch.rand((), generator=g).item() < self.self_condition_prob
         with autocast(dev, self.amp_dtype_):
-            h_cond, h_time = den.prepare(x_aug), den.time_bias(t)
-            z_sc = None
-            if use_sc:
-                with torch.no_grad():
-                    z_sc = den.step(z_t, h_cond, h_time, None).detach()
-            z0_S = den.step(z_t, h_cond, h_time, z_sc)
-            logits_S = net.classifier(z0_S).float()
+            logits_S = net.classifier(net.denoise(z_t, x_aug, t, use_sc)).float()
         z_S = net.reembed(torch.softmax(logits_S / self.tau, dim=-1))
         # --- losses (fp32) ---
         w = min_snr_weight(self.sched_.snr(t), self.min_snr_gamma, "x0") / self.noise_scale
-        l_emb_chain = ((z_S - z_tgt) ** 2).mean(dim=(1, 2))
-        l_emb = (w * l_emb_chain).mean()  # local rows: DDP averages it to the global mean
         # the CE on the global batch (identical on every rank; see the module docstring)
-        A, Bm = self_classifier_pair_matrix(logits_T, logits_S, self.tau_row, self.tau_col,
-                                            gather_fn=gather)
-        w_pair = w[:, None].expand_as(A) if self.code_faithful_weighting else w[None, :].expand_as(A)
-        l_ce = 0.5 * ((w_pair * A).mean() + (w[None, :] * Bm).mean())
-        loss = l_emb + self.ce_weight * l_ce
-        if self.marginal_entropy:  # log K − H(p̄) over the (global) batch and the chains
-            logits_all = logits_S if gather is None else gather(logits_S)
-            p_bar = torch.softmax(logits_all / self.tau, dim=-1).mean(dim=(0, 1))
-            loss = loss + self.marginal_entropy * (
-                math.log(self.n_clusters) + (p_bar * torch.log(p_bar + 1e-8)).sum())
+        loss, l_emb, l_ce = cludi_loss(z_S, z_tgt, logits_S, logits_T, w, self.ce_weight,
+                                       self.tau, self.tau_row, self.tau_col,
+                                       self.marginal_entropy, self.code_faithful_weighting,
+                                       gather_fn=gather)
         if not rows.distributed:
             return loss, {"l_emb": l_emb.item(), "l_ce": l_ce.item(), "loss": loss.item()}
         l_emb_g = all_reduce_mean(l_emb.detach())

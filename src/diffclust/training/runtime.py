@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 __all__ = ["thread_policy", "flush_denormals", "seed_everything", "resolve_device",
-           "resolve_precision", "autocast", "progress", "cpu_has_bf16"]
+           "resolve_precision", "autocast", "progress", "cpu_has_bf16", "resolve_compile",
+           "Compiled"]
 
 
 def seed_everything(random_state) -> int:
@@ -160,3 +161,52 @@ def flush_denormals():
         _FLUSH_DEPTH[0] -= 1
         if on:
             torch.set_flush_denormal(False)
+
+
+#: training steps from which ``compile="auto"`` compiles: the first call costs seconds of
+#: compilation (4–15 s on our 2-core CPU), repaid after a few hundred steps
+COMPILE_MIN_STEPS = 1000
+
+
+def resolve_compile(compile, n_steps: int, device: torch.device, distributed: bool) -> bool:
+    """Whether a fit of ``n_steps`` compiles its networks: ``True``/``False`` as given (never
+    under torch.distributed, where the DDP wrapper would need compiling too); ``"auto"``
+    compiles fits of at least :data:`COMPILE_MIN_STEPS` steps on CPU or CUDA.
+    ``$DIFFCLUST_COMPILE=0`` turns it off everywhere."""
+    if distributed or os.environ.get("DIFFCLUST_COMPILE", "1") == "0":
+        return False
+    if compile == "auto":
+        return device.type in ("cpu", "cuda") and n_steps >= COMPILE_MIN_STEPS
+    return bool(compile)
+
+
+class Compiled:
+    """``torch.compile(fn)`` that falls back to ``fn`` itself, with one warning, when the
+    compilation fails (no C++ compiler, a platform TorchInductor does not support). Compilation
+    happens at the first call, so only that call falls back; later errors are real ones.
+    ``enabled=False``: ``fn`` unchanged. The compiled code rounds differently from the eager
+    one: the same seed gives the same labels with the same setting."""
+
+    def __init__(self, fn, enabled: bool = True):
+        self.fn = fn
+        self._compiled = torch.compile(fn, dynamic=False) if enabled else None
+        self._first = enabled
+        self.active = enabled
+
+    def __call__(self, *args, **kwargs):
+        if self._compiled is None:
+            return self.fn(*args, **kwargs)
+        if not self._first:
+            return self._compiled(*args, **kwargs)
+        try:
+            out = self._compiled(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 -- any compiler failure: run eagerly instead
+            import warnings
+
+            warnings.warn(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                          f"running without compilation (pass compile=False to skip the "
+                          f"attempt)", RuntimeWarning, stacklevel=2)
+            self._compiled, self.active = None, False
+            return self.fn(*args, **kwargs)
+        self._first = False
+        return out
