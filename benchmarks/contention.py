@@ -2,9 +2,9 @@
 
 Each measurement is a fresh worker process that trains at the paper's sizes (synthetic
 features, D = 384, K = 50; CLUDI: B = 256, 8 chains, 10 teacher steps (``cludi``, the
-library's default) or the paper's 25 (``cludi-paper``); TEMI: B = 512, 16 heads, compiled as
-in any fit of ≥ 1,000 steps (``temi``; ``temi-eager``: ``compile=False``)) and reports training samples/s over the steps after a warm-up, read from the
-estimator's own history. "busy" runs the same worker while a second process spins on one core
+library's default) or the paper's 25 (``cludi-paper``); TEMI: B = 512, 16 heads, compiled
+as in any fit of ≥ 2,000 steps (``temi``; ``temi-eager``: ``compile=False``)) and reports
+training samples/s over the steps after a warm-up, read from the estimator's own history. "busy" runs the same worker while a second process spins on one core
 (a pure-Python loop, like a browser tab or another user's job). Policies:
 
 * ``torch-default``: torch's own intra-op thread count (one per core);
@@ -45,7 +45,7 @@ if method.startswith("cludi"):  # "cludi": the library's defaults; "cludi-paper"
                 random_state=0, **({"teacher_steps": 25} if method == "cludi-paper" else {}))
     B = 256
 else:
-    # compile=True: what "auto" does in a real fit (≥ 1,000 steps); the compilation falls in
+    # compile=True: what "auto" does in a real fit (≥ 2,000 steps); the compilation falls in
     # the warm-up steps that the rate below leaves out
     est = TEMI(50, n_steps=steps, batch_size=512, verbose=False, random_state=0,
                compile=method != "temi-eager")

@@ -142,6 +142,8 @@ def main():
     settings = {"dataset": a.dataset, "preset": a.preset, "batch": a.batch, "lr": a.lr,
                 "seed": a.seed, "noise": a.noise}
     if a.plot:
+        if a.eval_n:  # the runs' records name their evaluation subset
+            settings["eval_n"] = a.eval_n
         return plot(settings)
     d = np.load(Path(DATA_HOME) / f"{a.dataset}.npz")
     X, y = check_images(d["x"]), d["y"].astype(np.int64)

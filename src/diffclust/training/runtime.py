@@ -163,9 +163,9 @@ def flush_denormals():
             torch.set_flush_denormal(False)
 
 
-#: training steps from which ``compile="auto"`` compiles: the first call costs seconds of
-#: compilation (4–15 s on our 2-core CPU), repaid after a few hundred steps
-COMPILE_MIN_STEPS = 1000
+#: training steps from which ``compile="auto"`` compiles: the first call costs ~20 s of
+#: compilation on our 2-core CPU (seconds once cached), repaid after ~1,500 TEMI steps
+COMPILE_MIN_STEPS = 2000
 
 
 def resolve_compile(compile, n_steps: int, device: torch.device, distributed: bool) -> bool:
