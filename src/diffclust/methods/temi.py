@@ -128,7 +128,7 @@ class TEMI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
         their consensus partition (default; with fewer than 3 heads the best head), or the
         lowest-loss head alone (the paper).
     compile : bool or "auto"
-        ``torch.compile`` the heads for training (1.14× the step on our 2-core CPU:
+        ``torch.compile`` the heads for training (1.14–1.28× the step on our 2-core CPU:
         docs/DECISIONS.md, "Compiled TEMI heads"); "auto" compiles fits of ≥ 2,000 steps,
         and a failed compilation falls back to eager with a warning. Compiled and eager
         training round differently: labels are reproducible for one setting.
