@@ -90,3 +90,25 @@ def test_compiled_real_errors_after_the_first_call_propagate(monkeypatch):
     assert f(2) == 0.5 and f.active
     with pytest.raises(ZeroDivisionError):
         f(0)
+
+
+def test_compiled_networks_of_many_sizes_are_all_compiled():
+    """Each fit's networks get their own compiled code: a process compiling networks of more
+    than 8 sizes (the C_max search) does not reach TorchDynamo's per-function limit and fall
+    back to eager without a word."""
+    import shutil
+
+    from torch._dynamo.utils import counters
+
+    from diffclust.training.runtime import Compiled
+
+    if not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        pytest.skip("no C++ compiler: torch.compile cannot build CPU kernels here")
+    before = counters["stats"]["unique_graphs"]
+    x = torch.randn(4, 3)
+    for k in range(2, 12):  # 10 sizes
+        net = torch.nn.Linear(3, k)
+        f = Compiled(net, enabled=True)
+        torch.testing.assert_close(f(x), net(x))
+        assert f.active
+    assert counters["stats"]["unique_graphs"] - before == 10

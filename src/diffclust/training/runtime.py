@@ -180,6 +180,19 @@ def resolve_compile(compile, n_steps: int, device: torch.device, distributed: bo
     return bool(compile)
 
 
+def _own_code(fn):
+    """``fn`` behind a wrapper whose code object is its own. TorchDynamo keeps its compiled
+    graphs per code object and stops compiling one after 8 graphs; with a shared code object
+    (``Module.forward``), a process fitting networks of many sizes (the C_max search: one
+    network per C, with and without gradients) would reach that limit and silently run the
+    rest eagerly. A fresh one per fit holds that fit's graphs and goes with it."""
+    def call(*args, **kwargs):
+        return fn(*args, **kwargs)
+
+    call.__code__ = call.__code__.replace()
+    return call
+
+
 class Compiled:
     """``torch.compile(fn)`` that falls back to ``fn`` itself, with one warning, when the
     compilation fails (no C++ compiler, a platform TorchInductor does not support). Compilation
@@ -189,7 +202,7 @@ class Compiled:
 
     def __init__(self, fn, enabled: bool = True):
         self.fn = fn
-        self._compiled = torch.compile(fn, dynamic=False) if enabled else None
+        self._compiled = torch.compile(_own_code(fn)) if enabled else None
         self._first = enabled
         self.active = enabled
 
@@ -203,9 +216,10 @@ class Compiled:
         except Exception as e:  # noqa: BLE001 -- any compiler failure: run eagerly instead
             import warnings
 
-            warnings.warn(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                          f"running without compilation (pass compile=False to skip the "
-                          f"attempt)", RuntimeWarning, stacklevel=2)
+            first_line = (str(e).splitlines() or [""])[0][:200]
+            warnings.warn(f"torch.compile failed ({type(e).__name__}: {first_line}); running "
+                          f"without compilation (pass compile=False to skip the attempt)",
+                          RuntimeWarning, stacklevel=2)
             self._compiled, self.active = None, False
             return self.fn(*args, **kwargs)
         self._first = False
