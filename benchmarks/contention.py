@@ -126,6 +126,13 @@ def cludi_step_flops(B=256, S=8, D=384, d=64, teacher_steps=25, n_blocks=5):
     return teacher + 2 * with_grad
 
 
+def temi_step_flops(B=512, H=16, D=384, hidden=512, bottleneck=256, C=50):
+    """Matmul FLOPs of one TEMI training step: the EMA teacher's forward and the student's
+    forward and backward (≈ 2× forward) on both views (2B rows) through H heads."""
+    per_row = 2 * H * (D * hidden + hidden * bottleneck + bottleneck * C)
+    return 4 * (2 * B) * per_row
+
+
 def main():
     from _common import RESULTS, append_results, command_line, machine
 
@@ -150,6 +157,8 @@ def main():
                 ts = 25 if method == "cludi-paper" else 10
                 gf = cludi_step_flops(teacher_steps=ts) * alone["samples_per_s"] / 256 / 1e9
                 r["gflops_alone"] = round(gf, 1)
+            else:
+                r["gflops_alone"] = round(temi_step_flops() * alone["samples_per_s"] / 512 / 1e9, 1)
             rows.append(r)
             print(json.dumps(r), flush=True)
     if a.demo:
