@@ -314,6 +314,19 @@ def test_temi_compiled_training_is_reproducible_and_agrees_with_eager():
     assert TEMI(3, random_state=3, **TINY).fit(X).compiled_ is False  # "auto": 20 steps
 
 
+def test_temi_checkpoint_resumes_whatever_the_compile_setting(tmp_path):
+    """``compile`` chooses how the steps run, not what is trained: a checkpoint written by an
+    eager fit resumes under ``compile=True`` (a model saved before the parameter existed too),
+    while a changed training setting is refused."""
+    X, _ = _blobs()
+    ck = tmp_path / "ck"
+    done = TEMI(3, random_state=3, compile=False, **TINY).fit(X, checkpoint_dir=ck)
+    again = TEMI(3, random_state=3, compile=True, **TINY).fit(X, checkpoint_dir=ck)
+    np.testing.assert_array_equal(again.labels_, done.labels_)  # restored at its last step
+    with pytest.raises(ValueError, match="other data or settings"):
+        TEMI(3, random_state=3, **dict(TINY, gamma=0.5)).fit(X, checkpoint_dir=ck)
+
+
 def test_temi_readouts_consensus_and_best_head():
     """Both read-outs of one training: the best head alone (the paper), or every head relabelled
     onto the consensus of their partitions and averaged."""

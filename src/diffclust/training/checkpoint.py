@@ -44,9 +44,10 @@ def load_named_state(tensors: dict, **modules):
 
 def fingerprint(est, X, **more) -> dict:
     """What a checkpoint must agree with: the estimator's class and settings (not ``verbose``,
-    ``device`` or the estimator's ``_read_out_params``, which only choose what is read from the
-    trained state), its seed, a hash of the data, and ``more``."""
-    skip = ("verbose", "device", *getattr(est, "_read_out_params", ()))
+    ``device`` or ``compile``, which choose how the steps run, nor the estimator's
+    ``_read_out_params``, which only choose what is read from the trained state), its seed, a
+    hash of the data, and ``more``."""
+    skip = ("verbose", "device", "compile", *getattr(est, "_read_out_params", ()))
     params = {k: v for k, v in est.get_params().items() if k not in skip}
     return {"method": type(est).__name__, "params": json.loads(json.dumps(params, default=str)),
             "seed": int(est.seed_), **more,
