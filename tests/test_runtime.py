@@ -71,10 +71,19 @@ def test_compiled_falls_back_to_eager_with_one_warning(monkeypatch):
         return run
 
     monkeypatch.setattr(runtime.torch, "compile", broken_compile)
+    monkeypatch.setattr(runtime, "_COMPILE_FAILED", [])  # this process's record, for this test
     f = runtime.Compiled(lambda x: x + 1, enabled=True)
+    h = runtime.Compiled(lambda x: x + 2, enabled=True)  # made before the failure (a student)
     with pytest.warns(RuntimeWarning, match="torch.compile failed.*no C\\+\\+ compiler found"):
         assert f(1) == 2
     assert not f.active and f(2) == 3 and calls == ["compiled"]  # no second attempt
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the next network (a student after its teacher, the
+        g = runtime.Compiled(lambda x: x - 1, enabled=True)  # next fit) does not try or warn
+        assert g(1) == 0 and not g.active and calls == ["compiled"]
+        assert h(1) == 3 and not h.active and calls == ["compiled"]
     off = runtime.Compiled(lambda x: x * 2, enabled=False)
     assert off(3) == 6 and not off.active
 

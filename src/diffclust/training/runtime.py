@@ -193,14 +193,19 @@ def _own_code(fn):
     return call
 
 
+_COMPILE_FAILED: list = []  # the first compilation failure of this process, if any
+
+
 class Compiled:
     """``torch.compile(fn)`` that falls back to ``fn`` itself, with one warning, when the
-    compilation fails (no C++ compiler, a platform TorchInductor does not support). Compilation
-    happens at the first call, so only that call falls back; later errors are real ones.
-    ``enabled=False``: ``fn`` unchanged. The compiled code rounds differently from the eager
-    one: the same seed gives the same labels with the same setting."""
+    compilation fails (no C++ compiler, a platform TorchInductor does not support); after a
+    failure the process does not try again. Compilation happens at the first call, so only
+    that call falls back; later errors are real ones. ``enabled=False``: ``fn`` unchanged. The
+    compiled code rounds differently from the eager one: the same seed gives the same labels
+    with the same setting."""
 
     def __init__(self, fn, enabled: bool = True):
+        enabled = enabled and not _COMPILE_FAILED
         self.fn = fn
         self._compiled = torch.compile(_own_code(fn)) if enabled else None
         self._first = enabled
@@ -211,15 +216,21 @@ class Compiled:
             return self.fn(*args, **kwargs)
         if not self._first:
             return self._compiled(*args, **kwargs)
+        if _COMPILE_FAILED:  # another network of this process failed since this one was made
+            self._compiled, self.active = None, False
+            return self.fn(*args, **kwargs)
         try:
             out = self._compiled(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 -- any compiler failure: run eagerly instead
             import warnings
 
             first_line = (str(e).splitlines() or [""])[0][:200]
-            warnings.warn(f"torch.compile failed ({type(e).__name__}: {first_line}); running "
-                          f"without compilation (pass compile=False to skip the attempt)",
-                          RuntimeWarning, stacklevel=2)
+            if not _COMPILE_FAILED:
+                warnings.warn(f"torch.compile failed ({type(e).__name__}: {first_line}); "
+                              f"running without compilation from now on in this process "
+                              f"(pass compile=False to skip the attempt)", RuntimeWarning,
+                              stacklevel=2)
+            _COMPILE_FAILED.append(first_line)
             self._compiled, self.active = None, False
             return self.fn(*args, **kwargs)
         self._first = False
