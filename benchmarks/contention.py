@@ -4,8 +4,9 @@ Each measurement is a fresh worker process that trains at the paper's sizes (syn
 features, D = 384, K = 50; CLUDI: B = 256, 8 chains, 10 teacher steps (``cludi``, the
 library's default) or the paper's 25 (``cludi-paper``); TEMI: B = 512, 16 heads, compiled
 as in any fit of ≥ 2,000 steps (``temi``; ``temi-eager``: ``compile=False``)) and reports
-training samples/s over the steps after a warm-up, read from the estimator's own history. "busy" runs the same worker while a second process spins on one core
-(a pure-Python loop, like a browser tab or another user's job). Policies:
+training samples/s over the steps after a warm-up, read from the estimator's own history.
+"busy" runs the same worker while a second process spins on one core (a pure-Python loop,
+like a browser tab or another user's job). Policies:
 
 * ``torch-default``: torch's own intra-op thread count (one per core);
 * ``diffclust``: the library's default (``diffclust.training.runtime.thread_policy``);
@@ -158,7 +159,8 @@ def main():
                 gf = cludi_step_flops(teacher_steps=ts) * alone["samples_per_s"] / 256 / 1e9
                 r["gflops_alone"] = round(gf, 1)
             else:
-                r["gflops_alone"] = round(temi_step_flops() * alone["samples_per_s"] / 512 / 1e9, 1)
+                gf = temi_step_flops() * alone["samples_per_s"] / 512 / 1e9
+                r["gflops_alone"] = round(gf, 1)
             rows.append(r)
             print(json.dumps(r), flush=True)
     if a.demo:

@@ -121,3 +121,16 @@ def test_compiled_networks_of_many_sizes_are_all_compiled():
         torch.testing.assert_close(f(x), net(x))
         assert f.active
     assert counters["stats"]["unique_graphs"] - before == 10
+
+
+def test_compiled_a_real_error_on_the_first_call_is_not_a_compiler_failure(monkeypatch):
+    """Bad input on the first call raises its own error and leaves compilation on for the
+    process (only a failure that eager execution does not share counts as a compiler's)."""
+    from diffclust.training import runtime
+
+    monkeypatch.setattr(runtime.torch, "compile", lambda fn, **kw: fn)
+    monkeypatch.setattr(runtime, "_COMPILE_FAILED", [])
+    f = runtime.Compiled(lambda x: 1 / x, enabled=True)
+    with pytest.raises(ZeroDivisionError):
+        f(0)
+    assert runtime._COMPILE_FAILED == [] and runtime.Compiled(lambda x: x, enabled=True).active

@@ -277,10 +277,10 @@ class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
         # --- losses (fp32) ---
         w = min_snr_weight(self.sched_.snr(t), self.min_snr_gamma, "x0") / self.noise_scale
         # the CE on the global batch (identical on every rank; see the module docstring)
-        loss, l_emb, l_ce = cludi_loss(z_S, z_tgt, logits_S, logits_T, w, self.ce_weight,
-                                       self.tau, self.tau_row, self.tau_col,
-                                       self.marginal_entropy, self.code_faithful_weighting,
-                                       gather_fn=gather)
+        loss, l_emb, l_ce = cludi_loss(
+            z_S, z_tgt, logits_S, logits_T, w, ce_weight=self.ce_weight, tau=self.tau,
+            tau_row=self.tau_row, tau_col=self.tau_col, marginal_entropy=self.marginal_entropy,
+            teacher_weighting=self.code_faithful_weighting, gather_fn=gather)
         if not rows.distributed:
             return loss, {"l_emb": l_emb.item(), "l_ce": l_ce.item(), "loss": loss.item()}
         l_emb_g = all_reduce_mean(l_emb.detach())

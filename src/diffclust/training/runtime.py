@@ -221,7 +221,8 @@ class Compiled:
             return self.fn(*args, **kwargs)
         try:
             out = self._compiled(*args, **kwargs)
-        except Exception as e:  # noqa: BLE001 -- any compiler failure: run eagerly instead
+        except Exception as e:  # noqa: BLE001 -- a compiler failure if eager then runs
+            out = self.fn(*args, **kwargs)  # a real error (bad input) raises here, as it is
             import warnings
 
             first_line = (str(e).splitlines() or [""])[0][:200]
@@ -230,8 +231,8 @@ class Compiled:
                               f"running without compilation from now on in this process "
                               f"(pass compile=False to skip the attempt)", RuntimeWarning,
                               stacklevel=2)
-            _COMPILE_FAILED.append(first_line)
+                _COMPILE_FAILED.append(first_line)
             self._compiled, self.active = None, False
-            return self.fn(*args, **kwargs)
+            return out
         self._first = False
         return out
