@@ -17,7 +17,12 @@ seconds and images/s; ``--plot`` draws the curves.
         --milestones 1000 2000 4000 8000 16000 32000 50000
 
 A killed run resumes from the last pretraining checkpoint; milestones already recorded for the
-same settings are skipped. Each milestone's EMA U-Net is kept in ``--out``/milestones/step-N.
+same settings are skipped. Each milestone's EMA U-Net is kept in ``--out``/milestones/step-N. ``--device cuda`` trains
+and embeds on a GPU; ``--max-minutes`` bounds the pretraining time of this call, and a run cut
+short is measured at the step it reached (a milestone of its own) before it stops.
+
+    python benchmarks/diffusion_representation.py --dataset mnist --preset base32 --batch 128 \
+        --device cuda --max-minutes 5 --milestones 2000 4000 8000 16000 --eval-n 10000
 """
 
 from __future__ import annotations
@@ -43,12 +48,13 @@ NAME = "diffusion_representation"
 
 def embed(unet, X, t, n_noise, amp, seed=0, batch=512, block="mid"):
     """Averaged features ē(t) of one block for all images (N, D_e), standardised per
-    dimension."""
+    dimension; computed on the U-Net's device."""
     sched, g = unet.noise_schedule(), torch.Generator().manual_seed(seed)
     unet.eval()
+    dev = next(unet.parameters()).device
     with torch.no_grad():
         e = map_batches(lambda xb: noisy_features(unet, sched, xb, t, n_noise, g, block, amp)
-                        .mean(0), X, max(batch // n_noise, 1), "cpu")
+                        .mean(0), X, max(batch // n_noise, 1), dev)
     e = e.numpy().astype(np.float64)
     return (e - e.mean(0)) / np.maximum(e.std(0), 1e-6)
 
@@ -135,6 +141,9 @@ def main():
                     help="partition a fixed random subset of this many images (0 = all); the "
                          "DDPM still trains on all")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, …")
+    ap.add_argument("--max-minutes", type=float, default=None,
+                    help="pretraining time of this call; the step reached is measured, then stop")
     ap.add_argument("--out", default=None,
                     help="pretraining folder (default ~/.cache/diffclust/representation/…)")
     ap.add_argument("--plot", action="store_true", help="only draw the curves of these settings")
@@ -155,18 +164,27 @@ def main():
     Xt, y_eval = torch.from_numpy(X[keep]), y[keep]
     out = Path(a.out or Path.home() / ".cache/diffclust/representation" /
                f"{a.dataset}-{a.preset}-b{a.batch}-lr{a.lr:g}-s{a.seed}")
-    amp = resolve_precision("auto", torch.device("cpu"))
+    dev = torch.device(a.device)
+    amp = resolve_precision("auto", dev)
     have = done(settings)
+    t_end = None if a.max_minutes is None else time.monotonic() + 60 * a.max_minutes
     for m in sorted(a.milestones):
+        left = None if t_end is None else t_end - time.monotonic()
+        if left is not None and left <= 0:
+            break
         res = pretrain_ddpm(X, out, preset=a.preset, n_steps=m, batch_size=a.batch, lr=a.lr,
-                            seed=a.seed, n_samples=0, verbose=False)
+                            seed=a.seed, n_samples=0, verbose=False, device=dev,
+                            max_seconds=left)
+        if res.steps < m:  # the time ran out: measure where it stopped, then stop
+            print(f"time is up at {res.steps} of {m} steps", flush=True)
+            m, t_end = res.steps, time.monotonic()
         snap = out / "milestones" / f"step-{m}"
         if res.steps == m:
             if not snap.exists():  # keep each milestone's EMA model
                 res.unet.save_pretrained(snap)
             nets, seconds = (("ema", res.unet), ("raw", res.online)), res.seconds
         elif snap.exists():  # the run is past m: the kept EMA model (the raw one is gone)
-            nets, seconds = (("ema", DiffusionUNet.from_pretrained(snap)),), None
+            nets, seconds = (("ema", DiffusionUNet.from_pretrained(snap).to(dev)),), None
         else:
             print(f"{m} steps: the run is at {res.steps} and kept no model at {m}; skipped")
             continue
