@@ -17,9 +17,10 @@ seconds and images/s; ``--plot`` draws the curves.
         --milestones 1000 2000 4000 8000 16000 32000 50000
 
 A killed run resumes from the last pretraining checkpoint; milestones already recorded for the
-same settings are skipped. Each milestone's EMA U-Net is kept in ``--out``/milestones/step-N. ``--device cuda`` trains
-and embeds on a GPU; ``--max-minutes`` bounds the pretraining time of this call, and a run cut
-short is measured at the step it reached (a milestone of its own) before it stops.
+same settings are skipped. Each milestone's EMA U-Net is kept in ``--out``/milestones/step-N.
+``--device cuda`` trains and embeds on a GPU. ``--max-minutes`` is a wall-clock budget for this
+call's pretraining and the measurements between milestones: when it runs out, pretraining stops
+and the step reached is measured (a milestone of its own) before the run ends.
 
     python benchmarks/diffusion_representation.py --dataset mnist --preset base32 --batch 128 \
         --device cuda --max-minutes 5 --milestones 2000 4000 8000 16000 --eval-n 10000
@@ -143,7 +144,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, …")
     ap.add_argument("--max-minutes", type=float, default=None,
-                    help="pretraining time of this call; the step reached is measured, then stop")
+                    help="wall-clock budget of this call (pretraining and measuring); when it "
+                         "runs out the step reached is measured, then the run ends")
     ap.add_argument("--out", default=None,
                     help="pretraining folder (default ~/.cache/diffclust/representation/…)")
     ap.add_argument("--plot", action="store_true", help="only draw the curves of these settings")
