@@ -9,6 +9,7 @@ result), logs under ``$OUT`` (or ``--out``). Sized to finish in ≤ 8 minutes on
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import sys
@@ -134,6 +135,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--cpu", action="store_true", help="tiny sizes on the CPU")
     ap.add_argument("--out", default=os.environ.get("OUT", "gpu_check_out"))
+    ap.add_argument("--check-timeout", type=float, default=None,
+                    help="seconds a check may run before the stacks are dumped and the run "
+                         "ends (default 120 with --cpu, 360 on a GPU)")
     a = ap.parse_args(argv)
     if not a.cpu and not torch.cuda.is_available():
         print("no CUDA device: run with --cpu for the tiny CPU pass", file=sys.stderr)
@@ -148,7 +152,12 @@ def main(argv=None):
     device = "cpu" if a.cpu else torch.cuda.get_device_name(0)
     print(f"gpu_check on {device}, torch {torch.__version__}", flush=True)
     results, failed = [], 0
+    # a check that hangs (a stuck collective, a deadlock) dumps every thread's stack and ends
+    # the run instead of holding it until an outer timeout that says nothing of where
+    limit = a.check_timeout or (120 if a.cpu else 360)
     for name, fn in checks(a.cpu, out):
+        print(f"{name}: started", file=sys.stderr, flush=True)
+        faulthandler.dump_traceback_later(limit, exit=True)
         t = time.perf_counter()
         try:
             res, ok = fn(), True
@@ -156,12 +165,14 @@ def main(argv=None):
             res, ok = f"{type(e).__name__}: {e}", False
             (out / f"{name.replace(' ', '_')}.traceback.txt").write_text(traceback.format_exc())
         s = time.perf_counter() - t
+        faulthandler.cancel_dump_traceback_later()
         failed += not ok
         print(f"{name:<18} {'ok' if ok else 'FAIL':<4} {s:7.1f}s  {res}", flush=True)
         results.append({"check": name, "ok": ok, "seconds": round(s, 2), "result": res})
     (out / "gpu_check.json").write_text(json.dumps({"device": device, "checks": results},
                                                    indent=1))
     print(f"{len(results) - failed} passed, {failed} failed", flush=True)
+    faulthandler.dump_traceback_later(limit, exit=True)  # the interpreter's exit is watched too
     return 1 if failed else 0
 
 
