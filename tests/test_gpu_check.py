@@ -12,7 +12,9 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
 
 
 def test_gpu_check_cpu_pass(tmp_path):
-    env = dict(os.environ, TQDM_DISABLE="1")
+    # one thread: a code-path check, not a speed one, and two threads next to another busy
+    # process can run 10-60x slower (RESULTS.md, "Contention")
+    env = dict(os.environ, TQDM_DISABLE="1", OMP_NUM_THREADS="1")
     try:  # the script ends a check that hangs after 120 s itself, with every thread's stack
         r = subprocess.run([sys.executable, str(SCRIPT), "--cpu", "--out", str(tmp_path)],
                            capture_output=True, text=True, timeout=600, env=env)
