@@ -1,6 +1,7 @@
 """One pass over every method's accelerator path, one line per check (name, ok/FAIL, seconds,
 result), logs under ``$OUT`` (or ``--out``). Sized to finish in ≤ 8 minutes on one GPU; with
-``--cpu`` everything is tiny and runs on the CPU (the test suite runs it that way).
+``--cpu`` everything is tiny and runs on the CPU (the test suite runs it that way). A check that
+runs past ``--check-timeout`` seconds prints every thread's stack and ends the run.
 
     bash benchmarks/gpu_check.sh            # on a GPU machine
     python benchmarks/gpu_check.py --cpu    # the same code paths, tiny, on the CPU
@@ -172,9 +173,10 @@ def main(argv=None):
     (out / "gpu_check.json").write_text(json.dumps({"device": device, "checks": results},
                                                    indent=1))
     print(f"{len(results) - failed} passed, {failed} failed", flush=True)
-    faulthandler.dump_traceback_later(limit, exit=True)  # the interpreter's exit is watched too
     return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    rc = main()
+    faulthandler.dump_traceback_later(120, exit=True)  # the interpreter's exit is watched too
+    sys.exit(rc)
