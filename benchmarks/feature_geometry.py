@@ -26,12 +26,12 @@ import warnings
 
 import numpy as np
 import scipy.sparse as sp
-
 from _common import append_results, record
 from features import load_set
 
 from diffclust import evaluate
 from diffclust.graph import knn_graph, normalized_cut, spectral_partition
+from diffclust.mixture import gmm_from_labels
 
 
 def ddpm_features(spec):
@@ -44,7 +44,11 @@ def ddpm_features(spec):
     from diffclust.diffusion.unet import load_unet
     from diffclust.training.runtime import resolve_precision
 
-    _, dataset, n, unet, t = spec.split(":")
+    parts = spec.split(":")
+    if len(parts) != 5:
+        raise SystemExit(f"{spec!r}: a DiEC set is ddpm:DATASET:N:UNET:T, e.g. "
+                         f"ddpm:mnist:10000:mnist:225 (UNET: a shipped name or a folder without ':')")
+    _, dataset, n, unet, t = parts
     X, y = load_images(dataset, int(n))
     X = torch.from_numpy(check_images(X))
     model = load_unet(unet, tuple(X.shape[1:]))[0].float()
@@ -104,9 +108,10 @@ def main():
                                             time.perf_counter() - t)
         t = time.perf_counter()
         parts["spectral-10nn"] = (spectral_partition(X, K, graph=A)[0], time.perf_counter() - t)
-        parts["kmeans-from-spectral-means"] = (KMeans(K, init=np.stack(
-            [X[parts["spectral-10nn"][0] == c].mean(0) for c in range(K)]), n_init=1
-        ).fit_predict(X), 0.0)
+        # DiEC's spectral start places its centroids exactly so (an empty group: the mean of all)
+        mu_sp = gmm_from_labels(X, parts["spectral-10nn"][0], K)[1]
+        parts["kmeans-from-spectral-means"] = (KMeans(K, init=mu_sp, n_init=1).fit_predict(X),
+                                               0.0)
         parts["true-classes"] = (y, 0.0)
         recs = []
         for method, (lab, sec) in parts.items():
