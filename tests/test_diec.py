@@ -44,6 +44,13 @@ def test_diec_partitions_spectral_and_kmeans(images):
     assert set(np.unique(spec.init_labels_)) <= {0, 1, 2}
     with pytest.raises(ValueError, match="partition"):
         DiEC(3, partition="gmm", **TINY).fit(X)
+    # the timestep score on its own: k-means' start at the graph rule's t
+    mixed = DiEC(3, random_state=0, partition="kmeans", ots_criterion="ncut",
+                 **dict(TINY, n_epochs=1)).fit(X)
+    assert mixed.ots_scores_ == spec.ots_scores_ and mixed.t_star_ == spec.t_star_
+    assert not hasattr(mixed, "init_ncut_")
+    with pytest.raises(ValueError, match="ots_criterion"):
+        DiEC(3, ots_criterion="silhouette", **TINY).fit(X)
 
 
 def test_diec_rejects_feature_vectors():

@@ -70,6 +70,10 @@ class DiEC(DiffusionFeatures, ResumableMixin, DiffClusterMixin):
         How the bottleneck features are partitioned to score a timestep in the search and to
         place the initial centroids μ: spectral clustering of their k-NN graph (``n_neighbors``)
         scored by its normalised cut [PROP], or the paper's k-means scored by CH (eq. 14).
+    ots_criterion : {"auto", "ncut", "ch"}
+        The timestep score alone: ``"auto"`` follows ``partition``; ``"ncut"`` with
+        ``partition="kmeans"`` keeps the paper's k-means start at the graph rule's t (on
+        Fashion-MNIST CH peaks at t ≈ 420, mostly noise; docs/DECISIONS.md).
     ots_subset, ots_repeats, ots_grid, ots_tol, ots_final, ots_stride, ots_range, ots_n_init
         OTS settings (see the module docstring).
     n_noise_train, n_noise_infer : int
@@ -100,6 +104,7 @@ class DiEC(DiffusionFeatures, ResumableMixin, DiffClusterMixin):
         "pretrain_lr": [positive], "unet_preset": [str], "schedule": [str],
         "n_timesteps": [int_at_least(2)], "block": [str], "t_star": [int_at_least(0), AUTO],
         "partition": [StrOptions({"spectral", "kmeans"})],
+        "ots_criterion": [StrOptions({"auto", "ncut", "ch"})],
         "ots_subset": [int_at_least(2)], "ots_repeats": [int_at_least(1)],
         "ots_grid": [int_at_least(2)], "ots_tol": [int_at_least(1)], "ots_final": [int_at_least(1)],
         "ots_stride": [int_at_least(1)], "ots_range": pair + [None], "ots_n_init": [int_at_least(1)],
@@ -116,7 +121,8 @@ class DiEC(DiffusionFeatures, ResumableMixin, DiffClusterMixin):
 
     def __init__(self, n_clusters=10, *, unet=None, pretrain_steps=4000, pretrain_batch_size=128,
                  pretrain_lr=2e-4, unet_preset="auto", n_timesteps=1000, schedule="linear",
-                 block="mid", t_star="auto", partition="spectral", ots_subset=5000,
+                 block="mid", t_star="auto", partition="spectral", ots_criterion="auto",
+                 ots_subset=5000,
                  ots_repeats=4, ots_grid=8, ots_tol=16, ots_final=5, ots_stride=1,
                  ots_range=None, ots_n_init=3,
                  n_noise_train=4, n_noise_infer=8, hidden_dim="auto", standardize=True,
@@ -136,6 +142,7 @@ class DiEC(DiffusionFeatures, ResumableMixin, DiffClusterMixin):
         self.block = block
         self.t_star = t_star
         self.partition = partition
+        self.ots_criterion = ots_criterion
         self.ots_subset = ots_subset
         self.ots_repeats = ots_repeats
         self.ots_grid = ots_grid
