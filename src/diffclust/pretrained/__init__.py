@@ -20,6 +20,7 @@ WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 #: name → (image size, SHA-256 of the weights file)
 PRETRAINED: dict[str, tuple[int, str]] = {
+    "fashion_mnist": (28, "a9092e873d6a21dc207291e1cf5519b32dd01b72e9c42b41fe2e5d01e68fe09c"),
     "mnist": (28, "65067d1f8875f495a6ec193209e1b43efe27cdaa22e337b572c9456d0d722db8"),
     "usps": (16, "a7a579d5bcdd17f76a9be43e5f27ee0ddf5939f7495c6a285727f9e7a87963d4"),
 }
