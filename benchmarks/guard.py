@@ -77,7 +77,7 @@ def run_all():
                    n_timesteps=50, ots_subset=64, ots_repeats=1, ots_grid=4, ots_tol=4,
                    ots_final=2, ots_n_init=1, n_noise_train=1, n_noise_infer=1, n_epochs=2,
                    batch_size=32, kmeans_n_init=1, embed_batch_size=64, **FEATURE_KW)
-    fit("diec", DiEC(10, partition="kmeans", **diec_kw), imgs)
+    fit("diec", DiEC(10, partition="kmeans", ots_criterion="ch", **diec_kw), imgs)
     fit("diec_spectral", DiEC(10, **diec_kw), imgs)
     fit("clusterddpm", ClusterDDPM(10, unet_preset="tiny", latent_dim=4, n_timesteps=50,
                                    pretrain_epochs=1, n_em_iters=2, batch_size=64, gmm_n_init=1,

@@ -7,8 +7,9 @@ Clustering Middle Layer, CML) read at one clustering-optimal timestep t*:
    (eq. 9), averaged over R noise draws (eq. 11–13);
 2. Optimal Timestep Search: ``t* = argmax_t CH(ē(t), kmeans_K(ē(t)))`` on a subset of m images,
    found with a golden-section search (O(log T) evaluations, eq. 10/14;
-   :mod:`diffclust.selection.ots`); [PROP] ``partition="spectral"`` scores t by the
-   normalised cut of the spectral partition of ē(t)'s k-NN graph instead (:mod:`diffclust.graph`);
+   :mod:`diffclust.selection.ots`); [PROP] by default (``ots_criterion="ncut"``) t is scored by
+   minus the normalised cut of the spectral partition of ē(t)'s k-NN graph instead
+   (:mod:`diffclust.graph`);
 3. residual mapping ``z = e + g_φ(e)`` (eq. 18), averaged over M noise draws (eq. 20);
 4. DEC self-training: Student-t ``q_ik`` against trainable centroids μ initialised by k-means
    (``partition="kmeans"``) or [PROP] by the means of the spectral partition of the same k-NN
@@ -67,13 +68,14 @@ class DiEC(DiffusionFeatures, ResumableMixin, DiffClusterMixin):
     t_star : "auto" or int
         ``"auto"`` runs the Optimal Timestep Search; an int fixes t* (0-based).
     partition : {"spectral", "kmeans"}
-        How the bottleneck features are partitioned to score a timestep in the search and to
-        place the initial centroids μ: spectral clustering of their k-NN graph (``n_neighbors``)
-        scored by its normalised cut [PROP], or the paper's k-means scored by CH (eq. 14).
-    ots_criterion : {"auto", "ncut", "ch"}
-        The timestep score alone: ``"auto"`` follows ``partition``; ``"ncut"`` with
-        ``partition="kmeans"`` keeps the paper's k-means start at the graph rule's t (on
-        Fashion-MNIST CH peaks at t ≈ 420, mostly noise; docs/DECISIONS.md).
+        How the bottleneck features at t* are partitioned to place the initial centroids μ:
+        spectral clustering of their k-NN graph (``n_neighbors``) [PROP], or the paper's
+        k-means.
+    ots_criterion : {"ncut", "ch"}
+        The timestep score, whatever the start: minus the normalised cut of the spectral
+        partition of the k-NN graph [PROP], or the paper's CH of k-means (eq. 14), which picks
+        noise-dominated t on USPS and Fashion-MNIST (docs/DECISIONS.md). The paper's rule is
+        ``partition="kmeans", ots_criterion="ch"``.
     ots_subset, ots_repeats, ots_grid, ots_tol, ots_final, ots_stride, ots_range, ots_n_init
         OTS settings (see the module docstring).
     n_noise_train, n_noise_infer : int
@@ -104,7 +106,7 @@ class DiEC(DiffusionFeatures, ResumableMixin, DiffClusterMixin):
         "pretrain_lr": [positive], "unet_preset": [str], "schedule": [str],
         "n_timesteps": [int_at_least(2)], "block": [str], "t_star": [int_at_least(0), AUTO],
         "partition": [StrOptions({"spectral", "kmeans"})],
-        "ots_criterion": [StrOptions({"auto", "ncut", "ch"})],
+        "ots_criterion": [StrOptions({"ncut", "ch"})],
         "ots_subset": [int_at_least(2)], "ots_repeats": [int_at_least(1)],
         "ots_grid": [int_at_least(2)], "ots_tol": [int_at_least(1)], "ots_final": [int_at_least(1)],
         "ots_stride": [int_at_least(1)], "ots_range": pair + [None], "ots_n_init": [int_at_least(1)],
@@ -121,7 +123,7 @@ class DiEC(DiffusionFeatures, ResumableMixin, DiffClusterMixin):
 
     def __init__(self, n_clusters=10, *, unet=None, pretrain_steps=4000, pretrain_batch_size=128,
                  pretrain_lr=2e-4, unet_preset="auto", n_timesteps=1000, schedule="linear",
-                 block="mid", t_star="auto", partition="spectral", ots_criterion="auto",
+                 block="mid", t_star="auto", partition="spectral", ots_criterion="ncut",
                  ots_subset=5000,
                  ots_repeats=4, ots_grid=8, ots_tol=16, ots_final=5, ots_stride=1,
                  ots_range=None, ots_n_init=3,

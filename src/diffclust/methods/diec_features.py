@@ -96,15 +96,9 @@ class DiffusionFeatures:
             X, self.n_clusters, np.arange(lo, hi + 1, int(self.ots_stride)),
             subset=int(self.ots_subset), generator=self.generator_, seed=self.seed_,
             n_init=int(self.ots_n_init), tol=int(self.ots_tol), grid=int(self.ots_grid),
-            criterion=self._ots_criterion(),
+            criterion=self.ots_criterion,
             n_neighbors=int(self.n_neighbors),
             n_final=self.ots_final, verbose=self.verbose)
-
-    def _ots_criterion(self):
-        """The timestep score: ``ots_criterion``, or the one that matches ``partition``."""
-        if self.ots_criterion != "auto":
-            return self.ots_criterion
-        return "ncut" if self.partition == "spectral" else "ch"
 
     def _extra_warnings(self):
         """The timestep search ending at the edge of its range (t* = 1 means the U-Net's
