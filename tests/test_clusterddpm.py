@@ -10,7 +10,14 @@ from conftest import fit_script, kill_when, record_restores, saved_step
 
 from diffclust import ClusterDDPM, evaluate, load_pretrained
 from diffclust.errors import DivergenceError
-from diffclust.mixture import fit_diag_gmm, fit_gmm, gmm_log_posterior, prior_matching_terms
+from diffclust.mixture import (
+    fit_diag_gmm,
+    fit_gmm,
+    gmm_from_labels,
+    gmm_log_posterior,
+    prior_matching_terms,
+    sample_gmm,
+)
 
 TINY = dict(unet_preset="tiny", latent_dim=4, n_timesteps=50, pretrain_epochs=1, n_em_iters=1,
             batch_size=32, gmm_n_init=1, verbose=False)
@@ -164,7 +171,54 @@ def test_tied_posterior_matches_sklearn():
     np.testing.assert_allclose(lp.exp().numpy(), gm.predict_proba(Z), atol=1e-4)
     with pytest.raises(ValueError, match="covariance_type"):
         gmm_log_posterior(torch.zeros(2, 3), *(torch.ones(3), torch.zeros(3, 3), torch.eye(3)),
-                          covariance_type="full")
+                          covariance_type="spherical")
+
+
+def test_full_covariance_posterior_prior_term_and_samples():
+    """``"full"``: the posterior equals scikit-learn's, the prior term the Monte-Carlo KL with
+    z | c ~ N(μ_c, Σ_c), a full Σ_c = Σ for every c the tied formulas, and samples of one
+    component have its covariance."""
+    from sklearn.mixture import GaussianMixture
+
+    rng = np.random.default_rng(0)
+    Z = np.concatenate([rng.normal(m, s, (300, 3)) for m, s in ((-2, 0.5), (0, 1.0), (2, 1.5))])
+    Z[:300, 1] += 0.9 * Z[:300, 0]  # one component's dimensions correlated
+    gm = GaussianMixture(3, covariance_type="full", random_state=0).fit(Z)
+    mix = [torch.as_tensor(a, dtype=torch.float32) for a in (gm.weights_, gm.means_,
+                                                             gm.covariances_)]
+    lp = gmm_log_posterior(torch.as_tensor(Z, dtype=torch.float32), *mix, covariance_type="full")
+    np.testing.assert_allclose(lp.exp().numpy(), gm.predict_proba(Z), atol=1e-4)
+
+    torch.manual_seed(0)
+    pi, means, _ = _tied_mixture(3, 4, seed=1)
+    A = torch.randn(3, 4, 4)
+    covs = A @ A.transpose(1, 2) / 4 + 0.3 * torch.eye(4)
+    B, S = 3, 400_000
+    mu, logvar = torch.randn(B, 4), 0.5 * torch.randn(B, 4) - 0.5
+    w = torch.softmax(torch.randn(B, 3), 1)
+    terms = prior_matching_terms(mu, logvar, None, pi, means, covs, w=w, covariance_type="full")
+    d = torch.distributions
+    for i in range(B):
+        q = d.Independent(d.Normal(mu[i].double(), (0.5 * logvar[i]).exp().double()), 1)
+        z = q.sample((S,))
+        log_pz_c = torch.stack([d.MultivariateNormal(means[c].double(), covs[c].double())
+                                .log_prob(z) for c in range(3)], 1)
+        per_c = (q.log_prob(z)[:, None] - log_pz_c).mean(0)
+        mc = float((w[i].double() * (per_c + torch.log(w[i].double() / pi.double()))).sum())
+        assert math.isclose(float(terms["total"][i]), mc, rel_tol=2e-3, abs_tol=2e-2), i
+    z = torch.randn(B, 4)
+    t_full = prior_matching_terms(mu, logvar, z, pi, means, covs[0].expand(3, 4, 4),
+                                  covariance_type="full")
+    t_tied = prior_matching_terms(mu, logvar, z, pi, means, covs[0], covariance_type="tied")
+    for k in ("kl_c", "kl_z", "total", "w"):
+        assert torch.allclose(t_full[k], t_tied[k], atol=1e-4), k
+
+    zs, c = sample_gmm(20_000, pi, means, covs, "full", cluster=2,
+                       generator=torch.Generator().manual_seed(0))
+    assert (c == 2).all()
+    assert torch.allclose(torch.cov(zs.T), covs[2], atol=0.1)
+    _, _, c0 = gmm_from_labels(Z, gm.predict(Z), 3, "full", reg_covar=0.0)
+    assert c0.shape == (3, 3, 3) and np.allclose(c0, c0.transpose(0, 2, 1))
 
 
 def _match(true_means, est_means):
@@ -213,7 +267,7 @@ def test_e_step_recovers_tied_mixture():
     assert info["n_iter"] <= 3
 
 
-@pytest.mark.parametrize("cov", ["tied", "diag"])
+@pytest.mark.parametrize("cov", ["tied", "diag", "full"])
 def test_gmm_from_labels_recovers_the_groups(cov):
     from diffclust.mixture import gmm_from_labels
 
@@ -225,7 +279,7 @@ def test_gmm_from_labels_recovers_the_groups(cov):
     np.testing.assert_allclose(w[:3], [0.5, 0.3, 0.2], atol=1e-3)
     assert 0 < w[3] < 1e-5 and np.isclose(w.sum(), 1)
     np.testing.assert_allclose(m[:3], means, atol=0.15)
-    var = np.diag(c) if cov == "tied" else c[0]
+    var = c[0] if cov == "diag" else np.diag(c if cov == "tied" else c[0])
     np.testing.assert_allclose(var, [1.0, 0.25], rtol=0.15)
     (fw, fm, fc), _ = fit_gmm(Z, 3, cov, init=(w[:3] / w[:3].sum(), m[:3],
                                               c if cov == "tied" else c[:3]))
@@ -240,6 +294,12 @@ def test_gmm_init_spectral_and_kmeans(usps3):
     assert a.labels_.shape == b.labels_.shape == (60,)
     with pytest.raises(ValueError, match="gmm_init"):
         ClusterDDPM(3, gmm_init="random", **TINY).fit(X[::3])
+    full = ClusterDDPM(3, random_state=0, covariance_type="full", gmm_init="spectral",
+                       **TINY).fit(X[::3])
+    assert full.gmm_covariances_.shape == (3, full.latent_dim, full.latent_dim)
+    assert np.isfinite(full.predict_proba(X[::3])).all()
+    images, c = full.sample(4, cluster=1, random_state=0)
+    assert images.shape[0] == 4 and (c == 1).all()
 
 
 def test_short_fit_beats_chance(usps3):

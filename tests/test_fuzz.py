@@ -277,7 +277,7 @@ def test_hyperparameters_are_range_checked_by_name():
                                                            "embedding_dim"),
                       (TEMI(3, batch_size=1), "batch_size"), (GCC(3, temperature=-1),
                                                                "temperature"),
-                      (ClusterDDPM(3, covariance_type="full"), "covariance_type"),
+                      (ClusterDDPM(3, covariance_type="spherical"), "covariance_type"),
                       (DiEC(3, ots_grid=0), "ots_grid")):
         with pytest.raises(ValueError, match=f"'{name}' parameter"):
             est.fit(X if est._input_kind == "features" else np.zeros((60, 8, 8), "f4"))

@@ -1,10 +1,10 @@
 """Gaussian-mixture maths of ClusterDDPM (Yan et al., 2023; METHODS.md §5): the posterior
 ``p(c | z)`` (eq. 22), the prior-matching terms of the ELBO (eq. A.17) and the E-step's mixture
-fit (scikit-learn's GaussianMixture, warm-started), for diagonal and tied covariances.
+fit (scikit-learn's GaussianMixture, warm-started), for diagonal, tied and full covariances.
 
 A mixture is ``(weights (K,), means (K, J), covariances)`` with scikit-learn's layout of
 ``covariances_``: ``"diag"`` → (K, J) per-component variances σ_c² (the paper), ``"tied"`` → one
-(J, J) covariance Σ shared by all components.
+(J, J) covariance Σ shared by all components, ``"full"`` → (K, J, J) one Σ_c per component.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ __all__ = ["COVARIANCE_TYPES", "fit_diag_gmm", "fit_gmm", "gmm_from_labels", "gm
 
 _LOG2PI = math.log(2 * math.pi)
 
-COVARIANCE_TYPES = ("diag", "tied")
+COVARIANCE_TYPES = ("diag", "tied", "full")
 
 
 def check_covariance_type(covariance_type):
@@ -30,18 +30,25 @@ def check_covariance_type(covariance_type):
                          f"got {covariance_type!r}")
 
 
-def _tied_mahalanobis(diff, cov):
-    """``(diffᵀ Σ⁻¹ diff, log|Σ|, L)`` for ``diff`` (B, K, J) and a tied ``Σ = L Lᵀ`` (J, J),
-    by one Cholesky factorisation and a triangular solve (no explicit inverse)."""
+def _mahalanobis(diff, cov):
+    """``(diffᵀ Σ_c⁻¹ diff (B, K), log|Σ_c|, L)`` for ``diff`` (B, K, J) and a tied ``Σ = L Lᵀ``
+    (J, J) or full ``Σ_c = L_c L_cᵀ`` (K, J, J), by Cholesky factorisation and a triangular solve
+    (no explicit inverse); ``log|Σ|`` is a scalar (tied) or (K,) (full)."""
     L = torch.linalg.cholesky(cov.float())
-    u = torch.linalg.solve_triangular(L, diff.reshape(-1, diff.shape[-1]).T, upper=False)
-    return (u ** 2).sum(0).reshape(diff.shape[:2]), 2 * torch.log(torch.diagonal(L)).sum(), L
+    if L.dim() == 2:  # tied: one solve for all (B·K) differences
+        u = torch.linalg.solve_triangular(L, diff.reshape(-1, diff.shape[-1]).T, upper=False)
+        maha = (u ** 2).sum(0).reshape(diff.shape[:2])
+    else:  # full: L_c broadcast over the batch
+        u = torch.linalg.solve_triangular(L, diff.transpose(0, 1).transpose(1, 2), upper=False)
+        maha = (u ** 2).sum(1).T  # (K, J, B) → (B, K)
+    log_det = 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
+    return maha, log_det, L
 
 
 def gmm_log_posterior(z, weights, means, covariances, covariance_type="diag"):
     """``log p(c | z)`` (eq. 22): ``(B, K)`` log-softmax over c of
-    ``log π_c + log N(z; μ_c, Σ_c)``, with ``Σ_c = diag σ_c²`` (``covariances`` (K, J)) or a tied
-    ``Σ`` (``covariances`` (J, J)). ``z`` (B, J), ``weights`` (K,), ``means`` (K, J).
+    ``log π_c + log N(z; μ_c, Σ_c)``, with ``Σ_c = diag σ_c²`` (``covariances`` (K, J)), a tied
+    ``Σ`` ((J, J)) or full ``Σ_c`` ((K, J, J)). ``z`` (B, J), ``weights`` (K,), ``means`` (K, J).
     Differentiable in ``z``."""
     check_covariance_type(covariance_type)
     z = z.float()
@@ -50,7 +57,7 @@ def gmm_log_posterior(z, weights, means, covariances, covariance_type="diag"):
         log_n = -0.5 * (_LOG2PI + torch.log(covariances)[None]
                         + diff ** 2 / covariances[None]).sum(-1)
     else:
-        maha, log_det, _ = _tied_mahalanobis(diff, covariances)
+        maha, log_det, _ = _mahalanobis(diff, covariances)
         log_n = -0.5 * (diff.shape[-1] * _LOG2PI + log_det + maha)
     return torch.log_softmax(torch.log(weights)[None] + log_n, dim=1)
 
@@ -80,10 +87,10 @@ def prior_matching_terms(mu, logvar, z, weights, means, covariances, w=None,
     if covariance_type == "diag":
         per_c = (torch.log(covariances)[None] + var_phi[:, None, :] / covariances[None]
                  + diff ** 2 / covariances[None]).sum(-1)  # (B, K)
-    else:  # tr(Σ⁻¹ diag σ_φ²) = Σ_j (Σ⁻¹)_jj σ_φj²
-        maha, log_det, L = _tied_mahalanobis(diff, covariances)
-        prec_diag = torch.diagonal(torch.cholesky_inverse(L))
-        per_c = log_det + (var_phi * prec_diag[None]).sum(1, keepdim=True) + maha
+    else:  # tr(Σ_c⁻¹ diag σ_φ²) = Σ_j (Σ_c⁻¹)_jj σ_φj²
+        maha, log_det, L = _mahalanobis(diff, covariances)
+        prec_diag = torch.diagonal(torch.cholesky_inverse(L), dim1=-2, dim2=-1)  # (J,) or (K, J)
+        per_c = log_det + (var_phi[:, None, :] * prec_diag).sum(-1) + maha
     kl_z = 0.5 * (w * per_c).sum(1)
     entropy = -0.5 * (1.0 + logvar).sum(1)
     return {"kl_c": kl_c, "kl_z": kl_z, "entropy": entropy, "total": kl_c + kl_z + entropy,
@@ -92,8 +99,9 @@ def prior_matching_terms(mu, logvar, z, weights, means, covariances, w=None,
 
 def gmm_from_labels(Z, labels, n_components, covariance_type="diag", reg_covar=1e-4):
     """The mixture ``(weights, means, covariances)`` (numpy, float64) of a hard partition of
-    ``Z``: the groups' fractions, means and (per-group diagonal or pooled full) covariances plus
-    ``reg_covar``; an empty group gets a small weight, the global mean and covariance."""
+    ``Z``: the groups' fractions, means and (per-group diagonal, pooled full or per-group full)
+    covariances plus ``reg_covar``; an empty group gets a small weight, the global mean and
+    covariance."""
     check_covariance_type(covariance_type)
     Z = np.asarray(Z, dtype=np.float64)
     labels = np.asarray(labels)
@@ -107,6 +115,12 @@ def gmm_from_labels(Z, labels, n_components, covariance_type="diag", reg_covar=1
     R = Z - means[labels]
     if covariance_type == "tied":
         cov = R.T @ R / len(Z) + reg_covar * np.eye(J)
+    elif covariance_type == "full":
+        outer = np.zeros((K, J, J))
+        np.add.at(outer, labels, R[:, :, None] * R[:, None, :])
+        cov = np.tile(np.cov(Z.T, bias=True).reshape(J, J), (K, 1, 1))
+        cov[used] = outer[used] / counts[used, None, None]
+        cov = cov + reg_covar * np.eye(J)
     else:
         sq = np.zeros((K, J))
         np.add.at(sq, labels, R ** 2)
@@ -142,7 +156,7 @@ def fit_gmm(Z, n_components, covariance_type="diag", init=None, reg_covar=1e-4, 
                       for a in init)
         w0 = np.clip(w0, 1e-8, None)
         prec0 = (1.0 / np.clip(c0, 1e-12, None) if covariance_type == "diag"
-                 else np.linalg.inv(c0))
+                 else np.linalg.inv(c0))  # (J, J) tied or (K, J, J) full
         gm = GaussianMixture(weights_init=w0 / w0.sum(), means_init=m0, precisions_init=prec0,
                              n_init=1, **kw)
     else:
@@ -168,8 +182,9 @@ def fit_diag_gmm(Z, n_components, **kwargs):
 def sample_gmm(n, weights, means, covariances, covariance_type="diag", cluster=None,
                generator=None):
     """Draw ``n`` latents ``z ~ N(μ_c, Σ_c)``: ``c`` = ``cluster`` (an int, or ``n`` ids) or, when
-    ``None``, ``c ~ Cat(π)``; ``Σ_c = diag σ_c²`` (``"diag"``) or one shared Σ = L Lᵀ
-    (``"tied"``, ``z = μ_c + L ε``). Returns ``(z (n, J), c (n,))``."""
+    ``None``, ``c ~ Cat(π)``; ``Σ_c = diag σ_c²`` (``"diag"``), one shared Σ = L Lᵀ
+    (``"tied"``, ``z = μ_c + L ε``) or ``Σ_c = L_c L_cᵀ`` (``"full"``). Returns
+    ``(z (n, J), c (n,))``."""
     K = len(weights)
     if cluster is None:
         c = torch.multinomial(weights.double(), n, replacement=True, generator=generator)
@@ -184,5 +199,7 @@ def sample_gmm(n, weights, means, covariances, covariance_type="diag", cluster=N
     eps = torch.randn((n, means.shape[1]), generator=generator)
     if covariance_type == "diag":
         return means[c] + covariances[c].sqrt() * eps, c
+    if covariance_type == "full":
+        return means[c] + (torch.linalg.cholesky(covariances)[c] @ eps[:, :, None])[..., 0], c
     return means[c] + eps @ torch.linalg.cholesky(covariances).T, c
 

@@ -97,9 +97,10 @@ class ClusterDDPM(MixturePrior, ResumableMixin, DiffClusterMixin):
         Learning rate of the pre-training phase (2e-3, [PROP]; ``None`` uses ``lr``).
     cond_drop : float
         Probability of zeroing z during training (0.1).
-    covariance_type : "tied" or "diag"
+    covariance_type : "tied", "diag" or "full"
         The mixture's covariance: one full Σ shared by the components (``"tied"``, default,
-        [PROP], see the module docstring) or the paper's per-component diagonal (``"diag"``).
+        [PROP], see the module docstring), the paper's per-component diagonal (``"diag"``) or
+        one full Σ_c per component (``"full"``, [PROP]; needs well over J images a cluster).
     gmm_init : "kmeans" or "spectral"
         GMM_0's start: k-means (the paper, ``gmm_n_init`` restarts) or the spectral partition
         of the latents' 10-NN graph (:mod:`diffclust.graph`, [PROP]).
@@ -134,7 +135,7 @@ class ClusterDDPM(MixturePrior, ResumableMixin, DiffClusterMixin):
         "n_em_iters": [int_at_least(0)], "m_step_epochs": [int_at_least(1)],
         "batch_size": [int_at_least(1)], "lr": [positive],
         "cond_drop": [fraction],
-        "covariance_type": [StrOptions({"tied", "diag"})],
+        "covariance_type": [StrOptions({"tied", "diag", "full"})],
         "gmm_init": [StrOptions({"kmeans", "spectral"})],
         "gmm_max_iter": [int_at_least(1)], "gmm_n_init": [int_at_least(1)],
         "gmm_reg_covar": [non_negative], "e_step_input": [StrOptions({"mean", "sample"})],
