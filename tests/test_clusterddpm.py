@@ -131,6 +131,20 @@ def _tied_mixture(K=3, J=4, seed=0):
     return w / w.sum(), 2 * torch.randn(K, J, generator=g), A @ A.T / J + 0.3 * torch.eye(J)
 
 
+def _assert_equals_monte_carlo_kl(total, mu, logvar, w, pi, means, covs, S=400_000):
+    """``total`` (B,) = the Monte-Carlo ``KL(q(z|x) q(c|x) ‖ p(z, c))`` with
+    z | c ~ N(μ_c, ``covs[c]``), from S draws per sample."""
+    d = torch.distributions
+    for i in range(len(mu)):
+        q = d.Independent(d.Normal(mu[i].double(), (0.5 * logvar[i]).exp().double()), 1)
+        z = q.sample((S,))
+        log_pz_c = torch.stack([d.MultivariateNormal(means[c].double(), covs[c].double())
+                                .log_prob(z) for c in range(len(pi))], 1)
+        per_c = (q.log_prob(z)[:, None] - log_pz_c).mean(0)
+        mc = float((w[i].double() * (per_c + torch.log(w[i].double() / pi.double()))).sum())
+        assert math.isclose(float(total[i]), mc, rel_tol=2e-3, abs_tol=2e-2), i
+
+
 def test_tied_prior_term_equals_monte_carlo_kl():
     """The tied-covariance closed form = the Monte-Carlo KL with z | c ~ N(μ_c, Σ)."""
     torch.manual_seed(0)
@@ -139,15 +153,8 @@ def test_tied_prior_term_equals_monte_carlo_kl():
     mu, logvar = torch.randn(B, J), 0.5 * torch.randn(B, J) - 0.5
     w = torch.softmax(torch.randn(B, 3), 1)
     terms = prior_matching_terms(mu, logvar, None, pi, means, cov, w=w, covariance_type="tied")
-    d = torch.distributions
-    for i in range(B):
-        q = d.Independent(d.Normal(mu[i].double(), (0.5 * logvar[i]).exp().double()), 1)
-        z = q.sample((S,))
-        log_pz_c = torch.stack([d.MultivariateNormal(means[c].double(), cov.double()).log_prob(z)
-                                for c in range(3)], 1)
-        per_c = (q.log_prob(z)[:, None] - log_pz_c).mean(0)
-        mc = float((w[i].double() * (per_c + torch.log(w[i].double() / pi.double()))).sum())
-        assert math.isclose(float(terms["total"][i]), mc, rel_tol=2e-3, abs_tol=2e-2), i
+    _assert_equals_monte_carlo_kl(terms["total"], mu, logvar, w, pi, means, cov.expand(3, J, J),
+                                  S)
     # a tied Σ = diag(v) gives the diagonal formulas with σ_c² = v for every c
     v = 0.5 + torch.rand(J)
     z = torch.randn(B, J)
@@ -197,15 +204,7 @@ def test_full_covariance_posterior_prior_term_and_samples():
     mu, logvar = torch.randn(B, 4), 0.5 * torch.randn(B, 4) - 0.5
     w = torch.softmax(torch.randn(B, 3), 1)
     terms = prior_matching_terms(mu, logvar, None, pi, means, covs, w=w, covariance_type="full")
-    d = torch.distributions
-    for i in range(B):
-        q = d.Independent(d.Normal(mu[i].double(), (0.5 * logvar[i]).exp().double()), 1)
-        z = q.sample((S,))
-        log_pz_c = torch.stack([d.MultivariateNormal(means[c].double(), covs[c].double())
-                                .log_prob(z) for c in range(3)], 1)
-        per_c = (q.log_prob(z)[:, None] - log_pz_c).mean(0)
-        mc = float((w[i].double() * (per_c + torch.log(w[i].double() / pi.double()))).sum())
-        assert math.isclose(float(terms["total"][i]), mc, rel_tol=2e-3, abs_tol=2e-2), i
+    _assert_equals_monte_carlo_kl(terms["total"], mu, logvar, w, pi, means, covs, S)
     z = torch.randn(B, 4)
     t_full = prior_matching_terms(mu, logvar, z, pi, means, covs[0].expand(3, 4, 4),
                                   covariance_type="full")
