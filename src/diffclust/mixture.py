@@ -115,11 +115,11 @@ def gmm_from_labels(Z, labels, n_components, covariance_type="diag", reg_covar=1
     R = Z - means[labels]
     if covariance_type == "tied":
         cov = R.T @ R / len(Z) + reg_covar * np.eye(J)
-    elif covariance_type == "full":
-        outer = np.zeros((K, J, J))
-        np.add.at(outer, labels, R[:, :, None] * R[:, None, :])
+    elif covariance_type == "full":  # one (J, J) product per group: memory O(N J), not O(N J²)
         cov = np.tile(np.cov(Z.T, bias=True).reshape(J, J), (K, 1, 1))
-        cov[used] = outer[used] / counts[used, None, None]
+        for k in np.flatnonzero(used):
+            Rk = R[labels == k]
+            cov[k] = Rk.T @ Rk / counts[k]
         cov = cov + reg_covar * np.eye(J)
     else:
         sq = np.zeros((K, J))
