@@ -83,6 +83,8 @@ def main():
     ap.add_argument("--no-knn", action="store_true")
     ap.add_argument("--no-grid", action="store_true")
     ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--checkpoint-dir", default=None,
+                    help="resumable fits: one sub-folder per seed (per-epoch checkpoints)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     params = {}
@@ -114,8 +116,9 @@ def main():
             gm = GMMClusterer(k, random_state=seed).fit(P)
         recs.append(record("gmm", name, len(X), k, seed, evaluate(y, gm.labels_), tg.seconds))
         m = ClusterDDPM(k, random_state=seed, verbose=True, **params)
+        ck = f"{args.checkpoint_dir}/{name}-seed{seed}" if args.checkpoint_dir else None
         with Timer() as tf:
-            m.fit(X)
+            m.fit(X, checkpoint_dir=ck)
         with Timer() as tp:
             labels = m.predict(X)
         res = evaluate(y, m.labels_)
