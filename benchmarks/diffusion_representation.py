@@ -24,6 +24,12 @@ and the step reached is measured (a milestone of its own) before the run ends.
 
     python benchmarks/diffusion_representation.py --dataset mnist --preset base32 --batch 128 \
         --device cuda --max-minutes 5 --milestones 2000 4000 8000 16000 --eval-n 10000
+
+``--unet NAME`` measures a finished U-Net instead (a model shipped with the package, or a
+folder; no pretraining, its steps read from its ``pretrain.json``), e.g. the layer axis:
+
+    python benchmarks/diffusion_representation.py --dataset usps --unet usps --weights ema \
+        --blocks mid up.0 --ts 100 200
 """
 
 from __future__ import annotations
@@ -122,6 +128,27 @@ def plot(settings):
     print(f"-> {out}")
 
 
+def milestone_nets(a, X, out, m, left, dev):
+    """Pretrain (resumably, in ``out``) up to ``m`` steps or until ``left`` seconds are spent;
+    returns ``(nets, steps, seconds, out_of_time)`` with ``nets`` the (weights name, U-Net)
+    pairs to measure at that step, or ``None`` when no model of step ``m`` is left."""
+    res = pretrain_ddpm(X, out, preset=a.preset, n_steps=m, batch_size=a.batch, lr=a.lr,
+                        seed=a.seed, n_samples=0, verbose=False, device=dev, max_seconds=left)
+    out_of_time = res.steps < m
+    if out_of_time:  # the time ran out: measure where it stopped, then stop
+        print(f"time is up at {res.steps} of {m} steps", flush=True)
+        m = res.steps
+    snap = out / "milestones" / f"step-{m}"
+    if res.steps == m:
+        if not snap.exists():  # keep each milestone's EMA model
+            res.unet.save_pretrained(snap)
+        return (("ema", res.unet), ("raw", res.online)), m, res.seconds, out_of_time
+    if snap.exists():  # the run is past m: the kept EMA model (the raw one is gone)
+        return (("ema", DiffusionUNet.from_pretrained(snap).to(dev)),), m, None, out_of_time
+    print(f"{m} steps: the run is at {res.steps} and kept no model at {m}; skipped")
+    return None, m, None, out_of_time
+
+
 def main():
     from _common import DATA_HOME
 
@@ -149,9 +176,20 @@ def main():
     ap.add_argument("--out", default=None,
                     help="pretraining folder (default ~/.cache/diffclust/representation/…)")
     ap.add_argument("--plot", action="store_true", help="only draw the curves of these settings")
+    ap.add_argument("--unet", default=None,
+                    help="measure this finished U-Net (a shipped name or a folder); no pretraining")
     a = ap.parse_args()
     settings = {"dataset": a.dataset, "preset": a.preset, "batch": a.batch, "lr": a.lr,
                 "seed": a.seed, "noise": a.noise}
+    if a.unet:  # the model's own training settings, from its card
+        from diffclust.pretrained import PRETRAINED, pretrained_path
+
+        card = pretrained_path(a.unet) if a.unet in PRETRAINED else Path(a.unet)
+        info = json.loads((card / "pretrain.json").read_text())
+        settings = {"dataset": a.dataset, "unet": a.unet, "preset": info["preset"],
+                    "batch": info["batch_size"], "lr": info["lr"], "seed": info["seed"],
+                    "noise": a.noise}
+        a.milestones = [int(info["steps_done"])]
     if a.plot:
         if a.eval_n:  # the runs' records name their evaluation subset
             settings["eval_n"] = a.eval_n
@@ -164,6 +202,10 @@ def main():
         settings["eval_n"] = a.eval_n
         keep = np.sort(np.random.default_rng(a.seed).choice(len(X), a.eval_n, replace=False))
     Xt, y_eval = torch.from_numpy(X[keep]), y[keep]
+    if a.unet:
+        from diffclust.diffusion.unet import load_unet
+
+        unet = load_unet(a.unet, tuple(X.shape[1:]))[0].to(torch.device(a.device))
     out = Path(a.out or Path.home() / ".cache/diffclust/representation" /
                f"{a.dataset}-{a.preset}-b{a.batch}-lr{a.lr:g}-s{a.seed}")
     dev = torch.device(a.device)
@@ -174,22 +216,14 @@ def main():
         left = None if t_end is None else t_end - time.monotonic()
         if left is not None and left <= 0:
             break
-        res = pretrain_ddpm(X, out, preset=a.preset, n_steps=m, batch_size=a.batch, lr=a.lr,
-                            seed=a.seed, n_samples=0, verbose=False, device=dev,
-                            max_seconds=left)
-        if res.steps < m:  # the time ran out: measure where it stopped, then stop
-            print(f"time is up at {res.steps} of {m} steps", flush=True)
-            m, t_end = res.steps, time.monotonic()
-        snap = out / "milestones" / f"step-{m}"
-        if res.steps == m:
-            if not snap.exists():  # keep each milestone's EMA model
-                res.unet.save_pretrained(snap)
-            nets, seconds = (("ema", res.unet), ("raw", res.online)), res.seconds
-        elif snap.exists():  # the run is past m: the kept EMA model (the raw one is gone)
-            nets, seconds = (("ema", DiffusionUNet.from_pretrained(snap).to(dev)),), None
+        if a.unet:
+            nets, seconds = (("ema", unet),), None
         else:
-            print(f"{m} steps: the run is at {res.steps} and kept no model at {m}; skipped")
-            continue
+            nets, m, seconds, out_of_time = milestone_nets(a, X, out, m, left, dev)
+            if out_of_time:
+                t_end = time.monotonic()
+            if nets is None:
+                continue
         # a criterion's choice is over the ts of one pass: a partition is measured at every t
         # or (when some t of it is on record already) at none
         nets = tuple((w, net) for w, net in nets if w in a.weights)
@@ -200,7 +234,7 @@ def main():
             continue
         n_params = sum(p.numel() for p in nets[0][1].parameters())
         ips = None if seconds is None else round(m * a.batch / max(seconds, 1e-9), 1)
-        print(f"{a.dataset} {a.preset}: {m} steps, {seconds} s of pretraining "
+        print(f"{a.dataset} {settings['preset']}: {m} steps, {seconds} s of pretraining "
               f"({ips} images/s), {n_params / 1e6:.2f} M parameters", flush=True)
         recs = []
         for w, net in nets:
@@ -241,7 +275,8 @@ def main():
                           f"ACC {100 * met['acc']:.1f} NMI {100 * met['nmi']:.1f} "
                           f"{crit} {value}{' *' if score == best else ''}", flush=True)
         append_results(NAME, recs)
-    plot(settings)
+    if not a.unet:  # one model has no curve
+        plot(settings)
 
 
 if __name__ == "__main__":
