@@ -125,7 +125,7 @@ def main():
             ts = np.array([int(t) for t in ots])
             save_ots_curve(RESULTS / f"diec_{tag}_ots.png", ts, np.array(list(ots.values())),
                            t_star=m.t_star_, title=f"OTS on {tag}",
-                           score_name="−Ncut" if m.partition == "spectral" else "CH score")
+                           score_name="−Ncut" if m.ots_criterion == "ncut" else "CH score")
     if not args.no_save:
         append_results("diec", recs)
 
