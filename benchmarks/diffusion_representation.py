@@ -185,9 +185,13 @@ def main():
         from diffclust.pretrained import PRETRAINED, pretrained_path
 
         card = pretrained_path(a.unet) if a.unet in PRETRAINED else Path(a.unet)
+        if not (card / "pretrain.json").is_file():
+            ap.error(f"--unet {a.unet}: no pretrain.json in {card}; give a shipped name "
+                     f"({', '.join(sorted(PRETRAINED))}) or a folder written by pretrain_ddpm")
         info = json.loads((card / "pretrain.json").read_text())
+        # seed: the evaluation subset's draw (the model's own seed is on its card)
         settings = {"dataset": a.dataset, "unet": a.unet, "preset": info["preset"],
-                    "batch": info["batch_size"], "lr": info["lr"], "seed": info["seed"],
+                    "batch": info["batch_size"], "lr": info["lr"], "seed": a.seed,
                     "noise": a.noise}
         a.milestones = [int(info["steps_done"])]
     if a.plot:
