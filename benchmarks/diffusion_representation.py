@@ -25,6 +25,10 @@ and the step reached is measured (a milestone of its own) before the run ends.
     python benchmarks/diffusion_representation.py --dataset mnist --preset base32 --batch 128 \
         --device cuda --max-minutes 5 --milestones 2000 4000 8000 16000 --eval-n 10000
 
+The study's other axes: ``--batch``, ``--schedule cosine`` (noise schedule) and ``--prediction v``
+(v- instead of ε-prediction); a non-default schedule or parametrisation is named in the records'
+settings, the run folder and the plot.
+
 ``--unet NAME`` measures a finished U-Net instead (a model shipped with the package, or a
 folder; no pretraining, its steps read from its ``pretrain.json``), e.g. the layer axis:
 
@@ -118,12 +122,14 @@ def plot(settings):
         ax[i].set_ylabel(f"{m} of a partition of the bottleneck (%)")
         ax[i].grid(alpha=0.3)
     ax[0].legend(fontsize=7)
-    fig.suptitle(f"{settings['dataset']}: {settings['preset']} U-Net, batch {settings['batch']}",
+    fig.suptitle(f"{settings['dataset']}: {settings['preset']} U-Net, batch {settings['batch']}"
+                 + "".join(f", {settings[k]}" for k in ("schedule", "prediction") if k in settings),
                  fontsize=9)
     fig.tight_layout()
     seed = f"_s{settings['seed']}" if settings["seed"] else ""
+    variant = "".join(f"_{settings[k]}" for k in ("schedule", "prediction") if k in settings)
     out = (RESULTS / f"{NAME}_{settings['dataset']}_{settings['preset']}_b{settings['batch']}"
-                     f"{seed}.png")
+                     f"{variant}{seed}.png")
     fig.savefig(out, dpi=110)
     print(f"-> {out}")
 
@@ -133,7 +139,8 @@ def milestone_nets(a, X, out, m, left, dev):
     returns ``(nets, steps, seconds, out_of_time)`` with ``nets`` the (weights name, U-Net)
     pairs to measure at that step, or ``None`` when no model of step ``m`` is left."""
     res = pretrain_ddpm(X, out, preset=a.preset, n_steps=m, batch_size=a.batch, lr=a.lr,
-                        seed=a.seed, n_samples=0, verbose=False, device=dev, max_seconds=left)
+                        schedule=a.schedule, prediction=a.prediction, seed=a.seed, n_samples=0,
+                        verbose=False, device=dev, max_seconds=left)
     out_of_time = res.steps < m
     if out_of_time:  # the time ran out: measure where it stopped, then stop
         print(f"time is up at {res.steps} of {m} steps", flush=True)
@@ -157,6 +164,9 @@ def main():
     ap.add_argument("--preset", default="auto")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--schedule", default="linear", help="noise schedule: linear, cosine, …")
+    ap.add_argument("--prediction", default="epsilon", choices=["epsilon", "v"],
+                    help="what the U-Net predicts")
     ap.add_argument("--milestones", type=int, nargs="+",
                     default=[1000, 2000, 4000, 8000, 16000, 32000, 50000])
     ap.add_argument("--ts", type=int, nargs="+", default=[50, 100, 200, 300])
@@ -181,6 +191,11 @@ def main():
     a = ap.parse_args()
     settings = {"dataset": a.dataset, "preset": a.preset, "batch": a.batch, "lr": a.lr,
                 "seed": a.seed, "noise": a.noise}
+    variant = ""  # the study's other axes, named only when not the DDPM default
+    if a.schedule != "linear":
+        settings["schedule"], variant = a.schedule, variant + f"-{a.schedule}"
+    if a.prediction != "epsilon":
+        settings["prediction"], variant = a.prediction, variant + f"-{a.prediction}"
     if a.unet:  # the model's own training settings, from its card
         from diffclust.pretrained import PRETRAINED, pretrained_path
 
@@ -211,7 +226,7 @@ def main():
 
         unet = load_unet(a.unet, tuple(X.shape[1:]))[0].to(torch.device(a.device))
     out = Path(a.out or Path.home() / ".cache/diffclust/representation" /
-               f"{a.dataset}-{a.preset}-b{a.batch}-lr{a.lr:g}-s{a.seed}")
+               f"{a.dataset}-{a.preset}-b{a.batch}-lr{a.lr:g}-s{a.seed}{variant}")
     dev = torch.device(a.device)
     amp = resolve_precision("auto", dev)
     have = done(settings)

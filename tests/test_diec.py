@@ -162,6 +162,40 @@ def test_pretrain_resume_equals_uninterrupted(tmp_path):
     assert max(diff) > 0  # another seed gives other weights: the comparison can fail
 
 
+def test_pretrain_v_prediction_round_trips(tmp_path):
+    """``prediction="v"`` trains on v, is saved with the U-Net (an ε model's file stays as
+    before: no key), converts to ε for sampling, and a checkpoint of one parametrisation does
+    not resume into the other."""
+    import json
+
+    import torch
+
+    from diffclust.diffusion.pretrain import pretrain_ddpm, sample_images
+    from diffclust.diffusion.unet import DiffusionUNet
+
+    X = (np.random.default_rng(0).random((32, 16, 16)) * 255).astype(np.uint8)
+    kw = dict(preset="tiny", n_steps=4, batch_size=16, n_timesteps=50, checkpoint_every=2,
+              n_samples=0, seed=0, verbose=False, precision="fp32")
+    v = pretrain_ddpm(X, tmp_path / "v", prediction="v", **kw)
+    eps = pretrain_ddpm(X, tmp_path / "eps", **kw)
+    assert v.unet.prediction == "v" and eps.unet.prediction == "epsilon"
+    assert json.loads((tmp_path / "v" / "diffclust_unet.json").read_text())["prediction"] == "v"
+    assert "prediction" not in json.loads((tmp_path / "eps" / "diffclust_unet.json").read_text())
+    assert v.history[0]["loss"] != eps.history[0]["loss"]  # same init and batch, other target
+    back = DiffusionUNet.from_pretrained(tmp_path / "v")
+    assert back.prediction == "v"
+    x_t, t = torch.randn(3, 1, 16, 16), torch.tensor([5, 20, 40])
+    sched = back.noise_schedule()
+    with torch.no_grad():
+        out, e = back(x_t, t), back.eps(x_t, t)
+    ab = sched.alpha_bar_at(t).view(-1, 1, 1, 1)
+    torch.testing.assert_close(e, ab.sqrt() * out + (1 - ab).sqrt() * x_t)
+    imgs = sample_images(back, 2, n_steps=3, generator=torch.Generator().manual_seed(0))
+    assert imgs.shape == (2, 1, 16, 16) and torch.isfinite(imgs).all()
+    with pytest.raises(ValueError, match="prediction"):
+        pretrain_ddpm(X, tmp_path / "v", **dict(kw, n_steps=6))
+
+
 def test_diec_short_fit_beats_chance_on_usps(shared_data):
     """Three USPS digits, a tiny U-Net pretrained for a few hundred steps: DiEC's labels must be
     clearly better than chance (1/3)."""

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from diffclust.diffusion import (NoiseSchedule, ddim_sample, ddim_step, ddim_time_pairs,
-                                 ddpm_sample, edm_heun_sample, edm_sigmas, min_snr_weight,
+                                 ddpm_sample, denoiser_target, edm_heun_sample, edm_sigmas,
+                                 eps_from_prediction, min_snr_weight,
                                  predict_eps_from_x0, predict_x0_from_eps, predict_x0_from_v,
                                  q_posterior, q_sample, v_target)
 
@@ -75,6 +76,23 @@ def test_conversions_round_trip():
     torch.testing.assert_close(predict_eps_from_x0(s, xt, t, x0), eps, atol=1e-3, rtol=1e-3)
     v = v_target(s, x0, t, eps)
     torch.testing.assert_close(predict_x0_from_v(s, xt, t, v), x0, atol=1e-5, rtol=1e-5)
+
+
+def test_v_prediction_targets_and_eps_recovery():
+    """A denoiser that outputs its exact training target gives back the true ε through
+    ``eps_from_prediction``, for ε- and v-prediction alike; v is not ε (the test can fail)."""
+    s = NoiseSchedule("linear", 200)
+    g = torch.Generator().manual_seed(2)
+    x0, eps = torch.randn(32, 1, 4, 4, generator=g), torch.randn(32, 1, 4, 4, generator=g)
+    t = torch.randint(0, 200, (32,), generator=g)
+    xt = q_sample(s, x0, t, noise=eps)
+    for pred in ("epsilon", "v"):
+        y = denoiser_target(pred, s, x0, t, eps)
+        torch.testing.assert_close(eps_from_prediction(pred, s, xt, t, y), eps, atol=1e-5,
+                                   rtol=1e-5)
+    assert not torch.allclose(denoiser_target("v", s, x0, t, eps), eps)
+    with pytest.raises(ValueError, match="prediction must be one of"):
+        denoiser_target("x0", s, x0, t, eps)
 
 
 def test_posterior_matches_formula():

@@ -488,6 +488,10 @@ def pretrain_diffusion(
         lr: float = typer.Option(2e-4, help="Adam learning rate (after warm-up)"),
         preset: str = typer.Option("auto", help="U-Net size: auto | small | base | tiny | "
                                                 "small16 | base32 | …"),
+        schedule: str = typer.Option("linear", help="noise schedule of a fresh U-Net: linear | "
+                                                    "cosine | sigmoid | sqrt"),
+        prediction: str = typer.Option("epsilon", help="what a fresh U-Net predicts: epsilon | "
+                                                       "v"),
         max_minutes: Optional[float] = typer.Option(None, help="stop (and save) after this much "
                                                                "training time"),
         checkpoint_every: int = typer.Option(500, help="steps between crash-safe checkpoints"),
@@ -503,8 +507,8 @@ def pretrain_diffusion(
         key: Optional[str] = typer.Option(None, help="array key inside an .npz file"),
         device: Optional[str] = typer.Option(None, help="cpu | cuda (default: auto)"),
         quiet: bool = typer.Option(False, "--quiet", "-q")):
-    """Pretrain an ε-prediction DDPM U-Net on images (EMA weights, resumable checkpoints, a
-    sample grid). The result folder can be passed to DiEC: `--param unet=OUT`."""
+    """Pretrain a DDPM U-Net on images (ε- or v-prediction; EMA weights, resumable
+    checkpoints, a sample grid). The result folder can be passed to DiEC: `--param unet=OUT`."""
     from .diffusion.pretrain import pretrain_ddpm
 
     X, y, desc = load_input(data, data_home, key, flatten=False)
@@ -520,6 +524,7 @@ def pretrain_diffusion(
         res = pretrain_ddpm(X, out, unet=unet, preset=preset,
                             labels=y if conditional else None,
                             n_steps=steps, batch_size=batch_size, lr=lr,
+                            schedule=schedule, prediction=prediction,
                             checkpoint_every=checkpoint_every, resume=resume,
                             max_seconds=None if max_minutes is None else 60 * max_minutes,
                             n_samples=n_samples, seed=seed, device=device, verbose=not quiet)

@@ -1,10 +1,11 @@
-"""Pretraining an ε-prediction DDPM on an image array, and sampling from it.
+"""Pretraining a DDPM on an image array, and sampling from it.
 
 :func:`pretrain_ddpm` trains a :class:`~diffclust.diffusion.unet.DiffusionUNet` with the simple
 DDPM loss ``E_{t,ε} ‖ε − ε_θ(sqrt(ᾱ_t) x_0 + sqrt(1 − ᾱ_t) ε, t)‖²`` (METHODS.md §1.5, t uniform
-in ``{0..T−1}``), Adam with a linear warm-up then a constant learning rate (as in DDPM), an EMA
-copy of the weights (decay warmed up as ``min(decay, (1 + s)/(10 + s))``), bf16 autocast on AMX
-CPUs and mixed precision on CUDA.
+in ``{0..T−1}``; with ``prediction="v"`` the same loss on v = sqrt(ᾱ_t) ε − sqrt(1 − ᾱ_t) x_0),
+Adam with a linear warm-up then a constant learning rate (as in DDPM), an EMA copy of the
+weights (decay warmed up as ``min(decay, (1 + s)/(10 + s))``), bf16 autocast on AMX CPUs and
+mixed precision on CUDA.
 
 Crash safety: every ``checkpoint_every`` steps the online weights, the EMA weights, the
 optimiser moments and the random-generator state go to ``OUT/checkpoint/state-<step>.safetensors``
@@ -43,7 +44,7 @@ from ..data.validation import check_images
 from ..training.distributed import barrier
 from ..training.runtime import autocast, resolve_device, resolve_precision
 from .guidance import check_guidance, guided_call
-from .process import predict_x0_from_eps, q_sample
+from .process import denoiser_target, eps_from_prediction, predict_x0_from_eps, q_sample
 from .samplers import ddim_sample, ddim_time_pairs
 from .schedules import NoiseSchedule
 from .trainer import CKPT_DIR, setup_distributed, train_denoiser
@@ -107,9 +108,11 @@ def sample_images(unet: DiffusionUNet, n: int, n_steps: int = 50, eta: float = 0
         def model_eps(x, t):
             with autocast(torch.device(device), dtype):
                 if c is None:
-                    return unet(x, t).float()
-                return guided_call(lambda x, t, c: unet(x, t, **{key: c}).float(), x, t, c,
-                                   c_null, guidance)
+                    out = unet(x, t).float()
+                else:  # guidance is linear in the output, so it commutes with v → ε
+                    out = guided_call(lambda x, t, c: unet(x, t, **{key: c}).float(), x, t, c,
+                                      c_null, guidance)
+            return eps_from_prediction(unet.prediction, sched, x, t, out)
 
         x_T = torch.randn((b, C, S, S), generator=generator).to(device)
         if sampler == "ddpm":
@@ -137,18 +140,23 @@ def pretrain_ddpm(images, out_dir=None, *, unet: DiffusionUNet | None = None,
                   n_steps: int = 10_000, batch_size: int = 128, lr: float = 2e-4,
                   warmup_steps: int = 200, weight_decay: float = 0.0, ema_decay: float = 0.999,
                   clip_grad: float | None = 1.0, schedule: str = "linear",
-                  n_timesteps: int = 1000, checkpoint_every: int = 500, resume: bool = True,
+                  prediction: str = "epsilon", n_timesteps: int = 1000,
+                  checkpoint_every: int = 500, resume: bool = True,
                   max_seconds: float | None = None, n_samples: int = 64, sample_steps: int = 50,
                   seed: int = 0, device=None, precision: str = "auto", verbose: bool = True,
                   callback=None) -> PretrainResult:
-    """Pretrain an ε-prediction DDPM on ``images``.
+    """Pretrain a DDPM on ``images``: an ε-prediction one, or a v-prediction one with
+    ``prediction="v"`` (the loss ‖v − v̂‖², Salimans & Ho 2022).
 
     Parameters
     ----------
     images : array (N, H, W), (N, H, W, C) or (N, C, H, W); uint8 or floats in [0, 1]/[−1, 1].
     out_dir : folder for the final U-Net (diffusers format), ``samples.png``, ``pretrain.json``
         and ``checkpoint/``; ``None`` keeps everything in memory (no checkpoints).
-    unet : a :class:`DiffusionUNet` to train (default: ``make_unet(side, C, preset)``).
+    unet : a :class:`DiffusionUNet` to train (default: ``make_unet(side, C, preset)``); it
+        keeps the schedule and parametrisation it was trained with (``schedule`` and
+        ``prediction`` apply to a fresh U-Net only).
+    prediction : "epsilon" (DDPM) or "v" — what a fresh U-Net learns to output.
     labels : optional int class ids → class-conditional U-Net (null id dropout ``p_uncond``).
     n_steps : optimiser steps in total (a resumed run continues up to this number).
     max_seconds : stop early (with a checkpoint and the final files) after this much training
@@ -173,11 +181,12 @@ def pretrain_ddpm(images, out_dir=None, *, unet: DiffusionUNet | None = None,
         n_classes = int(y.max()) + 1
     if unet is None:
         unet = make_unet(H, C, preset, n_classes=n_classes, seed=seed,
-                         schedule=sched.to_config())
+                         schedule=sched.to_config(), prediction=prediction)
     elif unet.schedule is None:
         unet.schedule = sched.to_config()
     else:  # a pretrained U-Net trains further on the schedule it was trained with
         sched = unet.noise_schedule()
+    prediction = unet.prediction  # … and on its own parametrisation
     if unet.in_channels != C or unet.image_size != H:
         raise ValueError(f"the U-Net expects {unet.in_channels}×{unet.image_size}² images, got "
                          f"{C}×{H}²")
@@ -192,14 +201,16 @@ def pretrain_ddpm(images, out_dir=None, *, unet: DiffusionUNet | None = None,
                     warmup_steps=warmup_steps, ema_decay=ema_decay, schedule=sched.to_config(),
                     seed=seed, n_images=N, image_shape=[C, H, H], conditional=y is not None,
                     p_uncond=p_uncond)
+    if prediction != "epsilon":  # absent means ε, as in every run before v existed
+        settings["prediction"] = prediction
 
     def ddpm_loss(net, x0, cl, rng):
-        """E_{t,ε} ‖ε − ε_θ(sqrt(ᾱ_t) x_0 + sqrt(1 − ᾱ_t) ε, t)‖², t uniform (one per image)."""
+        """E_{t,ε} ‖y − ŷ_θ(sqrt(ᾱ_t) x_0 + sqrt(1 − ᾱ_t) ε, t)‖², y = ε or v, t uniform."""
         t = rng.randint(0, sched.T, (len(x0),)).to(dev)
         eps = rng.randn(x0.shape).to(dev)
         with autocast(dev, amp):
             pred = net(q_sample(sched, x0, t, noise=eps), t, class_labels=cl)
-        return F.mse_loss(pred.float(), eps)
+        return F.mse_loss(pred.float(), denoiser_target(prediction, sched, x0, t, eps))
 
     res = train_denoiser(
         unet, torch.from_numpy(X), ddpm_loss, opt, n_steps=n_steps, batch_size=B, lr=lr,
@@ -207,7 +218,7 @@ def pretrain_ddpm(images, out_dir=None, *, unet: DiffusionUNet | None = None,
         warmup_steps=warmup_steps, ema_decay=ema_decay, clip_grad=clip_grad,
         ckdir=ckdir if out is not None else None,
         checkpoint_every=checkpoint_every if out is not None else 0, resume=resume,
-        check_keys=("batch_size", "seed", "n_images", "image_shape", "schedule"),
+        check_keys=("batch_size", "seed", "n_images", "image_shape", "schedule", "prediction"),
         max_seconds=max_seconds, device=dev, desc="DDPM pretrain", verbose=verbose,
         on_step=None if callback is None else (lambda s, loss, _ema: callback(s, loss)),
         checkpoint_info=lambda: {"unet_config": dict(unet.unet.config),

@@ -7,7 +7,11 @@ import torch
 from .schedules import NoiseSchedule
 
 __all__ = ["q_sample", "predict_x0_from_eps", "predict_eps_from_x0", "predict_x0_from_v",
-           "v_target", "q_posterior", "_bcast"]
+           "v_target", "q_posterior", "_bcast", "PREDICTIONS", "check_prediction",
+           "denoiser_target", "eps_from_prediction"]
+
+#: What an image denoiser's output is: the noise ε (DDPM) or the velocity v (Salimans & Ho 2022).
+PREDICTIONS = ("epsilon", "v")
 
 
 def _bcast(a: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -54,6 +58,25 @@ def predict_x0_from_v(sched, x_t, t, v):
     """x̂_0 = sqrt(ᾱ_t) x_t − sqrt(1 − ᾱ_t) v̂."""
     ab = sched.alpha_bar_at(torch.as_tensor(t, device=x_t.device))
     return _bcast(ab.sqrt(), x_t) * x_t - _bcast((1 - ab).sqrt(), x_t) * v
+
+
+def check_prediction(prediction: str) -> str:
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+    return prediction
+
+
+def denoiser_target(prediction: str, sched, x0, t, eps):
+    """What a denoiser of this parametrisation regresses on: ε, or v (§1.2)."""
+    return eps if check_prediction(prediction) == "epsilon" else v_target(sched, x0, t, eps)
+
+
+def eps_from_prediction(prediction: str, sched, x_t, t, out):
+    """ε̂ from a denoiser's output: the output itself, or ε̂ = sqrt(ᾱ_t) v̂ + sqrt(1 − ᾱ_t) x_t."""
+    if check_prediction(prediction) == "epsilon":
+        return out
+    ab = sched.alpha_bar_at(torch.as_tensor(t, device=x_t.device))
+    return _bcast(ab.sqrt(), x_t) * out + _bcast((1 - ab).sqrt(), x_t) * x_t
 
 
 def q_posterior(sched, x0, x_t, t):

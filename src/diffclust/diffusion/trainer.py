@@ -196,10 +196,10 @@ def train_denoiser(unet, X: torch.Tensor, loss_fn: Callable, optimizer, *, n_ste
     if ck is not None:
         ck_info, tens = ck
         for k in check_keys:
-            if ck_info["settings"].get(k) != settings[k]:
+            if ck_info["settings"].get(k) != settings.get(k):  # absent: the default
                 raise ValueError(f"checkpoint in {ckdir} was made with {k}="
                                  f"{ck_info['settings'].get(k)!r}, this run has "
-                                 f"{settings[k]!r}; use resume=False (or another out_dir)")
+                                 f"{settings.get(k)!r}; use resume=False (or another out_dir)")
         load_named_state(tens, model=unet, ema=ema.module)
         optimizer_from_tensors(optimizer, ck_info["optimizer"], tens)
         gen.set_state(tens["rng.generator"])

@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .process import check_prediction, eps_from_prediction
+
 __all__ = ["DiffusionUNet", "unet_config", "make_unet", "load_unet", "bottleneck_features", "noisy_features", "PRESETS",
            "unet_block_names"]
 
@@ -101,7 +103,8 @@ def unet_config(image_size: int, in_channels: int = 1, preset: str = "auto",
 
 
 class DiffusionUNet(nn.Module):
-    """An ε-predicting image U-Net: ``forward(x_t, t, class_labels=None, cond=None) → ε̂``.
+    """An image U-Net denoiser: ``forward(x_t, t, class_labels=None, cond=None)`` → ε̂, or v̂
+    when ``prediction="v"`` (:meth:`eps` gives ε̂ either way).
 
     Parameters
     ----------
@@ -118,13 +121,18 @@ class DiffusionUNet(nn.Module):
     schedule : dict, optional
         The noise schedule the U-Net was trained with (``NoiseSchedule.to_config()``); saved with
         it. ``None`` means the DDPM default, linear β with T = 1000.
+    prediction : {"epsilon", "v"}
+        What the network outputs: the noise ε (DDPM, the default) or the velocity
+        v = sqrt(ᾱ_t) ε − sqrt(1 − ᾱ_t) x_0; saved with it.
     """
 
     def __init__(self, unet, image_size: int | None = None, n_classes: int | None = None,
-                 cond_dim: int | None = None, schedule: dict | None = None):
+                 cond_dim: int | None = None, schedule: dict | None = None,
+                 prediction: str = "epsilon"):
         super().__init__()
         self.unet = unet
         self.schedule = dict(schedule) if schedule else None
+        self.prediction = check_prediction(prediction or "epsilon")
         cfg = unet.config
         ss = cfg.sample_size
         self.sample_size = int(ss if isinstance(ss, int) else ss[0])
@@ -213,6 +221,13 @@ class DiffusionUNet(nn.Module):
         c = self._class_input(B, class_labels, cond, x_t.device, x_t.dtype)
         return self.unet(x_t, self._time(t, B, x_t.device), class_labels=c).sample
 
+    def eps(self, x_t, t, class_labels=None, cond=None, sched=None):
+        """ε̂(x_t, t) whatever the parametrisation (``sched``: the U-Net's own by default)."""
+        out = self(x_t, t, class_labels=class_labels, cond=cond)
+        if self.prediction == "epsilon":
+            return out
+        return eps_from_prediction(self.prediction, sched or self.noise_schedule(), x_t, t, out)
+
     def embedding(self, t, batch, device, class_labels=None, cond=None):
         """The U-Net's time (+ class) embedding ``emb`` that every resnet block receives."""
         unet = self.unet
@@ -227,8 +242,11 @@ class DiffusionUNet(nn.Module):
 
     # ------------------------------------------------------------------ persistence
     def extra_config(self) -> dict:
-        return {"image_size": self.image_size, "n_classes": self.n_classes,
-                "cond_dim": self.cond_dim, "schedule": self.schedule, "library": "diffclust"}
+        extra = {"image_size": self.image_size, "n_classes": self.n_classes,
+                 "cond_dim": self.cond_dim, "schedule": self.schedule, "library": "diffclust"}
+        if self.prediction != "epsilon":  # absent means ε (every model saved before v existed)
+            extra["prediction"] = self.prediction
+        return extra
 
     def save_pretrained(self, path) -> Path:
         """diffusers folder (``config.json`` + ``diffusion_pytorch_model.safetensors``) plus
@@ -275,7 +293,7 @@ class DiffusionUNet(nn.Module):
         extra = extra or {}
         unet = UNet2DModel.from_config({k: v for k, v in config.items() if not k.startswith("_")})
         return cls(unet, extra.get("image_size"), extra.get("n_classes"), extra.get("cond_dim"),
-                   extra.get("schedule"))
+                   extra.get("schedule"), extra.get("prediction", "epsilon"))
 
     @classmethod
     def from_pretrained(cls, path, image_size: int | None = None, **kw) -> "DiffusionUNet":
@@ -309,7 +327,8 @@ class DiffusionUNet(nn.Module):
         if (p / EXTRA_NAME).exists():
             extra = json.loads((p / EXTRA_NAME).read_text())
         model = cls(unet, image_size or extra.get("image_size"), extra.get("n_classes"),
-                    extra.get("cond_dim"), extra.get("schedule"))
+                    extra.get("cond_dim"), extra.get("schedule"),
+                    extra.get("prediction", "epsilon"))
         if model.cond_proj is not None and (p / COND_NAME).exists():
             from safetensors.torch import load_file
 
@@ -319,8 +338,10 @@ class DiffusionUNet(nn.Module):
 
 def make_unet(image_size: int, in_channels: int = 1, preset: str = "auto",
               n_classes: int | None = None, cond_dim: int | None = None, seed: int | None = None,
-              schedule: dict | None = None, **overrides) -> DiffusionUNet:
-    """Build a fresh :class:`DiffusionUNet` (see :func:`unet_config`).
+              schedule: dict | None = None, prediction: str = "epsilon",
+              **overrides) -> DiffusionUNet:
+    """Build a fresh :class:`DiffusionUNet` (see :func:`unet_config`) that will predict
+    ``prediction`` ("epsilon" or "v").
 
     ``n_classes``: cluster-id conditioning with a null id for classifier-free guidance.
     ``cond_dim``: continuous-vector conditioning added to the time embedding.
@@ -338,7 +359,7 @@ def make_unet(image_size: int, in_channels: int = 1, preset: str = "auto",
         if seed is not None:
             torch.manual_seed(int(seed))
         unet = UNet2DModel(**cfg)
-        return DiffusionUNet(unet, image_size, n_classes, cond_dim, schedule)
+        return DiffusionUNet(unet, image_size, n_classes, cond_dim, schedule, prediction)
 
 
 class _null:

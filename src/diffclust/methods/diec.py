@@ -1,6 +1,6 @@
 """DiEC: Diffusion Embedded Clustering (Hu, arXiv 2512.20905 v1; METHODS.md §3).
 
-The features are the bottleneck activations of a pretrained ε-prediction DDPM U-Net (the
+The features are the bottleneck activations of a pretrained DDPM U-Net (ε- or v-prediction; the
 Clustering Middle Layer, CML) read at one clustering-optimal timestep t*:
 
 1. ``e_i(t) = vec(h_mid(x_{t,i}, t))`` with ``x_{t,i} = sqrt(ᾱ_t) x_{0,i} + sqrt(1 − ᾱ_t) ξ``
@@ -17,7 +17,8 @@ Clustering Middle Layer, CML) read at one clustering-optimal timestep t*:
    target ``p_ik = (q_ik²/f_k)/Σ_k' (q_ik'²/f_k')`` and ``L_KL = KL(P‖Q)`` (eq. 7–8, 21);
 5. adaptive k-NN graph regulariser ``L_Gr = Σ_i Σ_{j∈NB_i} s_ij ‖q_i − q_j‖²`` with row-normalised
    affinities S and the entropy term ``L_En = Σ s_ij log s_ij`` (eq. 22–23);
-6. random-timestep denoising loss ``L_Re = E ‖ε − ε_θ(x_{t_rand}, t_rand)‖²`` (eq. 24);
+6. random-timestep denoising loss ``L_Re = E ‖ε − ε_θ(x_{t_rand}, t_rand)‖²`` (eq. 24; on v
+   for a v-prediction U-Net);
 7. ``L = α L_KL + β L_Gr + γ L_En + L_Re`` (eq. 25), trained end to end over θ (U-Net), φ, μ.
 
 Decisions where the paper is silent ([PROP], METHODS.md §3.5–3.6, all switchable; reasons in
@@ -38,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..diffusion.process import q_sample
+from ..diffusion.process import denoiser_target, q_sample
 from ..diffusion.unet import DiffusionUNet
 from ..knn import knn_search
 from ..losses import (dec_kl_loss, dec_soft_assignment, dec_target_distribution, graph_affinities,
@@ -61,7 +62,7 @@ class DiEC(DiffusionFeatures, ResumableMixin, DiffClusterMixin):
     ----------
     n_clusters : int
     unet : None, str/path, DiffusionUNet or diffusers UNet2DModel
-        The pretrained ε-prediction U-Net: the name of one shipped with the package
+        The pretrained DDPM U-Net (ε- or v-prediction): the name of one shipped with the package
         (``diffclust.pretrained.available()``, e.g. ``"usps"``), a folder, or an object.
         ``None``: pretrain one on X first (``pretrain_steps`` steps of batch
         ``pretrain_batch_size``; preset ``unet_preset``).
@@ -273,7 +274,8 @@ class DiEC(DiffusionFeatures, ResumableMixin, DiffClusterMixin):
             eps = torch.randn(x0p.shape, generator=g).to(dev)
             with autocast(dev, self.amp_dtype_):
                 pred = unet(q_sample(self.sched_, x0p, t_r, noise=eps), t_r)
-            l_re = F.mse_loss(pred.float(), eps)
+            l_re = F.mse_loss(pred.float(),
+                              denoiser_target(unet.prediction, self.sched_, x0p, t_r, eps))
             loss = loss + self.denoise_weight * l_re
         return loss, (l_kl, l_gr, l_re)
 
