@@ -209,5 +209,7 @@ def test_init_partition_stands_in_for_the_teacher():
     assert evaluate(y, CLUDI(3, **kw).fit(X).labels_)["ari"] < 0.8
     k = CLUDI(3, init_partition="kmeans", **{**kw, "n_steps": 20}).fit(X)
     assert k.init_labels_.shape == (300,) and set(np.unique(k.init_labels_)) == {0, 1, 2}
+    ms = CLUDI(3, init_partition="multiscale", **{**kw, "n_steps": 20}).fit(X)
+    assert evaluate(y, ms.init_labels_)["ari"] > 0.9
     with pytest.raises(ValueError, match="init_partition"):
         CLUDI(3, init_partition="graph", **TINY).fit(X)

@@ -82,5 +82,21 @@ def test_start_partition_reuses_a_neighbour_search_and_refuses_unknown_methods()
     b = start_partition(X, 2, neighbors=nb, random_state=0)  # its first 10 columns: same graph
     np.testing.assert_array_equal(a, b)
     assert start_partition(X, 2, "kmeans").shape == (300,)
-    with pytest.raises(ValueError, match="'spectral' or 'kmeans'"):
+    with pytest.raises(ValueError, match="'spectral', 'multiscale' or 'kmeans'"):
         start_partition(X, 2, "graph")
+
+
+def test_multiscale_partition_is_the_consensus_of_the_graph_sizes():
+    """The consensus over graph sizes finds three separated directions, is deterministic and
+    reuses a wide enough neighbour search."""
+    from diffclust.graph import multiscale_partition, start_partition
+    from diffclust.knn import knn_search
+
+    rng = np.random.default_rng(1)
+    y = np.arange(300) % 3
+    X = rng.normal(size=(3, 6))[y] * 4 + 0.3 * rng.normal(size=(300, 6))
+    a = multiscale_partition(X, 3, random_state=0)
+    assert evaluate(y, a)["ari"] == 1.0 and a.dtype == np.int64
+    np.testing.assert_array_equal(a, start_partition(X, 3, "multiscale", random_state=0))
+    nb = knn_search(X, 30, metric="cosine")[0]
+    np.testing.assert_array_equal(a, multiscale_partition(X, 3, neighbors=nb, random_state=0))

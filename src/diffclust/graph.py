@@ -22,7 +22,12 @@ import scipy.sparse as sp
 
 from .knn import knn_search
 
-__all__ = ["knn_graph", "normalized_cut", "spectral_partition", "start_partition"]
+__all__ = ["knn_graph", "normalized_cut", "spectral_partition", "multiscale_partition",
+           "start_partition", "MULTISCALE_NEIGHBORS"]
+
+#: The graph sizes :func:`multiscale_partition` combines (DECISIONS.md, "CLUDI: a multiscale
+#: graph start").
+MULTISCALE_NEIGHBORS = (5, 10, 15, 20, 30)
 
 
 def knn_graph(X, n_neighbors: int = 10, metric: str = "cosine", neighbors=None) -> sp.csr_matrix:
@@ -75,20 +80,44 @@ def spectral_partition(X, n_clusters: int, *, n_neighbors: int = 10, metric: str
     return labels, normalized_cut(A, labels)
 
 
+def _neighbors(X, k: int, neighbors=None) -> np.ndarray:
+    """The cosine k-NN index array (N, k): ``neighbors[:, :k]`` when it holds ≥ k columns."""
+    if neighbors is not None and np.shape(neighbors)[1] >= k:
+        return np.asarray(neighbors)[:, :k]
+    return knn_search(np.asarray(X, dtype=np.float32), k, metric="cosine")[0]
+
+
+def multiscale_partition(X, n_clusters: int, *, neighbor_sizes=MULTISCALE_NEIGHBORS,
+                         neighbors=None, random_state: int = 0) -> np.ndarray:
+    """The consensus (HBGF, :func:`diffclust.consensus.consensus_partition`) of the spectral
+    partitions of the cosine k-NN graphs of ``X`` for every k in ``neighbor_sizes``: no single
+    graph size to choose. One k-NN search (the largest k; ``neighbors`` reused when wide
+    enough). int64 labels."""
+    from .consensus import consensus_partition
+
+    ks = sorted({min(int(k), len(X) - 1) for k in neighbor_sizes})
+    nb = _neighbors(X, ks[-1], neighbors)
+    parts = [spectral_partition(None, n_clusters, random_state=random_state,
+                                graph=knn_graph(None, neighbors=nb[:, :k]))[0] for k in ks]
+    return consensus_partition(np.stack(parts, 1), n_clusters, random_state=random_state)
+
+
 def start_partition(X, n_clusters: int, method: str = "spectral", *, n_neighbors: int = 10,
                     neighbors=None, random_state: int = 0) -> np.ndarray:
     """A partition to start a deep clusterer from (CLUDI's first teacher): the spectral
     partition of the cosine ``n_neighbors``-NN graph of ``X`` (``neighbors``: an (N, ≥ k) index
-    array already searched, reused) or k-means (10 restarts). int64 labels."""
+    array already searched, reused), the consensus of those over several graph sizes
+    (``"multiscale"``, :func:`multiscale_partition`) or k-means (10 restarts). int64 labels."""
     if method == "kmeans":
         from sklearn.cluster import KMeans
 
         return KMeans(int(n_clusters), n_init=10, random_state=int(random_state)
                       ).fit_predict(X).astype(np.int64)
+    if method == "multiscale":
+        return multiscale_partition(X, n_clusters, neighbors=neighbors,
+                                    random_state=random_state)
     if method != "spectral":
-        raise ValueError(f"method must be 'spectral' or 'kmeans', got {method!r}")
+        raise ValueError(f"method must be 'spectral', 'multiscale' or 'kmeans', got {method!r}")
     k = min(int(n_neighbors), len(X) - 1)
-    graph = (knn_graph(None, neighbors=np.asarray(neighbors)[:, :k])
-             if neighbors is not None and np.shape(neighbors)[1] >= k else None)
-    return spectral_partition(X, n_clusters, n_neighbors=k, metric="cosine",
-                              random_state=random_state, graph=graph)[0]
+    return spectral_partition(None, n_clusters, random_state=random_state,
+                              graph=knn_graph(None, neighbors=_neighbors(X, k, neighbors)))[0]

@@ -140,7 +140,7 @@ class CLUDI(EmbeddingMixin, ResumableMixin, DiffClusterMixin):
         "eval_steps": [int_at_least(1)], "average": [StrOptions({"probs", "logits"})],
         "predict_batch_size": [int_at_least(1)], "center": flag,
         "neighbor_views": [int_at_least(0), AUTO], "marginal_entropy": [non_negative],
-        "init_partition": [StrOptions({"spectral", "kmeans"}), None],
+        "init_partition": [StrOptions({"spectral", "multiscale", "kmeans"}), None],
         "init_steps": [int_at_least(0), fraction],
     }
 
