@@ -27,7 +27,8 @@ and the step reached is measured (a milestone of its own) before the run ends.
 
 The study's other axes: ``--batch``, ``--schedule cosine`` (noise schedule) and ``--prediction v``
 (v- instead of ε-prediction); a non-default schedule or parametrisation is named in the records'
-settings, the run folder and the plot.
+settings, the run folder and the plot. ``--plot-axes`` draws every run of one preset against
+images seen.
 
 ``--unet NAME`` measures a finished U-Net instead (a model shipped with the package, or a
 folder; no pretraining, its steps read from its ``pretrain.json``), e.g. the layer axis:
@@ -134,6 +135,48 @@ def plot(settings):
     print(f"-> {out}")
 
 
+def plot_axes(dataset, preset):
+    """The study's training axes side by side: ACC at the label-free choice of t (CH for
+    k-means, Ncut for the spectral partition), EMA bottleneck, against images seen (steps ×
+    batch), one curve per pretraining run of ``preset`` on all of ``dataset``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = {}
+    for r in json.loads((RESULTS / f"{NAME}.json").read_text()):
+        s = r.get("settings", {})
+        if (s.get("dataset") != dataset or s.get("preset") != preset or "unet" in s
+                or "eval_n" in s or r["weights"] != "ema" or r.get("block", "mid") != "mid"
+                or not r["chosen"]):
+            continue
+        label = (f"batch {s['batch']}, {s.get('schedule', 'linear')}, "
+                 f"{s.get('prediction', 'epsilon')}, seed {s['seed']}")
+        runs.setdefault(label, {}).setdefault(r["method"], {})[
+            r["pretrain_steps"] * s["batch"]] = 100 * r["acc"]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for i, (meth, title) in enumerate((("kmeans-bottleneck", "k-means, t by CH"),
+                                       ("spectral-bottleneck", "spectral, t by Ncut"))):
+        for j, label in enumerate(sorted(runs)):
+            pts = runs[label].get(meth, {})
+            xs = [x for x in sorted(pts) if x <= 600_000]
+            ax[i].plot(xs, [pts[x] for x in xs], marker="os^Dv<>"[j % 7], color=f"C{j}",
+                       alpha=0.85, label=label)
+        ax[i].set_xscale("log")
+        ax[i].set_xlabel("images seen in pretraining (steps × batch)")
+        ax[i].set_title(title, fontsize=9)
+        ax[i].grid(alpha=0.3)
+    ax[0].set_ylabel("ACC of the partition (%)")
+    ax[0].legend(fontsize=7)
+    fig.suptitle(f"{dataset}: {preset} U-Net, EMA bottleneck — batch, schedule, "
+                 f"parametrisation", fontsize=9)
+    fig.tight_layout()
+    out = RESULTS / f"{NAME}_{dataset}_{preset}_axes.png"
+    fig.savefig(out, dpi=110)
+    print(f"-> {out}")
+
+
 def milestone_nets(a, X, out, m, left, dev):
     """Pretrain (resumably, in ``out``) up to ``m`` steps or until ``left`` seconds are spent;
     returns ``(nets, steps, seconds, out_of_time)`` with ``nets`` the (weights name, U-Net)
@@ -186,6 +229,9 @@ def main():
     ap.add_argument("--out", default=None,
                     help="pretraining folder (default ~/.cache/diffclust/representation/…)")
     ap.add_argument("--plot", action="store_true", help="only draw the curves of these settings")
+    ap.add_argument("--plot-axes", action="store_true",
+                    help="only draw every pretraining run of --preset on --dataset, against "
+                         "images seen (the batch / schedule / parametrisation axes)")
     ap.add_argument("--unet", default=None,
                     help="measure this finished U-Net (a shipped name or a folder); no pretraining")
     a = ap.parse_args()
@@ -209,6 +255,8 @@ def main():
                     "batch": info["batch_size"], "lr": info["lr"], "seed": a.seed,
                     "noise": a.noise}
         a.milestones = [int(info["steps_done"])]
+    if a.plot_axes:
+        return plot_axes(a.dataset, a.preset)
     if a.plot:
         if a.eval_n:  # the runs' records name their evaluation subset
             settings["eval_n"] = a.eval_n
