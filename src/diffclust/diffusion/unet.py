@@ -224,8 +224,6 @@ class DiffusionUNet(nn.Module):
     def eps(self, x_t, t, class_labels=None, cond=None, sched=None):
         """ε̂(x_t, t) whatever the parametrisation (``sched``: the U-Net's own by default)."""
         out = self(x_t, t, class_labels=class_labels, cond=cond)
-        if self.prediction == "epsilon":
-            return out
         return eps_from_prediction(self.prediction, sched or self.noise_schedule(), x_t, t, out)
 
     def embedding(self, t, batch, device, class_labels=None, cond=None):
