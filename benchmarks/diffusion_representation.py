@@ -138,7 +138,8 @@ def plot(settings):
 def plot_axes(dataset, preset):
     """The study's training axes side by side: ACC at the label-free choice of t (CH for
     k-means, Ncut for the spectral partition), EMA bottleneck, against images seen (steps ×
-    batch), one curve per pretraining run of ``preset`` on all of ``dataset``."""
+    batch), one curve per pretraining run of ``preset`` on all of ``dataset``, up to the
+    600,000 images the axis runs cover."""
     import matplotlib
 
     matplotlib.use("Agg")
