@@ -21,7 +21,8 @@ The defaults are a CPU scale-down of the paper (§4.1 and METHODS.md §6): a wid
 (3 calibration + 1 generator) epochs instead of 10 × (5 + 2), a pool of 2000 generated images per
 round with 20 DDIM steps. Records go to ``benchmarks/results/gcc.json``: ``gcc`` (the calibrated
 head), ``gcc-stage1`` (the head after Stage I) and ``kmeans-stage1-features`` (k-means on the
-Stage-I features; the paper's "pretext + k-means"), plus ``kmeans-pixels`` with ``--imbalanced``.
+Stage-I features; the paper's "pretext + k-means"), ``multiscale-stage1-features`` (the head's
+pseudo-labels, ``partition``'s default) and ``kmeans-pixels`` (k-means on the same pixels).
 """
 
 from __future__ import annotations
@@ -130,6 +131,7 @@ def main():
                       ablation=args.ablation + ("+paper-stage2" if args.paper_stage2 else ""),
                       stage_seconds={kk: round(v, 1) for kk, v in m.stage_seconds_.items()})
         ev_y = ys if Xte is None else yte
+        n0 = len(recs)
         with Timer() as tp:
             lab = m.labels_ if Xte is None else m.predict(Xte)
         if Xte is None:
@@ -146,13 +148,17 @@ def main():
                            tf.seconds - m.stage_seconds_["calibration"], **common))
         recs.append(record("kmeans-stage1-features", tag, n_eval, k, seed, evaluate(ev_y, km),
                            m.stage_seconds_["contrastive"], **common))
-        if args.imbalanced:
+        if Xte is None and m.partition != "kmeans":  # the head's pseudo-labels themselves
+            recs.append(record(f"{m.partition}-stage1-features", tag, n_eval, k, seed,
+                               evaluate(ev_y, m.init_labels_), m.stage_seconds_["contrastive"],
+                               **common))
+        if Xte is None:  # k-means on the pixels the method was given
             with Timer() as tk:
                 kp = KMeansClusterer(k, random_state=seed).fit(Xs.reshape(len(Xs), -1)
                                                                .astype(np.float32) / 255.0)
             recs.append(record("kmeans-pixels", tag, n_eval, k, seed, evaluate(ys, kp.labels_),
                                tk.seconds))
-        for r in recs[-4 if args.imbalanced else -3:]:
+        for r in recs[n0:]:
             print(f"seed {seed} {r['method']:<24} ACC {r['acc']:.3f} NMI {r['nmi']:.3f} "
                   f"ARI {r['ari']:.3f}", flush=True)
         print(f"  stage seconds {common['stage_seconds']}", flush=True)

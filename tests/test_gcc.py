@@ -333,3 +333,24 @@ def test_gcc_rejects_bad_input():
         GCC(2, **dict(TINY, ml_on="x")).fit(np.zeros((10, 8, 8), dtype=np.uint8))
     with pytest.raises(ValueError):
         GCC(5, **TINY).fit(np.zeros((6, 8, 8), dtype=np.uint8))
+
+
+def test_gcc_pseudo_labels_follow_partition(digits, tmp_path):
+    """Stage I's head is trained on the partition named by ``partition`` (k-means, the paper's,
+    is fitted in every case); a new partition redoes the head on the saved SimCLR stage."""
+    from diffclust.graph import multiscale_partition
+
+    X, _ = digits
+    kw = dict(TINY, n_rounds=0, head_epochs=300)
+    km = GCC(3, random_state=0, **dict(kw, partition="kmeans")).fit(X, checkpoint_dir=tmp_path)
+    np.testing.assert_array_equal(km.init_labels_, km.kmeans_labels_)
+    f = km._features(km.stage1_backbone_, km._validate_input(X, fitting=False))
+    want = multiscale_partition(torch.nn.functional.normalize(f, dim=1).numpy(), 3,
+                                random_state=0)
+    (tmp_path / "stage1_head.json").unlink()  # keep the SimCLR stage, redo the head
+    ms = GCC(3, random_state=0, **kw).fit(X, checkpoint_dir=tmp_path)
+    assert ms.partition == "multiscale" and ms.resumed_from_ == "contrastive epoch 1"
+    np.testing.assert_array_equal(ms.init_labels_, want)
+    np.testing.assert_array_equal(ms.kmeans_labels_, km.kmeans_labels_)
+    # the head learnt its pseudo-labels
+    assert (ms.stage1_labels_ == ms.init_labels_).mean() > 0.9

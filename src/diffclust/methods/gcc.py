@@ -10,7 +10,8 @@ Stage I (cornerstone):
 
 1. SimCLR pretraining of F with an MLP projection head and NT-Xent (eq. 1,
    :func:`~diffclust.losses.nt_xent_loss`) on two :class:`~diffclust.augment.SimCLRAugment` views;
-2. k-means on F's (L2-normalised) features → pseudo-labels;
+2. k-means on F's (L2-normalised) features → pseudo-labels (the paper); by default [PROP] the
+   consensus of the spectral partitions of their cosine k-NN graphs (``partition``);
 3. C trained with cross-entropy on the pseudo-labels with F frozen (eq. 2; Adam 1e-4, 100 epochs);
 4. G trained on (X, argmax C(F(X))) with F and C frozen (eq. 3–6; standard DDPM, T = 1000,
    linear β, ``p_uncond`` null-label dropout).
@@ -79,6 +80,13 @@ class GCC(GenerativeCalibration, ResumableMixin, DiffClusterMixin):
         SimCLR pretraining (128, 0.1, 500, 512, 1e-3, 1e-4).
     augment : None or SimCLRAugment
         The view generator; ``None`` = ``SimCLRAugment.for_images(C, H)``.
+    partition : {"multiscale", "spectral", "kmeans"}
+        [PROP] How F's Stage-I features become the head's pseudo-labels: the consensus of the
+        spectral partitions of their cosine k-NN graphs for k = 5 … 30
+        (:func:`diffclust.graph.multiscale_partition`, the default), the 10-NN graph's alone,
+        or k-means on the L2-normalised features (the paper's step 2). Measured in
+        docs/DECISIONS.md ("GCC: pseudo-labels from the k-NN graph"). k-means is fitted in
+        every case (``kmeans_labels_``, the "pretext + k-means" baseline).
     kmeans_n_init : int
     head_hidden, head_epochs, head_lr, head_batch_size
         C and its initial cross-entropy training (512, 100, 1e-4, 256).
@@ -110,7 +118,7 @@ class GCC(GenerativeCalibration, ResumableMixin, DiffClusterMixin):
 
     #: the fit's stages, in order, each with its first parameter in ``__init__``'s order: a
     #: stage's checkpoint depends on its parameters and all those before it
-    _stages = {"stage1_contrastive": "backbone_width", "stage1_head": "kmeans_n_init",
+    _stages = {"stage1_contrastive": "backbone_width", "stage1_head": "partition",
                "stage1_ddpm": "unet_preset", "stage2": "n_rounds"}
 
     _parameter_constraints = {
@@ -119,6 +127,7 @@ class GCC(GenerativeCalibration, ResumableMixin, DiffClusterMixin):
         "temperature": [positive], "clr_epochs": [int_at_least(0)],
         "clr_batch_size": [int_at_least(2)], "clr_lr": [positive],
         "clr_weight_decay": [non_negative], "augment": [None, callable],
+        "partition": [StrOptions({"multiscale", "spectral", "kmeans"})],
         "kmeans_n_init": [int_at_least(1)], "head_hidden": [int_at_least(1)],
         "head_epochs": [int_at_least(0)], "head_batch_size": [int_at_least(1)],
         "head_lr": [positive], "unet_preset": [str], "unet_dropout": [fraction],
@@ -138,7 +147,7 @@ class GCC(GenerativeCalibration, ResumableMixin, DiffClusterMixin):
 
     def __init__(self, n_clusters=10, *, backbone_width=64, proj_dim=128, temperature=0.1,
                  clr_epochs=500, clr_batch_size=512, clr_lr=1e-3, clr_weight_decay=1e-4,
-                 augment=None, kmeans_n_init=10, head_hidden=512, head_epochs=100, head_lr=1e-4,
+                 augment=None, partition="multiscale", kmeans_n_init=10, head_hidden=512, head_epochs=100, head_lr=1e-4,
                  head_batch_size=256, unet_preset="auto", unet_dropout=0.1, n_timesteps=1000,
                  ddpm_epochs=300, ddpm_batch_size=128, ddpm_lr=2e-4, p_uncond=0.1,
                  n_rounds=10, calib_epochs=5, gen_epochs=2, calib_lr=1e-4, batch_size=256,
@@ -156,6 +165,7 @@ class GCC(GenerativeCalibration, ResumableMixin, DiffClusterMixin):
         self.clr_lr = clr_lr
         self.clr_weight_decay = clr_weight_decay
         self.augment = augment
+        self.partition = partition
         self.kmeans_n_init = kmeans_n_init
         self.head_hidden = head_hidden
         self.head_epochs = head_epochs
@@ -287,6 +297,7 @@ class GCC(GenerativeCalibration, ResumableMixin, DiffClusterMixin):
             load_named_state(tens, C=head)
             self.kmeans_labels_ = tens["kmeans_labels"].numpy()
             self.kmeans_centers_ = tens["kmeans_centers"]
+            self.init_labels_ = tens["pseudo_labels"].numpy()
             self.head_history_ = meta["history"]
         else:
             from sklearn.cluster import KMeans
@@ -295,7 +306,14 @@ class GCC(GenerativeCalibration, ResumableMixin, DiffClusterMixin):
             km = KMeans(K, n_init=int(self.kmeans_n_init), random_state=self.seed_).fit(fn)
             self.kmeans_labels_ = km.labels_.astype(np.int64)
             self.kmeans_centers_ = torch.as_tensor(km.cluster_centers_, dtype=torch.float32)
-            y = torch.from_numpy(self.kmeans_labels_)
+            if self.partition == "kmeans":
+                y = torch.from_numpy(self.kmeans_labels_)
+            else:
+                from ..graph import start_partition
+
+                y = torch.from_numpy(start_partition(fn, K, self.partition,
+                                                     random_state=self.seed_))
+            self.init_labels_ = y.numpy()
             opt = torch.optim.Adam(head.parameters(), lr=self.head_lr)
             g = torch.Generator().manual_seed(self.seed_ + 3)
             n, B = len(X), min(int(self.head_batch_size), len(X))
@@ -311,7 +329,8 @@ class GCC(GenerativeCalibration, ResumableMixin, DiffClusterMixin):
                 means = train_epoch(step, epoch_batches(n, B, g), opt, weighted=True,
                                     what=f"GCC head in epoch {ep}", hint="lower head_lr")
                 self.head_history_.append({"epoch": ep + 1, "ce": means["loss"]})
-            ck.save("stage1_head", {**named_state(C=head), "kmeans_labels": y,
+            ck.save("stage1_head", {**named_state(C=head), "pseudo_labels": y.clone(),
+                                    "kmeans_labels": torch.from_numpy(self.kmeans_labels_),
                                     "kmeans_centers": self.kmeans_centers_},
                     {"history": self.head_history_})
         self.head_ = head.eval()
