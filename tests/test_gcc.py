@@ -354,3 +354,22 @@ def test_gcc_pseudo_labels_follow_partition(digits, tmp_path):
     np.testing.assert_array_equal(ms.kmeans_labels_, km.kmeans_labels_)
     # the head learnt its pseudo-labels
     assert (ms.stage1_labels_ == ms.init_labels_).mean() > 0.9
+
+
+def test_gcc_generator_starts_from_a_given_unet(digits):
+    """``unet=``: G is that U-Net with a cluster-id embedding, trained on from its weights."""
+    from diffclust.diffusion.unet import make_unet
+
+    X, _ = digits
+    base = make_unet(16, 1, "tiny", seed=0)
+    m = GCC(3, random_state=0, unet=base, **dict(TINY, n_rounds=0, ddpm_epochs=1)).fit(X)
+    G = m.generator_unet_
+    assert G.n_classes == 3 and G.unet.config.block_out_channels == base.unet.config.block_out_channels
+    ref = dict(base.unet.named_parameters())
+    moved = [float((a - ref[n]).abs().max()) for n, a in G.unet.named_parameters()
+             if n != "class_embedding.weight"]
+    assert 0 < max(moved) < 0.1  # trained on from base's weights, not from a fresh U-Net
+    assert G.unet.class_embedding.weight.abs().max() > 0  # and it learnt the clusters' ids
+    assert GCC(3, unet=base).get_params()["unet"] is base
+    with pytest.raises(ValueError, match="channels"):
+        GCC(3, random_state=0, unet=make_unet(16, 3, "tiny"), **TINY).fit(X)

@@ -78,3 +78,17 @@ def test_diec_and_pretrain_diffusion_start_from_a_name(tiny_registered, tmp_path
     r = CliRunner().invoke(app, ["pretrain-diffusion", str(tmp_path / "imgs.npy"), "--out",
                                  str(out), "--init", "nope", "--steps", "1", "-q"])
     assert r.exit_code != 0 and "no pretrained U-Net named" in r.output
+
+
+def test_with_classes_starts_as_the_unconditional_unet(tiny_registered):
+    unet, _ = load_unet("tiny-test", (1, 8, 8))
+    cond = unet.with_classes(3)
+    assert cond.n_classes == 3 and cond.null_class == 3 and unet.n_classes is None
+    assert cond.with_classes(3) is cond
+    x, t = torch.randn(4, 1, 8, 8), torch.tensor([5, 50, 500, 900])
+    with torch.no_grad():
+        ref = unet(x, t)
+        for labels in (torch.tensor([0, 1, 2, 3]), torch.tensor([2, 2, 0, 1])):
+            torch.testing.assert_close(cond(x, t, class_labels=labels), ref)
+    with pytest.raises(ValueError, match="conditioned on 3 class ids"):
+        cond.with_classes(5)

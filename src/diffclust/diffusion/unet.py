@@ -238,6 +238,30 @@ class DiffusionUNet(nn.Module):
             emb = emb + unet.class_embedding(c).to(dtype=emb.dtype)
         return emb
 
+    def with_classes(self, n_classes: int) -> "DiffusionUNet":
+        """This unconditional U-Net conditioned on ``n_classes`` cluster ids (plus the null
+        id): the same weights and a zero-initialised id embedding, so it starts as the
+        unconditional model. A U-Net already conditioned on ``n_classes`` ids is returned as
+        is."""
+        from diffusers import UNet2DModel
+
+        cfg = self.unet.config
+        if cfg.class_embed_type is None and self.n_classes == int(n_classes):
+            return self
+        if cfg.num_class_embeds is not None or cfg.class_embed_type is not None:
+            what = (f"{self.n_classes} class ids" if self.n_classes is not None
+                    else "conditioning vectors")
+            raise ValueError(f"the U-Net is conditioned on {what}; pass an unconditional one "
+                             f"or one conditioned on {int(n_classes)} cluster ids")
+        config = {k: v for k, v in dict(cfg).items() if not k.startswith("_")}
+        unet = UNet2DModel.from_config({**config, "num_class_embeds": int(n_classes) + 1})
+        missing, unexpected = unet.load_state_dict(self.unet.state_dict(), strict=False)
+        if unexpected or set(missing) != {"class_embedding.weight"}:  # pragma: no cover
+            raise RuntimeError(f"unexpected U-Net weights: missing {missing}, extra {unexpected}")
+        nn.init.zeros_(unet.class_embedding.weight)
+        return DiffusionUNet(unet.to(next(self.unet.parameters()).device), self.image_size,
+                             int(n_classes), None, self.schedule, self.prediction)
+
     # ------------------------------------------------------------------ persistence
     def extra_config(self) -> dict:
         extra = {"image_size": self.image_size, "n_classes": self.n_classes,

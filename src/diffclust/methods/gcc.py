@@ -90,6 +90,12 @@ class GCC(GenerativeCalibration, ResumableMixin, DiffClusterMixin):
     kmeans_n_init : int
     head_hidden, head_epochs, head_lr, head_batch_size
         C and its initial cross-entropy training (512, 100, 1e-4, 256).
+    unet : None, str/path, DiffusionUNet or diffusers UNet2DModel
+        [PROP] Where G starts: None builds a fresh U-Net (``unet_preset``, ``unet_dropout``,
+        ``n_timesteps``); a model shipped with the package (``"usps"``, ``"mnist"``,
+        ``"fashion_mnist"``), a folder or a U-Net object starts G from that unconditional DDPM
+        with a zero-initialised cluster-id embedding (:meth:`DiffusionUNet.with_classes`), so
+        its ``ddpm_epochs`` only have to learn the clusters; its schedule is kept.
     unet_preset, unet_dropout, n_timesteps, ddpm_epochs, ddpm_batch_size, ddpm_lr, p_uncond
         The generator G and its training (auto, 0.1, 1000, 300, 128, 2e-4, 0.1).
     n_rounds, calib_epochs, gen_epochs : int
@@ -119,7 +125,7 @@ class GCC(GenerativeCalibration, ResumableMixin, DiffClusterMixin):
     #: the fit's stages, in order, each with its first parameter in ``__init__``'s order: a
     #: stage's checkpoint depends on its parameters and all those before it
     _stages = {"stage1_contrastive": "backbone_width", "stage1_head": "partition",
-               "stage1_ddpm": "unet_preset", "stage2": "n_rounds"}
+               "stage1_ddpm": "unet", "stage2": "n_rounds"}
 
     _parameter_constraints = {
         **COMMON,
@@ -130,7 +136,8 @@ class GCC(GenerativeCalibration, ResumableMixin, DiffClusterMixin):
         "partition": [StrOptions({"multiscale", "spectral", "kmeans"})],
         "kmeans_n_init": [int_at_least(1)], "head_hidden": [int_at_least(1)],
         "head_epochs": [int_at_least(0)], "head_batch_size": [int_at_least(1)],
-        "head_lr": [positive], "unet_preset": [str], "unet_dropout": [fraction],
+        "head_lr": [positive], "unet": "no_validation",  # None, a name, a folder, a U-Net
+        "unet_preset": [str], "unet_dropout": [fraction],
         "n_timesteps": [int_at_least(2)], "ddpm_epochs": [int_at_least(1)],
         "ddpm_batch_size": [int_at_least(1)], "ddpm_lr": [positive],
         "p_uncond": [fraction], "n_rounds": [int_at_least(0)],
@@ -147,9 +154,9 @@ class GCC(GenerativeCalibration, ResumableMixin, DiffClusterMixin):
 
     def __init__(self, n_clusters=10, *, backbone_width=64, proj_dim=128, temperature=0.1,
                  clr_epochs=500, clr_batch_size=512, clr_lr=1e-3, clr_weight_decay=1e-4,
-                 augment=None, partition="multiscale", kmeans_n_init=10, head_hidden=512, head_epochs=100, head_lr=1e-4,
-                 head_batch_size=256, unet_preset="auto", unet_dropout=0.1, n_timesteps=1000,
-                 ddpm_epochs=300, ddpm_batch_size=128, ddpm_lr=2e-4, p_uncond=0.1,
+                 augment=None, partition="multiscale", kmeans_n_init=10, head_hidden=512,
+                 head_epochs=100, head_lr=1e-4, head_batch_size=256, unet=None,
+                 unet_preset="auto", unet_dropout=0.1, n_timesteps=1000, ddpm_epochs=300, ddpm_batch_size=128, ddpm_lr=2e-4, p_uncond=0.1,
                  n_rounds=10, calib_epochs=5, gen_epochs=2, calib_lr=1e-4, batch_size=256,
                  n_generate="auto", sample_steps=100, guidance=0.0, use_mmd=True,
                  use_cwm=True, use_ml=True, mmd_bandwidths=(0.5, 1.0, 2.0, 4.0, 8.0),
@@ -171,6 +178,7 @@ class GCC(GenerativeCalibration, ResumableMixin, DiffClusterMixin):
         self.head_epochs = head_epochs
         self.head_lr = head_lr
         self.head_batch_size = head_batch_size
+        self.unet = unet
         self.unet_preset = unet_preset
         self.unet_dropout = unet_dropout
         self.n_timesteps = n_timesteps
@@ -352,13 +360,16 @@ class GCC(GenerativeCalibration, ResumableMixin, DiffClusterMixin):
     def _stage_ddpm(self, X, ck):
         from ..diffusion.pretrain import pretrain_ddpm
         from ..diffusion.schedules import NoiseSchedule
-        from ..diffusion.unet import make_unet
+        from ..diffusion.unet import load_unet, make_unet
 
         C, H = X.shape[1], X.shape[2]
-        sched = NoiseSchedule("linear", int(self.n_timesteps))
-        unet = make_unet(H, C, self.unet_preset, n_classes=int(self.n_clusters),
-                         seed=self.seed_ + 4, schedule=sched.to_config(),
-                         dropout=float(self.unet_dropout))
+        if self.unet is None:
+            sched = NoiseSchedule("linear", int(self.n_timesteps))
+            unet = make_unet(H, C, self.unet_preset, n_classes=int(self.n_clusters),
+                             seed=self.seed_ + 4, schedule=sched.to_config(),
+                             dropout=float(self.unet_dropout))
+        else:
+            unet = load_unet(self.unet, X.shape[1:])[0].with_classes(int(self.n_clusters))
         # the folder is named after everything that shapes G's training (pretrain_ddpm resumes
         # from its own step checkpoints there)
         out = None if ck.dir is None else ck.dir / f"stage1_ddpm-{ck.tag('stage1_ddpm')}"
@@ -394,7 +405,7 @@ class GCC(GenerativeCalibration, ResumableMixin, DiffClusterMixin):
         return logits.argmax(1).numpy(), km.numpy()
 
     # ------------------------------------------------------------------ persistence
-    _object_params = ("augment",)
+    _object_params = ("augment", "unet")
     _fitted_json = ("seed_", "history_", "clr_history_", "head_history_", "fit_seconds_",
                     "stage_seconds_")
     _fitted_numpy = ("stage1_labels_", "kmeans_labels_")
