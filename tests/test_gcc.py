@@ -209,7 +209,7 @@ def test_reliable_metric_loss():
 TINY = dict(backbone_width=8, clr_epochs=1, clr_batch_size=64, head_epochs=20, head_lr=1e-3,
             unet_preset="tiny", n_timesteps=50, ddpm_epochs=1, ddpm_batch_size=64, n_rounds=1,
             calib_epochs=1, gen_epochs=1, batch_size=64, n_generate=32, sample_steps=3,
-            kmeans_n_init=1, embed_batch_size=64, verbose=False)
+            kmeans_n_init=1, min_pool_fidelity=0.0, embed_batch_size=64, verbose=False)
 
 
 @pytest.fixture(scope="module")
@@ -373,3 +373,22 @@ def test_gcc_generator_starts_from_a_given_unet(digits):
     assert GCC(3, unet=base).get_params()["unet"] is base
     with pytest.raises(ValueError, match="channels"):
         GCC(3, random_state=0, unet=make_unet(16, 3, "tiny"), **TINY).fit(X)
+
+
+def test_gcc_calibrates_only_on_a_faithful_pool(digits):
+    """A round whose generated pool falls in its own clusters less often than
+    ``min_pool_fidelity`` leaves F and C as they are (only G trains on), and the fit warns."""
+    X, _ = digits
+    kw = dict(TINY, n_rounds=2, head_epochs=300)
+    on = GCC(3, random_state=0, **kw).fit(X)  # min_pool_fidelity=0: every round calibrates
+    assert all(h["calibrated"] and h["calib_steps"] > 0 for h in on.history_)
+    assert all(0 <= h["pool_fidelity"] <= 1 for h in on.history_)
+    with pytest.warns(RuntimeWarning, match="left as they were in round"):
+        off = GCC(3, random_state=0, **dict(kw, min_pool_fidelity=1.0)).fit(X)
+    fid = [h["pool_fidelity"] for h in off.history_]
+    assert fid[0] == pytest.approx(on.history_[0]["pool_fidelity"])  # same Stage I, same pool
+    assert max(fid) < 1 and not any(h["calibrated"] for h in off.history_)
+    assert all(h["calib_steps"] == 0 for h in off.history_)
+    np.testing.assert_array_equal(off.labels_, off.stage1_labels_)  # F and C untouched
+    head1, _ = off.predict_stage1(X)
+    np.testing.assert_allclose(off.predict_proba(X).argmax(1), head1)

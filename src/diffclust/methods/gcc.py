@@ -63,7 +63,7 @@ from ..training.runtime import autocast, map_batches, progress
 from .base import DiffClusterMixin, ResumableMixin
 from .gcc_calibration import GenerativeCalibration
 from .params import (AUTO, COMMON, StrOptions, flag, fraction, int_at_least, non_negative, pair,
-                     positive)
+                     positive, unit)
 
 __all__ = ["GCC", "ClusterHead"]
 
@@ -114,6 +114,11 @@ class GCC(GenerativeCalibration, ResumableMixin, DiffClusterMixin):
     anchor_weight, anchor_threshold : float
         [PROP] weight (1; 0 = the paper's eq. 12) and confidence threshold (0.9) of the
         cross-entropy anchor on the real images' round-start pseudo-labels.
+    min_pool_fidelity : float in [0, 1]
+        [PROP] A round calibrates F and C only when at least this share of its generated pool
+        lands, under C∘F, in the cluster it was generated for (``pool_fidelity`` in
+        ``history_``); below it only G is fine-tuned, and the fit warns. 0 calibrates always
+        (the paper).
     embed_batch_size : batch for feature extraction / prediction.
     random_state, device, precision, verbose
     """
@@ -149,6 +154,7 @@ class GCC(GenerativeCalibration, ResumableMixin, DiffClusterMixin):
         "ml_on": [StrOptions({"proba", "logits"})],
         "label_update": [StrOptions({"round", "epoch", "batch"})],
         "anchor_weight": [non_negative], "anchor_threshold": [fraction],
+        "min_pool_fidelity": [unit],
         "embed_batch_size": [int_at_least(1)],
     }
 
@@ -161,7 +167,7 @@ class GCC(GenerativeCalibration, ResumableMixin, DiffClusterMixin):
                  n_generate="auto", sample_steps=100, guidance=0.0, use_mmd=True,
                  use_cwm=True, use_ml=True, mmd_bandwidths=(0.5, 1.0, 2.0, 4.0, 8.0),
                  ml_on="proba", mmd_reduce="mean", label_update="round", anchor_weight=1.0,
-                 anchor_threshold=0.9, embed_batch_size=512, random_state=None,
+                 anchor_threshold=0.9, min_pool_fidelity=0.3, embed_batch_size=512, random_state=None,
                  device=None, precision="auto", verbose=True):
         self.n_clusters = n_clusters
         self.backbone_width = backbone_width
@@ -203,6 +209,7 @@ class GCC(GenerativeCalibration, ResumableMixin, DiffClusterMixin):
         self.label_update = label_update
         self.anchor_weight = anchor_weight
         self.anchor_threshold = anchor_threshold
+        self.min_pool_fidelity = min_pool_fidelity
         self.embed_batch_size = embed_batch_size
         self.random_state = random_state
         self.device = device

@@ -86,10 +86,21 @@ class GenerativeCalibration:
         for r in bar:
             rec = self._calibration_round(X, r, opt)
             self.history_.append(rec)
-            bar.set_postfix(loss=f"{rec['loss']:.3f}", change=f"{rec['label_change']:.3f}")
+            bar.set_postfix(loss=f"{rec['loss']:.3f}",
+                            change=f"{rec['label_change']:.3f}",
+                            fidelity=f"{rec['pool_fidelity']:.2f}")
             ck.save("stage2", named_state(F=self.backbone_, C=self.head_, G=self.generator_unet_),
                     {"round": r + 1, "history": self.history_}, tag=str(r + 1))
         bar.close()
+        skipped = [h["round"] for h in self.history_ if not h.get("calibrated", True)]
+        if skipped:
+            import warnings
+
+            worst = min(h["pool_fidelity"] for h in self.history_ if "pool_fidelity" in h)
+            warnings.warn(f"GCC: G's samples fell in their own cluster for only {worst:.0%} of "
+                          f"the pool (min_pool_fidelity={self.min_pool_fidelity}); F and C "
+                          f"were left as they were in round(s) {skipped}. Train G longer "
+                          f"(ddpm_epochs) for Stage II to act", RuntimeWarning, stacklevel=3)
 
     def _calibration_round(self, X, r, opt):
         """Round ``r``: the round-start labels ŷ = argmax C(F(X)) and the anchor's confident
@@ -114,6 +125,14 @@ class GenerativeCalibration:
         pool_y = labels[torch.randint(0, n, (n_gen,), generator=g)].sort().values
         pool_x = self._generate(n_gen, pool_y, self.seed_ + 2000 + r)
         rec["sample_seconds"] = time.perf_counter() - ts
+        # [PROP] the pool's fidelity: the share of generated images C∘F puts in the cluster
+        # they were drawn for; eq. 12 pulls F towards G's clusters, so a G that ignores its
+        # labels would undo the clustering (docs/DECISIONS.md, "GCC: calibrate only on a
+        # faithful pool")
+        fidelity = float((self._features(Fm, pool_x.numpy(), Cm)[1].argmax(1) == pool_y)
+                         .float().mean())
+        rec["pool_fidelity"] = fidelity
+        rec["calibrated"] = calibrate = fidelity >= float(self.min_pool_fidelity)
         counts = torch.bincount(pool_y, minlength=K)
         offsets = torch.cumsum(counts, 0) - counts
         running = RunningMeans(("l_d", "l_cwm", "l_ml", "l_anchor", "loss"))
@@ -130,7 +149,8 @@ class GenerativeCalibration:
             return self._calibration_loss(Fm, Cm, xr, yr.to(dev), xg, yg,
                                           anchor_ok[idx].to(dev), round_labels[idx].to(dev))
 
-        if self.use_mmd or self.use_cwm or self.use_ml or float(self.anchor_weight) > 0:
+        if calibrate and (self.use_mmd or self.use_cwm or self.use_ml
+                          or float(self.anchor_weight) > 0):
             B = min(int(self.batch_size), n)
             for ep in range(int(self.calib_epochs)):
                 if ep > 0 and self.label_update == "epoch":
