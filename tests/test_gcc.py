@@ -364,7 +364,7 @@ def test_gcc_generator_starts_from_a_given_unet(digits):
     base = make_unet(16, 1, "tiny", seed=0)
     m = GCC(3, random_state=0, unet=base, **dict(TINY, n_rounds=0, ddpm_epochs=1)).fit(X)
     G = m.generator_unet_
-    assert G.n_classes == 3 and G.unet.config.block_out_channels == base.unet.config.block_out_channels
+    assert m.unet_source_ == "DiffusionUNet object" and G.n_classes == 3 and G.unet.config.block_out_channels == base.unet.config.block_out_channels
     ref = dict(base.unet.named_parameters())
     moved = [float((a - ref[n]).abs().max()) for n, a in G.unet.named_parameters()
              if n != "class_embedding.weight"]

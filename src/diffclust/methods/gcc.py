@@ -164,13 +164,14 @@ class GCC(GenerativeCalibration, ResumableMixin, DiffClusterMixin):
                  clr_epochs=500, clr_batch_size=512, clr_lr=1e-3, clr_weight_decay=1e-4,
                  augment=None, partition="multiscale", kmeans_n_init=10, head_hidden=512,
                  head_epochs=100, head_lr=1e-4, head_batch_size=256, unet=None,
-                 unet_preset="auto", unet_dropout=0.1, n_timesteps=1000, ddpm_epochs=300, ddpm_batch_size=128, ddpm_lr=2e-4, p_uncond=0.1,
-                 n_rounds=10, calib_epochs=5, gen_epochs=2, calib_lr=1e-4, batch_size=256,
-                 n_generate="auto", sample_steps=100, guidance=0.0, use_mmd=True,
-                 use_cwm=True, use_ml=True, mmd_bandwidths=(0.5, 1.0, 2.0, 4.0, 8.0),
-                 ml_on="proba", mmd_reduce="mean", label_update="round", anchor_weight=1.0,
-                 anchor_threshold=0.9, min_pool_fidelity=0.3, embed_batch_size=512, random_state=None,
-                 device=None, precision="auto", verbose=True):
+                 unet_preset="auto", unet_dropout=0.1, n_timesteps=1000, ddpm_epochs=300,
+                 ddpm_batch_size=128, ddpm_lr=2e-4, p_uncond=0.1, n_rounds=10, calib_epochs=5,
+                 gen_epochs=2, calib_lr=1e-4, batch_size=256, n_generate="auto",
+                 sample_steps=100, guidance=0.0, use_mmd=True, use_cwm=True, use_ml=True,
+                 mmd_bandwidths=(0.5, 1.0, 2.0, 4.0, 8.0), ml_on="proba", mmd_reduce="mean",
+                 label_update="round", anchor_weight=1.0, anchor_threshold=0.9,
+                 min_pool_fidelity=0.3, embed_batch_size=512, random_state=None, device=None,
+                 precision="auto", verbose=True):
         self.n_clusters = n_clusters
         self.backbone_width = backbone_width
         self.proj_dim = proj_dim
@@ -377,8 +378,10 @@ class GCC(GenerativeCalibration, ResumableMixin, DiffClusterMixin):
             unet = make_unet(H, C, self.unet_preset, n_classes=int(self.n_clusters),
                              seed=self.seed_ + 4, schedule=sched.to_config(),
                              dropout=float(self.unet_dropout))
+            self.unet_source_ = None
         else:
-            unet = load_unet(self.unet, X.shape[1:])[0].with_classes(int(self.n_clusters))
+            unet, self.unet_source_ = load_unet(self.unet, X.shape[1:])
+            unet = unet.with_classes(int(self.n_clusters))
         # the folder is named after everything that shapes G's training (pretrain_ddpm resumes
         # from its own step checkpoints there)
         out = None if ck.dir is None else ck.dir / f"stage1_ddpm-{ck.tag('stage1_ddpm')}"
