@@ -371,8 +371,15 @@ def test_gcc_generator_starts_from_a_given_unet(digits):
     assert 0 < max(moved) < 0.1  # trained on from base's weights, not from a fresh U-Net
     assert G.unet.class_embedding.weight.abs().max() > 0  # and it learnt the clusters' ids
     assert GCC(3, unet=base).get_params()["unet"] is base
-    with pytest.raises(ValueError, match="channels"):
-        GCC(3, random_state=0, unet=make_unet(16, 3, "tiny"), **TINY).fit(X)
+    def never(self, X, ck):
+        raise AssertionError("a bad unet must fail before SimCLR")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(GCC, "_stage_contrastive", never)
+        with pytest.raises(ValueError, match="channels"):
+            GCC(3, random_state=0, unet=make_unet(16, 3, "tiny"), **TINY).fit(X)
+        with pytest.raises(ValueError, match="no pretrained U-Net named"):
+            GCC(3, random_state=0, unet="no-such-model", **TINY).fit(X)
 
 
 def test_gcc_calibrates_only_on_a_faithful_pool(digits):

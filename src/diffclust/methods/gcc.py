@@ -258,6 +258,11 @@ class GCC(GenerativeCalibration, ResumableMixin, DiffClusterMixin):
         ck = StageCheckpoints(folder, stage_fingerprints(self, X, self._stages))
         self.stage_seconds_ = {}
         self.resumed_from_ = None
+        g_start = None  # where G starts: loaded now, so a bad ``unet`` fails before SimCLR
+        if self.unet is not None:
+            from ..diffusion.unet import load_unet
+
+            g_start = load_unet(self.unet, X.shape[1:])
         # ---- Stage I.1: SimCLR
         t = time.perf_counter()
         self.backbone_ = self._stage_contrastive(X, ck)
@@ -268,7 +273,7 @@ class GCC(GenerativeCalibration, ResumableMixin, DiffClusterMixin):
         self.stage_seconds_["head"] = time.perf_counter() - t
         # ---- Stage I.4: the conditional DDPM
         t = time.perf_counter()
-        self._stage_ddpm(X, ck)
+        self._stage_ddpm(X, ck, g_start)
         self.stage_seconds_["ddpm"] = time.perf_counter() - t
         # ---- Stage II
         t = time.perf_counter()
@@ -367,20 +372,22 @@ class GCC(GenerativeCalibration, ResumableMixin, DiffClusterMixin):
     def _ddpm_steps(self, n, epochs):
         return max(1, int(epochs) * math.ceil(n / min(int(self.ddpm_batch_size), n)))
 
-    def _stage_ddpm(self, X, ck):
+    def _stage_ddpm(self, X, ck, start=None):
+        """G trained on Stage I's labels: a fresh U-Net, or ``start`` = ``(U-Net, source)``
+        from ``load_unet`` given a cluster-id embedding."""
         from ..diffusion.pretrain import pretrain_ddpm
         from ..diffusion.schedules import NoiseSchedule
-        from ..diffusion.unet import load_unet, make_unet
+        from ..diffusion.unet import make_unet
 
         C, H = X.shape[1], X.shape[2]
-        if self.unet is None:
+        if start is None:
             sched = NoiseSchedule("linear", int(self.n_timesteps))
             unet = make_unet(H, C, self.unet_preset, n_classes=int(self.n_clusters),
                              seed=self.seed_ + 4, schedule=sched.to_config(),
                              dropout=float(self.unet_dropout))
             self.unet_source_ = None
         else:
-            unet, self.unet_source_ = load_unet(self.unet, X.shape[1:])
+            unet, self.unet_source_ = start
             unet = unet.with_classes(int(self.n_clusters))
         # the folder is named after everything that shapes G's training (pretrain_ddpm resumes
         # from its own step checkpoints there)
