@@ -34,8 +34,8 @@ Decisions where METHODS.md leaves a choice (all switchable; measured in docs/DEC
 * ``init_partition="multiscale"``: the consensus of the spectral partitions of the features'
   k-NN graphs (k = 5 … 30) is the teacher of the first 10 % of the steps (``None``: the
   paper's start from a random network); +7.0 ACC over k-means on ImageNet-50 (three seeds),
-  +27.2 on USPS and +10.8 on CIFAR-10 (one seed each), −5.1 on Fashion-MNIST, where the
-  paper's start gives +3.3 (docs/DECISIONS.md).
+  +10.6 on CIFAR-10 (three seeds), +27.2 on USPS and −5.1 on Fashion-MNIST, where the
+  paper's start gives +3.3 (one seed each; docs/DECISIONS.md).
 
 Distributed training under ``torchrun``: docs/DISTRIBUTED.md.
 """
