@@ -364,13 +364,15 @@ def test_gcc_generator_starts_from_a_given_unet(digits):
     base = make_unet(16, 1, "tiny", seed=0)
     m = GCC(3, random_state=0, unet=base, **dict(TINY, n_rounds=0, ddpm_epochs=1)).fit(X)
     G = m.generator_unet_
-    assert m.unet_source_ == "DiffusionUNet object" and G.n_classes == 3 and G.unet.config.block_out_channels == base.unet.config.block_out_channels
+    assert m.unet_source_ == "DiffusionUNet object" and G.n_classes == 3
+    assert G.unet.config.block_out_channels == base.unet.config.block_out_channels
     ref = dict(base.unet.named_parameters())
     moved = [float((a - ref[n]).abs().max()) for n, a in G.unet.named_parameters()
              if n != "class_embedding.weight"]
     assert 0 < max(moved) < 0.1  # trained on from base's weights, not from a fresh U-Net
     assert G.unet.class_embedding.weight.abs().max() > 0  # and it learnt the clusters' ids
     assert GCC(3, unet=base).get_params()["unet"] is base
+
     def never(self, X, ck):
         raise AssertionError("a bad unet must fail before SimCLR")
 
