@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -475,3 +476,20 @@ def test_killed_fit_resumes_to_the_same_labels(tmp_path, monkeypatch):
     assert [h["phase"] for h in m.history_] == [h["phase"] for h in ref.history_]
     with pytest.raises(ValueError, match="other data or settings"):
         ClusterDDPM(3, random_state=0, **dict(kw, lam=0.5)).fit(X, checkpoint_dir=ck)
+
+
+def test_latent_probe_reads_a_training_checkpoint(tmp_path, monkeypatch):
+    """benchmarks/clusterddpm_latent.py: the encoder of a fit's last per-epoch checkpoint gives
+    the fitted model's latents; a checkpoint of other settings is refused."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from clusterddpm_latent import latent_of
+
+    rng = np.random.default_rng(1)
+    X = rng.integers(0, 256, (40, 16, 16), dtype=np.uint8)
+    kw = dict(TINY, pretrain_epochs=2, n_em_iters=1)
+    m = ClusterDDPM(3, random_state=0, **kw).fit(X, checkpoint_dir=tmp_path / "ck")
+    Z, step = latent_of(ClusterDDPM(3, random_state=0, **kw), X, tmp_path / "ck")
+    assert step == 3  # two pre-training epochs and one EM round
+    np.testing.assert_allclose(Z, m.transform(X), atol=1e-5)
+    with pytest.raises(SystemExit, match="other data or settings"):
+        latent_of(ClusterDDPM(3, random_state=0, **dict(kw, lam=0.5)), X, tmp_path / "ck")
