@@ -89,8 +89,8 @@ class ClusterDDPM(MixturePrior, ResumableMixin, DiffClusterMixin):
     pretrain_epochs : int or "auto"
         Epochs of the diffusion-autoencoder phase (mean-MSE, no prior term). ``"auto"``
         (default): ``max(10, ceil(MIN_PRETRAIN_UPDATES / updates_per_epoch))``. On 10,000
-        MNIST digits 60 epochs (4,740 updates) made the latent 10 ACC points more clusterable
-        than 20 (docs/DECISIONS.md): on large sets, pass more.
+        MNIST or Fashion-MNIST images 60–80 epochs did best (MNIST's latent 10 ACC points more
+        clusterable than after 20; Fashion-MNIST lost 9.5 at 160; docs/DECISIONS.md).
     n_em_iters, m_step_epochs : int
         EM rounds (50) and M-step epochs per round (1, as in the code).
     batch_size, lr : int, float
