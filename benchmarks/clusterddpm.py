@@ -68,25 +68,20 @@ def knn_check(Z, P, y, ks=(3, 100, 1000)):
     return out
 
 
-def main():
-    ap = argparse.ArgumentParser()
+def add_model_args(ap):
+    """The data and ClusterDDPM settings of a run (shared with ``clusterddpm_latent.py``)."""
     ap.add_argument("--dataset", default="usps")
     ap.add_argument("--n", type=int, default=2000, help="random subset size (0 = all images)")
     ap.add_argument("--size", type=int, default=None, help="resize images to this side")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--pretrain-epochs", type=lambda v: v if v == "auto" else int(v), default=25,
                     help="pre-training epochs, or 'auto' (the estimator's default)")
     ap.add_argument("--em-iters", type=int, default=15, help="EM rounds (the paper's epochs)")
     ap.add_argument("--paper-defaults", action="store_true", help="J and λ of the paper")
     ap.add_argument("--param", nargs="*", default=[], help="extra ClusterDDPM params KEY=VALUE")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--no-knn", action="store_true")
-    ap.add_argument("--no-grid", action="store_true")
-    ap.add_argument("--no-save", action="store_true")
-    ap.add_argument("--checkpoint-dir", default=None,
-                    help="resumable fits: one sub-folder per seed (per-epoch checkpoints)")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+
+
+def model_params(args, ap) -> dict:
+    """ClusterDDPM's keyword arguments from :func:`add_model_args`' options."""
     params = {}
     if args.paper_defaults:
         key = args.dataset.replace("-", "_")
@@ -100,11 +95,32 @@ def main():
         except json.JSONDecodeError:
             params[k] = v
     params.update(pretrain_epochs=args.pretrain_epochs, n_em_iters=args.em_iters)
+    return params
+
+
+def run_name(args, n) -> str:
+    """The records' dataset name: the set, the side when resized, the subset size."""
+    full = len(load_dataset(args.dataset, data_home=DATA_HOME).y)
+    return (args.dataset + (f"{args.size}px" if args.size else "")
+            + (f"-n{n}" if n < full else ""))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    add_model_args(ap)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-knn", action="store_true")
+    ap.add_argument("--no-grid", action="store_true")
+    ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--checkpoint-dir", default=None,
+                    help="resumable fits: one sub-folder per seed (per-epoch checkpoints)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    params = model_params(args, ap)
     X, y = load(args.dataset, args.n, args.size)
     k = len(np.unique(y))
-    full = len(load_dataset(args.dataset, data_home=DATA_HOME).y)
-    name = (args.dataset + (f"{args.size}px" if args.size else "")
-            + (f"-n{len(X)}" if len(X) < full else ""))
+    name = run_name(args, len(X))
     P = X.reshape(len(X), -1).astype(np.float32) / 255.0
     print(f"{name}: X {X.shape}, K={k}, params {params}", flush=True)
     recs = []

@@ -15,37 +15,33 @@ fingerprint in each folder is checked).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
-from _common import Timer, append_results, parse_params, record
-from clusterddpm import load
+from _common import Timer, append_results, record
+from clusterddpm import add_model_args, load, model_params, run_name
 from sklearn.cluster import KMeans
 from sklearn.model_selection import cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 
 from diffclust import ClusterDDPM, evaluate
 from diffclust.graph import multiscale_partition, spectral_partition
-from diffclust.methods.clusterddpm import PAPER_DEFAULTS
-from diffclust.training.checkpoint import fingerprint
+from diffclust.training.checkpoint import fingerprint, load_training_modules
 
 
 def latent_of(est, X, folder: Path):
     """μ_φ(X) from the encoder weights of the training checkpoint in ``folder``, and its step."""
-    from safetensors.torch import load_file
-
-    doc = json.loads((folder / "state.json").read_text())
     est._setup_runtime()
     Xv = est._validate_input(X, fitting=True)
-    if doc["fingerprint"] != fingerprint(est, Xv):
-        raise SystemExit(f"error: the checkpoint in {folder} was written for other data or "
-                         f"settings; pass the run's --dataset/--n/--size/--param")
     est.unet_, est.encoder_ = est._build(Xv)
-    tensors, p = load_file(str(folder / doc["weights"])), "module.encoder."
-    est.encoder_.load_state_dict({k[len(p):]: v for k, v in tensors.items() if k.startswith(p)})
-    return est._embed(Xv).numpy().astype(np.float64), int(doc["step"])
+    try:
+        step = load_training_modules(
+            folder, fingerprint=fingerprint(est, Xv), modules={"encoder": est.encoder_},
+            hint="pass the --dataset/--n/--size/--param of the run that wrote it")
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    return est._embed(Xv).numpy().astype(np.float64), step
 
 
 def partitions(Z, y, k, seed):
@@ -59,25 +55,17 @@ def partitions(Z, y, k, seed):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--dataset", default="mnist")
-    ap.add_argument("--n", type=int, default=10000)
-    ap.add_argument("--size", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--paper-defaults", action="store_true")
-    ap.add_argument("--pretrain-epochs", type=lambda v: v if v == "auto" else int(v), default=25)
-    ap.add_argument("--em-iters", type=int, default=15)
-    ap.add_argument("--param", nargs="*", default=[])
+    add_model_args(ap)
     ap.add_argument("--checkpoints", nargs="*", default=[], help="checkpoint folders")
     ap.add_argument("--pixels", action="store_true", help="also partition the pixels")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    params = dict(PAPER_DEFAULTS[args.dataset]) if args.paper_defaults else {}
-    params.update(parse_params(args.param))
-    params.update(pretrain_epochs=args.pretrain_epochs, n_em_iters=args.em_iters)
+    params = model_params(args, ap)
     X, y = load(args.dataset, args.n, args.size)
     k = len(np.unique(y))
-    name = args.dataset + (f"{args.size}px" if args.size else "") + f"-n{len(X)}"
+    name = run_name(args, len(X))
     inputs = [("pixels", None)] if args.pixels else []
     inputs += [(f, Path(f)) for f in args.checkpoints]
     recs = []

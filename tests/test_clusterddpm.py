@@ -493,3 +493,5 @@ def test_latent_probe_reads_a_training_checkpoint(tmp_path, monkeypatch):
     np.testing.assert_allclose(Z, m.transform(X), atol=1e-5)
     with pytest.raises(SystemExit, match="other data or settings"):
         latent_of(ClusterDDPM(3, random_state=0, **dict(kw, lam=0.5)), X, tmp_path / "ck")
+    with pytest.raises(SystemExit, match="no training checkpoint"):
+        latent_of(ClusterDDPM(3, random_state=0, **kw), X, tmp_path / "none")

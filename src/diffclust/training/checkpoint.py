@@ -22,7 +22,8 @@ import torch
 
 from ..data.io import atomic_write_bytes, atomic_write_text, clean_stale_tmp
 
-__all__ = ["fingerprint", "save_training_state", "load_training_state", "saved_step",
+__all__ = ["fingerprint", "save_training_state", "load_training_state",
+           "load_training_modules", "saved_step",
            "save_checkpoint", "load_checkpoint", "optimizer_to_tensors", "optimizer_from_tensors",
            "stage_fingerprints", "StageCheckpoints", "named_state", "load_named_state"]
 
@@ -149,22 +150,45 @@ def saved_step(folder) -> int:
         return 0
 
 
+def _matching_state(folder: Path, fingerprint: dict, hint: str | None = None):
+    """``(doc, tensors)`` of the state in ``folder`` (None without one), refused (with
+    ``hint``: what to do) when it was written for another fingerprint."""
+    state = _read_state(folder)
+    if state is not None and state[0].get("fingerprint") != fingerprint:
+        hint = hint or f"use another checkpoint folder or delete {folder} to start over"
+        raise ValueError(f"the checkpoint in {folder} was written for other data or settings "
+                         f"than these; {hint}")
+    return state
+
+
+def _load_modules(tensors: dict, modules: dict):
+    load_named_state({k[len("module."):]: v for k, v in tensors.items()
+                      if k.startswith("module.")}, **modules)
+
+
+def load_training_modules(folder, *, fingerprint: dict, modules: dict,
+                          hint: str = "pass the settings of the run that wrote it") -> int:
+    """Only the modules of the training state in ``folder`` (to read a run's weights at a
+    checkpoint, e.g. a benchmark probe); returns its step. No optimiser or random state is
+    touched; ``hint`` ends the error for a checkpoint of other settings."""
+    folder = Path(folder)
+    state = _matching_state(folder, fingerprint, hint)
+    if state is None:
+        raise FileNotFoundError(f"there is no training checkpoint in {folder}")
+    _load_modules(state[1], modules)
+    return int(state[0]["step"])
+
+
 def load_training_state(folder, *, fingerprint: dict, modules: dict, optimizer,
                         generator: torch.Generator, scheduler=None, sampler=None):
     """Restore the state in ``folder`` into the given objects; returns ``(step, tensors,
     extra)``, or ``(0, {}, {})`` when the folder holds no checkpoint."""
     folder = Path(folder)
-    state = _read_state(folder)
+    state = _matching_state(folder, fingerprint)
     if state is None:
         return 0, {}, {}
     doc, t = state
-    if doc.get("fingerprint") != fingerprint:
-        raise ValueError(f"the checkpoint in {folder} was written for other data or settings "
-                         f"than this fit; use another checkpoint folder or delete {folder} to "
-                         f"start over")
-    for name, m in modules.items():
-        p = f"module.{name}."
-        m.load_state_dict({k[len(p):]: v for k, v in t.items() if k.startswith(p)})
+    _load_modules(t, modules)
     optimizer_from_tensors(optimizer, doc["optimizer"], t)
     if scheduler is not None:
         scheduler.load_state_dict(doc["scheduler"])
