@@ -105,6 +105,15 @@ def run_name(args, n) -> str:
             + (f"-n{n}" if n < full else ""))
 
 
+def parse_run(ap):
+    """Parse ``ap`` (with :func:`add_model_args` and ``--threads``), set the threads, load the
+    images: ``(args, params, X, y, name)``."""
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    X, y = load(args.dataset, args.n, args.size)
+    return args, model_params(args, ap), X, y, run_name(args, len(X))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -115,12 +124,8 @@ def main():
     ap.add_argument("--no-save", action="store_true")
     ap.add_argument("--checkpoint-dir", default=None,
                     help="resumable fits: one sub-folder per seed (per-epoch checkpoints)")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    params = model_params(args, ap)
-    X, y = load(args.dataset, args.n, args.size)
+    args, params, X, y, name = parse_run(ap)
     k = len(np.unique(y))
-    name = run_name(args, len(X))
     P = X.reshape(len(X), -1).astype(np.float32) / 255.0
     print(f"{name}: X {X.shape}, K={k}, params {params}", flush=True)
     recs = []

@@ -18,9 +18,8 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import torch
 from _common import Timer, append_results, record
-from clusterddpm import add_model_args, load, model_params, run_name
+from clusterddpm import add_model_args, parse_run
 from sklearn.cluster import KMeans
 from sklearn.model_selection import cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
@@ -60,12 +59,8 @@ def main():
     ap.add_argument("--checkpoints", nargs="*", default=[], help="checkpoint folders")
     ap.add_argument("--pixels", action="store_true", help="also partition the pixels")
     ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    params = model_params(args, ap)
-    X, y = load(args.dataset, args.n, args.size)
+    args, params, X, y, name = parse_run(ap)
     k = len(np.unique(y))
-    name = run_name(args, len(X))
     inputs = [("pixels", None)] if args.pixels else []
     inputs += [(f, Path(f)) for f in args.checkpoints]
     recs = []
